@@ -1,0 +1,23 @@
+//! tunelab: the life of a fine-tuned Llama-family model as a short Rhai script.
+//!
+//! The library is the whole program except the command line: the core areas know nothing of
+//! scripting, and [`script`] binds them to Rhai. See `README.md` for the user's view and the
+//! project's `DESIGN.md` for the architecture.
+//!
+//! - [`error`]: the one error type, with path/record context and exit codes.
+//! - [`cancel`]: the shared Ctrl-C flag every long loop checks.
+//! - [`output`]: the one output sink for prints, streamed tokens and progress.
+//! - [`fsutil`]: atomic writes for every artifact.
+//! - [`version`]: what this build is made of.
+//! - [`script`]: the Rhai engine, stdlib, runner and test runner.
+//! - [`repl`]: the interactive terminal front end.
+
+pub mod cancel;
+pub mod error;
+pub mod fsutil;
+pub mod output;
+pub mod repl;
+pub mod script;
+pub mod version;
+
+pub use error::{Error, Result};

@@ -1,0 +1,159 @@
+//! The `tunelab` command line: a thin shell over the library.
+//!
+//! `tunelab` (REPL, or a script from stdin when stdin is not a terminal), `tunelab run FILE
+//! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab --version`.
+//! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use tunelab::cancel::CancelToken;
+use tunelab::script::runner::{self, ScriptFailure};
+use tunelab::script::{build_engine, test_runner, EngineOptions, HostContext};
+use tunelab::{repl, Error};
+
+/// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "tunelab",
+    about = "Fine-tune, diagnose, quantize and serve Llama-family models from Rhai scripts.",
+    after_help = "With no command: an interactive REPL on a terminal, or run the script read from stdin."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a script; values after `--` reach it as the map ARGS (e.g. `-- lr=2e-4 epochs=3`).
+    Run {
+        /// The .rhai script.
+        file: PathBuf,
+        /// key=value pairs (numbers and true/false are parsed).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
+    Test {
+        /// Folders (searched recursively) or script files.
+        paths: Vec<PathBuf>,
+        /// Also write a JUnit XML report here.
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let info = tunelab::version::build_info();
+    let command = Cli::command()
+        .version(info.crates[0].1)
+        .long_version(info.to_string().trim_start_matches("tunelab ").to_string());
+    let matches = command.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let ctx = HostContext::stdout();
+    install_ctrl_c(&ctx.cancel);
+    let result = match cli.command {
+        None if std::io::stdin().is_terminal() => repl::run(ctx).map(|()| ExitCode::SUCCESS),
+        None => run_stdin(&ctx),
+        Some(Command::Run { file, args }) => run_file(&ctx, &file, &args),
+        Some(Command::Test { paths, junit }) => run_tests(&ctx, paths, junit),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("tunelab: {e}");
+        ExitCode::from(e.exit_code())
+    })
+}
+
+/// First Ctrl-C: cancel what is running. Second, while that is still winding down: quit now.
+fn install_ctrl_c(cancel: &CancelToken) {
+    let cancel = cancel.clone();
+    let installed = ctrlc::set_handler(move || {
+        if cancel.is_cancelled() {
+            std::process::exit(EXIT_CANCELLED.into());
+        }
+        cancel.cancel();
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will not cancel cleanly: {e}");
+    }
+}
+
+fn failure_code(failure: &ScriptFailure) -> ExitCode {
+    eprint!("{}", failure.rendered);
+    if failure.diagnostic.cancelled {
+        ExitCode::from(EXIT_CANCELLED)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_file(ctx: &HostContext, file: &PathBuf, words: &[String]) -> Result<ExitCode, Error> {
+    let args = runner::parse_args(words)?;
+    let text = runner::read_script(file)?;
+    let engine = build_engine(ctx, &EngineOptions::default());
+    let name = file.to_string_lossy();
+    Ok(match runner::run_source(&engine, &name, &text, args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(failure) => failure_code(&failure),
+    })
+}
+
+/// `printf 'let x = 40;\nx + 2\n' | tunelab` prints 42: a piped session shows its final value.
+fn run_stdin(ctx: &HostContext) -> Result<ExitCode, Error> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io("<stdin>", e))?;
+    let engine = build_engine(ctx, &EngineOptions::default());
+    Ok(
+        match runner::run_source(&engine, "<stdin>", &text, rhai::Map::new()) {
+            Ok(value) if value.is_unit() => ExitCode::SUCCESS,
+            Ok(value) => {
+                ctx.output.line(&runner::display(&engine, value));
+                ExitCode::SUCCESS
+            }
+            Err(failure) => failure_code(&failure),
+        },
+    )
+}
+
+fn run_tests(
+    ctx: &HostContext,
+    mut paths: Vec<PathBuf>,
+    junit: Option<PathBuf>,
+) -> Result<ExitCode, Error> {
+    if paths.is_empty() {
+        paths.push(PathBuf::from("tests/scripts"));
+    }
+    let files = test_runner::collect(&paths)?;
+    let mut results = Vec::with_capacity(files.len());
+    for file in &files {
+        let result = test_runner::run_one(file, &ctx.cancel);
+        ctx.output.line(&test_runner::report_line(&result));
+        results.push(result);
+        if ctx.cancel.is_cancelled() {
+            ctx.output
+                .line("cancelled (Ctrl-C): remaining scripts not run");
+            break;
+        }
+    }
+    ctx.output.line(&test_runner::summary_line(&results));
+    if let Some(path) = junit {
+        tunelab::fsutil::write_atomic(&path, test_runner::junit_xml(&results).as_bytes())?;
+    }
+    let all_passed = results.iter().all(|r| r.failure.is_none()) && !ctx.cancel.is_cancelled();
+    Ok(if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

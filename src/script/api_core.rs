@@ -1,0 +1,66 @@
+//! Script API, area "core": facts about the build, waiting, and option checking for stdlib code.
+//!
+//! Thin bindings only: each function converts its arguments, calls the core and maps errors.
+
+use rhai::plugin::*;
+
+/// The area name `:help` groups these functions under.
+pub const AREA: &str = "core";
+
+/// The compiled module of this area.
+pub fn module() -> rhai::Module {
+    exported_module!(core_api)
+}
+
+#[export_module]
+mod core_api {
+    use rhai::{Array, Dynamic, Map, NativeCallContext, INT};
+
+    use crate::script::engine::host;
+    use crate::script::errors::{IntoScript, ScriptResult};
+    use crate::script::options::Options;
+
+    /// Versions of tunelab, rhai and candle, whether CUDA was built in, the usable devices and the
+    /// CPU features candle uses: `#{ tunelab, rhai, candle_core, ..., devices, cuda, cpu_features }`.
+    pub fn version() -> Map {
+        let info = crate::version::build_info();
+        let mut map = Map::new();
+        for (name, version) in &info.crates {
+            map.insert(
+                name.replace('-', "_").into(),
+                Dynamic::from(version.to_string()),
+            );
+        }
+        let list = |items: Vec<String>| -> Dynamic {
+            Dynamic::from(items.into_iter().map(Dynamic::from).collect::<Array>())
+        };
+        map.insert("devices".into(), list(info.devices));
+        map.insert("cuda".into(), Dynamic::from(info.cuda_built));
+        let features = info.cpu_features.iter().map(|s| s.to_string()).collect();
+        map.insert("cpu_features".into(), list(features));
+        map
+    }
+
+    /// Wait `seconds` (a number). Ctrl-C interrupts the wait at once.
+    #[rhai_fn(return_raw)]
+    pub fn sleep(ctx: NativeCallContext, seconds: f64) -> ScriptResult<()> {
+        let duration = std::time::Duration::from_secs_f64(seconds.max(0.0));
+        host(&ctx).cancel.sleep(duration).script()
+    }
+
+    /// Wait `seconds` (an integer). Ctrl-C interrupts the wait at once.
+    #[rhai_fn(name = "sleep", return_raw)]
+    pub fn sleep_int(ctx: NativeCallContext, seconds: INT) -> ScriptResult<()> {
+        sleep(ctx, seconds as f64)
+    }
+
+    /// Check an option map in script code: throws when `opts` has a key not in `valid`, naming it
+    /// and listing the valid keys; `what` names the map in the message (e.g. `"table options"`).
+    #[rhai_fn(return_raw)]
+    pub fn check_options(opts: Map, what: &str, valid: Array) -> ScriptResult<Map> {
+        let valid: Vec<String> = valid.iter().map(|v| v.to_string()).collect();
+        let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
+        Options::new(what, opts.clone(), &valid)?;
+        Ok(opts)
+    }
+}

@@ -1,0 +1,23 @@
+//! The Rhai binding layer: everything that knows about Rhai lives here (and in `src/repl.rs`).
+//!
+//! The core library (`data`, `model`, `train`, ...) never imports rhai. Each area gets one
+//! `api_<area>.rs` file whose functions only convert arguments, call the core and map errors
+//! ([`errors::to_rhai`]). Shared conventions:
+//! - one engine factory, [`engine::build_engine`], for the REPL, the runner, the test runner and tests;
+//! - option maps are checked strictly with [`options::Options`];
+//! - values handed to scripts are cheap to clone ([`handle::Handle`]);
+//! - every exposed function has a doc comment (a test checks it), which feeds `:help`.
+
+pub mod api_core;
+pub mod diagnostic;
+pub mod engine;
+pub mod errors;
+pub mod handle;
+pub mod help;
+pub mod options;
+pub mod resolver;
+pub mod runner;
+pub mod stdlib;
+pub mod test_runner;
+
+pub use engine::{build_engine, EngineOptions, HostContext};

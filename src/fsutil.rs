@@ -8,6 +8,19 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// `path` without `.` components, so it prints as `scripts/util.rhai`, not `./scripts/./util.rhai`.
+pub fn tidy_path(path: &Path) -> PathBuf {
+    let tidy: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if tidy.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        tidy
+    }
+}
+
 /// The temporary name `path` is written under before the rename.
 pub fn temp_name(path: &Path) -> PathBuf {
     let name = path

@@ -5,7 +5,7 @@
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -96,7 +96,7 @@ fn failure_code(failure: &ScriptFailure) -> ExitCode {
     }
 }
 
-fn run_file(ctx: &HostContext, file: &PathBuf, words: &[String]) -> Result<ExitCode, Error> {
+fn run_file(ctx: &HostContext, file: &Path, words: &[String]) -> Result<ExitCode, Error> {
     let args = runner::parse_args(words)?;
     let text = runner::read_script(file)?;
     let engine = build_engine(ctx, &EngineOptions::default());

@@ -107,7 +107,8 @@ impl Completer for LineHelper {
             stdlib::STDLIB.iter().map(|(p, _)| p.to_string()).collect()
         } else {
             let vars = self.variables.lock().map(|v| v.clone()).unwrap_or_default();
-            self.functions.iter().cloned().chain(vars).collect()
+            let calls = self.functions.iter().map(|f| format!("{f}("));
+            calls.chain(vars).collect()
         };
         names.retain(|n| n.starts_with(word));
         names.sort();
@@ -252,13 +253,16 @@ impl Session {
         let result = self
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut self.scope, &program);
+        // The cancel (if any) has been handled; a later Ctrl-C must not count as a second press.
+        self.ctx.cancel.reset();
         // Keep the functions even when the statements failed, as rhai-repl does.
         ast.clear_statements();
         self.functions = self.functions.merge(&ast);
         let value = result.map_err(|e| report(&e, text))?;
         for line in text.lines() {
             if is_import_line(line) {
-                self.imports.push(line.trim().to_string());
+                self.imports
+                    .push(format!("{};", line.trim().trim_end_matches(';')));
             }
         }
         Ok(value)
@@ -293,7 +297,7 @@ impl Session {
 /// A top-level `import "..." as x;` line.
 fn is_import_line(line: &str) -> bool {
     let t = line.trim();
-    t.starts_with("import ") && t.contains(" as ") && t.ends_with(';')
+    t.starts_with("import ") && t.contains(" as ") && !t.contains('{')
 }
 
 /// What one input produced.

@@ -113,6 +113,7 @@ pub fn overview(catalog: &[FnDoc]) -> String {
             .filter(|f| f.area == area)
             .map(|f| f.name.as_str())
             .collect();
+        names.sort();
         names.dedup();
         let how = if area.contains('/') {
             format!("  (import \"{area}\" as x;)")

@@ -52,14 +52,7 @@ pub fn import_file(path: &str, importer: Option<&str>) -> PathBuf {
     if file.extension().is_none() {
         file.set_extension("rhai");
     }
-    clean(&file)
-}
-
-/// Drop `.` components so paths print as `scripts/util.rhai`, not `scripts/./util.rhai`.
-fn clean(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect()
+    crate::fsutil::tidy_path(&file)
 }
 
 fn compile_module(

@@ -34,7 +34,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         if path.is_dir() {
             walk(path, &mut files)?;
         } else if path.is_file() {
-            files.push(path.clone());
+            files.push(crate::fsutil::tidy_path(path));
         } else {
             return Err(Error::io_hint(
                 path,
@@ -59,7 +59,7 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
         if path.is_dir() {
             walk(&path, files)?;
         } else if !helper && path.extension().is_some_and(|e| e == "rhai") {
-            files.push(path);
+            files.push(crate::fsutil::tidy_path(&path));
         }
     }
     Ok(())

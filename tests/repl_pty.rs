@@ -1,0 +1,107 @@
+//! The REPL driven through a real pseudo-terminal, as a person types into it: multi-line input,
+//! `:help`, Ctrl-C cancelling a running `loop {}` and a native wait, the session surviving that,
+//! Ctrl-C clearing a half-typed line, and Ctrl-D leaving.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rexpect::session::{spawn_command, PtySession};
+
+/// Long enough for a slow CI machine to start the binary; cancellation is timed separately.
+const TIMEOUT_MS: u64 = 20_000;
+const PROMPT: &str = "tunelab> ";
+
+fn start() -> (PtySession, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunelab"));
+    cmd.env("TUNELAB_HISTORY", home.path().join("history.txt"))
+        .env("TERM", "xterm");
+    let mut p = spawn_command(cmd, Some(TIMEOUT_MS)).expect("spawn tunelab in a pty");
+    p.exp_string(PROMPT).expect("first prompt");
+    (p, home)
+}
+
+#[test]
+fn repl_session_multiline_help_and_ctrl_c() {
+    let (mut p, home) = start();
+
+    p.send_line("let x = 40;").unwrap();
+    p.exp_string(PROMPT).unwrap();
+
+    // An unfinished definition waits for more lines, then defines the function.
+    p.send_line("fn add2(v) {").unwrap();
+    p.send_line("    v + 2").unwrap();
+    p.send_line("}").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("add2(x)").unwrap();
+    p.exp_string("=> 42").unwrap();
+    p.exp_string(PROMPT).unwrap();
+
+    // An unfinished array literal continues on the next line.
+    p.send_line("let xs = [1, 2,").unwrap();
+    p.send_line("3];").unwrap();
+    p.exp_string(PROMPT).unwrap();
+
+    p.send_line(":help").unwrap();
+    p.exp_string("Functions by area").unwrap();
+    p.exp_string("lab/assert").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line(":help sleep").unwrap();
+    p.exp_string("Ctrl-C").unwrap();
+    p.exp_string(PROMPT).unwrap();
+
+    // Ctrl-C cancels an endless Rhai loop within a second, and the session survives.
+    p.send_line("loop {}").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = Instant::now();
+    p.send_control('c').unwrap();
+    p.exp_string("cancelled (Ctrl-C)").unwrap();
+    let took = pressed.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "loop {{}} took {took:?} to cancel"
+    );
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("x + xs.len()").unwrap();
+    p.exp_string("=> 43").unwrap();
+    p.exp_string(PROMPT).unwrap();
+
+    // Ctrl-C also stops a long native function that watches the shared cancel flag.
+    p.send_line("sleep(60)").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = Instant::now();
+    p.send_control('c').unwrap();
+    p.exp_string("cancelled (Ctrl-C)").unwrap();
+    assert!(pressed.elapsed() < Duration::from_secs(1));
+    p.exp_string(PROMPT).unwrap();
+
+    // Ctrl-C at the prompt clears the half-typed line instead of running it or exiting.
+    p.send("let never = ").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("add2(1)").unwrap();
+    p.exp_string("=> 3").unwrap();
+    p.exp_string(PROMPT).unwrap();
+
+    // Ctrl-D leaves, and the history was saved.
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+    let history = std::fs::read_to_string(home.path().join("history.txt")).unwrap();
+    assert!(history.contains("add2(x)"), "{history}");
+}
+
+#[test]
+fn repl_errors_show_line_and_caret_and_keep_the_session() {
+    let (mut p, _home) = start();
+    p.send_line("let y = 5;").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("y + nope()").unwrap();
+    p.exp_string("<repl>:1:5: Function not found: nope")
+        .unwrap();
+    p.exp_string("^").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("y * 2").unwrap();
+    p.exp_string("=> 10").unwrap();
+    p.send_line(":quit").unwrap();
+    p.exp_eof().unwrap();
+}

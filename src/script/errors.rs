@@ -43,3 +43,32 @@ impl<T> IntoScript<T> for crate::Result<T> {
         self.map_err(to_rhai)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::diagnostic::Diagnostic;
+    use crate::script::engine::{build_engine, EngineOptions, HostContext};
+
+    #[test]
+    fn core_error_reaches_the_script_with_its_position_and_message() {
+        let mut engine = build_engine(&HostContext::capture(), &EngineOptions::default());
+        engine.register_fn("load_bad", || -> ScriptResult<()> {
+            Err(Error::data("data/x.json", "record 17: field \"output\"", "expected string"))
+                .script()
+        });
+        let mut ast = engine.compile("let a = 1;\n  load_bad();").unwrap();
+        ast.set_source("s.rhai");
+        let err = engine.run_ast(&ast).unwrap_err();
+        assert_eq!(
+            Diagnostic::new(&err, "s.rhai").headline(),
+            "s.rhai:2:3: data/x.json: record 17: field \"output\": expected string"
+        );
+    }
+
+    #[test]
+    fn cancelled_core_error_is_a_termination() {
+        let err = to_rhai(Error::Cancelled);
+        assert!(matches!(*err, EvalAltResult::ErrorTerminated(..)));
+    }
+}

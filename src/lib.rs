@@ -8,15 +8,19 @@
 //! - [`cancel`]: the shared Ctrl-C flag every long loop checks.
 //! - [`output`]: the one output sink for prints, streamed tokens and progress.
 //! - [`fsutil`]: atomic writes for every artifact.
+//! - [`rng`]: the seeded generator behind every shuffle and sample.
+//! - [`data`]: LLaMA-Factory-compatible datasets.
 //! - [`version`]: what this build is made of.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
 //! - [`repl`]: the interactive terminal front end.
 
 pub mod cancel;
+pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod output;
 pub mod repl;
+pub mod rng;
 pub mod script;
 pub mod version;
 

@@ -10,8 +10,8 @@ use rhai::{Dynamic, Engine, NativeCallContext};
 use crate::cancel::CancelToken;
 use crate::output::Output;
 
-use super::api_core;
 use super::resolver::ScriptResolver;
+use super::{api_core, api_data};
 
 /// What the scripts of one engine share with the native code they call.
 #[derive(Clone, Debug)]
@@ -71,7 +71,10 @@ pub type AreaModule = (&'static str, rhai::Module);
 
 /// Every API area, in the order `:help` lists them.
 pub fn api_modules() -> Vec<AreaModule> {
-    vec![(api_core::AREA, api_core::module())]
+    vec![
+        (api_core::AREA, api_core::module()),
+        (api_data::AREA, api_data::module()),
+    ]
 }
 
 /// Build a fully configured engine whose scripts print to and cancel through `ctx`.

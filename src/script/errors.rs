@@ -54,8 +54,12 @@ mod tests {
     fn core_error_reaches_the_script_with_its_position_and_message() {
         let mut engine = build_engine(&HostContext::capture(), &EngineOptions::default());
         engine.register_fn("load_bad", || -> ScriptResult<()> {
-            Err(Error::data("data/x.json", "record 17: field \"output\"", "expected string"))
-                .script()
+            Err(Error::data(
+                "data/x.json",
+                "record 17: field \"output\"",
+                "expected string",
+            ))
+            .script()
         });
         let mut ast = engine.compile("let a = 1;\n  load_bad();").unwrap();
         ast.set_source("s.rhai");

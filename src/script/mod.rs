@@ -9,6 +9,7 @@
 //! - every exposed function has a doc comment (a test checks it), which feeds `:help`.
 
 pub mod api_core;
+pub mod api_data;
 pub mod diagnostic;
 pub mod engine;
 pub mod errors;

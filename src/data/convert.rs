@@ -1,0 +1,619 @@
+//! Raw rows → normalized [`Example`]s, with LLaMA-Factory's converter rules.
+//!
+//! Facts (specs/llamafactory.md §1, `converter.py`):
+//! - alpaca: the user turn is `instruction + "\n" + input` (either may be empty; both empty gives an
+//!   empty turn, which is kept); `history` pairs come first; `system`/`tools` columns when mapped;
+//!   a response that is not a string makes the record unusable for SFT.
+//! - sharegpt: roles mapped through `tags`; a leading `system_tag` message becomes the system prompt;
+//!   even positions must be user/observation, odd ones assistant/function; the count must be even.
+//! - openai: like sharegpt on `role`/`content`, with `tool_calls` turned into a function turn and
+//!   consecutive tool results merged into one observation.
+//!
+//! Where LLaMA-Factory crashes (a mapped column missing from a record: `KeyError`) or silently
+//! drops a record, tunelab returns a [`Skip`] that says which field and why. That applies to the
+//! content columns (prompt, response, messages); a record without an optional column (input,
+//! system, tools, history) reads it as null, which is what Hugging Face hands LLaMA-Factory when
+//! other records of the file have the key. Decided here:
+//! `null` in a text column reads as empty (as Python's falsy test does), except for the response;
+//! a `tools` value that is a JSON list/object is serialized to a string (as LLaMA-Factory's openai
+//! converter does); LLaMA-Factory HEAD's Nemotron-only "detailed thinking off" system suffix in the
+//! openai converter is *not* reproduced.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::example::{Example, Message, Role};
+use super::readers::Row;
+use super::registry::{Entry, Formatting, Tags};
+
+/// Why a record was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// The category counted in statistics ("missing column", "role order", ...).
+    pub kind: &'static str,
+    /// The field at fault, when there is one.
+    pub field: Option<String>,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl Skip {
+    fn new(kind: &'static str, field: Option<&str>, message: impl Into<String>) -> Self {
+        Skip {
+            kind,
+            field: field.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "field \"{field}\": {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The JSON type name of `v`, for messages.
+pub fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The value of a required mapped column (prompt, response, messages); missing is a skip.
+fn column<'a>(row: &'a Row, name: &Option<String>) -> Result<Option<&'a Value>, Skip> {
+    match name {
+        None => Ok(None),
+        Some(name) => row.get(name).map(Some).ok_or_else(|| {
+            Skip::new(
+                "missing column",
+                Some(name),
+                "missing from the record (check \"columns\" in dataset_info.json)",
+            )
+        }),
+    }
+}
+
+/// The value of an optional mapped column (input, system, tools, history): a record without the
+/// key reads as null, as it does once Hugging Face has loaded the file into Arrow columns.
+fn optional<'a>(row: &'a Row, name: &Option<String>) -> Option<&'a Value> {
+    name.as_ref().and_then(|n| row.get(n))
+}
+
+/// A required text column: string as is, null as "", missing a skip, anything else a skip.
+fn text(row: &Row, name: &Option<String>) -> Result<String, Skip> {
+    text_value(column(row, name)?, name)
+}
+
+/// An optional text column: string as is, null or missing as "".
+fn optional_text(row: &Row, name: &Option<String>) -> Result<String, Skip> {
+    text_value(optional(row, name), name)
+}
+
+fn text_value(value: Option<&Value>, name: &Option<String>) -> Result<String, Skip> {
+    match value {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(wrong_type(name.as_deref(), "string", other)),
+    }
+}
+
+fn wrong_type(field: Option<&str>, expected: &str, got: &Value) -> Skip {
+    Skip::new(
+        "wrong type",
+        field,
+        format!("expected {expected}, got {}", kind_of(got)),
+    )
+}
+
+/// The tools column: a string, or a JSON list/object serialized to one.
+fn tools(row: &Row, name: &Option<String>) -> Result<String, Skip> {
+    match optional(row, name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v @ (Value::Array(_) | Value::Object(_))) => Ok(v.to_string()),
+        Some(other) => Err(wrong_type(name.as_deref(), "a JSON string of tools", other)),
+    }
+}
+
+/// Convert one raw row according to `entry`.
+pub fn convert(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+    match entry.formatting {
+        Formatting::Alpaca => alpaca(entry, row),
+        Formatting::Sharegpt => sharegpt(entry, row),
+        Formatting::Openai => openai(entry, row),
+    }
+}
+
+fn alpaca(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+    let c = &entry.columns;
+    let mut messages = Vec::new();
+    if let Some(Value::Array(pairs)) = optional(row, &c.history) {
+        for (i, pair) in pairs.iter().enumerate() {
+            let field = format!("{}[{i}]", c.history.as_deref().unwrap_or("history"));
+            match pair.as_array().map(|p| p.as_slice()) {
+                Some([Value::String(q), Value::String(a)]) => {
+                    messages.push(Message::new(Role::User, q.clone()));
+                    messages.push(Message::new(Role::Assistant, a.clone()));
+                }
+                _ => {
+                    return Err(Skip::new(
+                        "wrong type",
+                        Some(&field),
+                        "expected a [prompt, response] pair of strings",
+                    ))
+                }
+            }
+        }
+    }
+    let instruction = text(row, &c.prompt)?;
+    let input = optional_text(row, &c.query)?;
+    let user = match (instruction.is_empty(), input.is_empty()) {
+        (false, false) => format!("{instruction}\n{input}"),
+        (false, true) => instruction,
+        (true, _) => input,
+    };
+    messages.push(Message::new(Role::User, user));
+    let response = match column(row, &c.response)? {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(wrong_type(c.response.as_deref(), "string", other)),
+        None => {
+            return Err(Skip::new("no response", None, "no response column mapped: sft needs an output column (pre-training text is not supported yet)"))
+        }
+    };
+    messages.push(Message::new(Role::Assistant, response));
+    Ok(Example {
+        system: optional_text(row, &c.system)?,
+        tools: tools(row, &c.tools)?,
+        messages,
+    })
+}
+
+/// The role a tag stands for, under `tags`.
+fn role_of(tags: &Tags, tag: &str) -> Option<Role> {
+    let is = |t: &Option<String>| t.as_deref() == Some(tag);
+    if is(&tags.user_tag) {
+        Some(Role::User)
+    } else if is(&tags.assistant_tag) {
+        Some(Role::Assistant)
+    } else if is(&tags.observation_tag) {
+        Some(Role::Observation)
+    } else if is(&tags.function_tag) {
+        Some(Role::Function)
+    } else if is(&tags.system_tag) {
+        Some(Role::System)
+    } else {
+        None
+    }
+}
+
+/// One message of a sharegpt/openai record as written in the file.
+struct RawMessage<'a> {
+    /// The role tag (`human`, `gpt`, `user`, ...).
+    tag: String,
+    /// The content value (not yet checked to be a string).
+    content: &'a Value,
+    /// The whole message object (openai reads `tool_calls` from it).
+    raw: &'a Value,
+}
+
+/// Converted messages with, for each, the tag it had and its position in the file.
+#[derive(Default)]
+struct Aligned {
+    messages: Vec<Message>,
+    tags: Vec<String>,
+    positions: Vec<usize>,
+}
+
+impl Aligned {
+    fn push(&mut self, role: Role, content: String, tag: String, position: usize) {
+        self.messages.push(Message::new(role, content));
+        self.tags.push(tag);
+        self.positions.push(position);
+    }
+}
+
+/// The messages column of a sharegpt/openai record: `(column name, messages)`.
+fn raw_messages<'a>(entry: &Entry, row: &'a Row) -> Result<(String, Vec<RawMessage<'a>>), Skip> {
+    let field = entry.columns.messages.clone().ok_or_else(|| {
+        Skip::new(
+            "missing column",
+            None,
+            "no messages column mapped (set columns.messages in dataset_info.json)",
+        )
+    })?;
+    let list = match column(row, &entry.columns.messages)? {
+        Some(Value::Array(list)) => list,
+        Some(other) => return Err(wrong_type(Some(&field), "a list of messages", other)),
+        None => unreachable!("a mapped column is present or a skip"),
+    };
+    let role_tag = entry.tags.role_tag.as_deref().unwrap_or("from");
+    let content_tag = entry.tags.content_tag.as_deref().unwrap_or("value");
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let obj = m
+            .as_object()
+            .ok_or_else(|| wrong_type(Some(&at), "an object", m))?;
+        let role = match obj.get(role_tag) {
+            Some(Value::String(r)) => r.clone(),
+            Some(other) => {
+                return Err(wrong_type(
+                    Some(&format!("{at}.{role_tag}")),
+                    "string",
+                    other,
+                ))
+            }
+            None => {
+                return Err(Skip::new(
+                    "missing column",
+                    Some(&at),
+                    format!("no \"{role_tag}\" key (check tags.role_tag)"),
+                ))
+            }
+        };
+        let content = obj.get(content_tag).unwrap_or(&Value::Null);
+        out.push(RawMessage {
+            tag: role,
+            content,
+            raw: m,
+        });
+    }
+    Ok((field, out))
+}
+
+fn content_text(field: &str, i: usize, tag: &str, v: &Value) -> Result<String, Skip> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(wrong_type(
+            Some(&format!("{field}[{i}].{tag}")),
+            "string",
+            other,
+        )),
+    }
+}
+
+/// Check alternation and count of the aligned messages.
+fn check_order(aligned: &Aligned) -> Result<(), Skip> {
+    let messages = &aligned.messages;
+    for (k, m) in messages.iter().enumerate() {
+        let ok = if k % 2 == 0 {
+            m.role.is_prompt_side()
+        } else {
+            m.role.is_response_side()
+        };
+        if !ok {
+            let expected = if k % 2 == 0 {
+                "a user turn"
+            } else {
+                "an assistant turn"
+            };
+            return Err(Skip::new(
+                "role order",
+                None,
+                format!(
+                    "role \"{}\" at position {}, expected {expected}",
+                    aligned.tags[k], aligned.positions[k]
+                ),
+            ));
+        }
+    }
+    if messages.is_empty() {
+        return Err(Skip::new(
+            "message count",
+            None,
+            "no messages besides the system prompt",
+        ));
+    }
+    if messages.len() % 2 != 0 {
+        return Err(Skip::new(
+            "message count",
+            None,
+            format!(
+                "{} messages: a conversation must end with an assistant turn (an even count)",
+                messages.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn sharegpt(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+    let (field, raw) = raw_messages(entry, row)?;
+    let content_tag = entry.tags.content_tag.as_deref().unwrap_or("value");
+    let mut start = 0;
+    let system = match raw.first() {
+        Some(first) if entry.tags.system_tag.as_deref() == Some(first.tag.as_str()) => {
+            start = 1;
+            content_text(&field, 0, content_tag, first.content)?
+        }
+        _ => optional_text(row, &entry.columns.system)?,
+    };
+    let mut aligned = Aligned::default();
+    for (i, m) in raw.iter().enumerate().skip(start) {
+        let k = aligned.messages.len();
+        let accepted = if k % 2 == 0 {
+            [&entry.tags.user_tag, &entry.tags.observation_tag]
+        } else {
+            [&entry.tags.assistant_tag, &entry.tags.function_tag]
+        };
+        if !accepted
+            .iter()
+            .any(|t| t.as_deref() == Some(m.tag.as_str()))
+        {
+            let expected = if k % 2 == 0 {
+                "a user turn"
+            } else {
+                "an assistant turn"
+            };
+            return Err(Skip::new(
+                "role order",
+                None,
+                format!("role \"{}\" at position {i}, expected {expected}", m.tag),
+            ));
+        }
+        let role = role_of(&entry.tags, &m.tag).expect("an accepted tag maps to a role");
+        aligned.push(
+            role,
+            content_text(&field, i, content_tag, m.content)?,
+            m.tag.clone(),
+            i,
+        );
+    }
+    check_order(&aligned)?;
+    Ok(Example {
+        system,
+        tools: tools(row, &entry.columns.tools)?,
+        messages: aligned.messages,
+    })
+}
+
+fn openai(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+    let (field, raw) = raw_messages(entry, row)?;
+    let tags = &entry.tags;
+    let content_tag = tags.content_tag.as_deref().unwrap_or("content");
+    let is = |tag: &Option<String>, value: &str| tag.as_deref() == Some(value);
+    let mut start = 0;
+    let system = match raw.first() {
+        Some(first) if is(&tags.system_tag, &first.tag) => {
+            start = 1;
+            content_text(&field, 0, content_tag, first.content)?
+        }
+        _ => optional_text(row, &entry.columns.system)?,
+    };
+    let mut aligned = Aligned::default();
+    // Consecutive tool results become one observation turn, at the first one's position.
+    let mut tool_results: Vec<String> = Vec::new();
+    let mut tool_start = 0;
+    let observation_tag = tags.observation_tag.clone().unwrap_or_default();
+    let separator = "\n</tool_response>\n<tool_response>\n";
+    for (i, m) in raw.iter().enumerate().skip(start) {
+        let mut tag = m.tag.clone();
+        let mut body = match m.content {
+            Value::Null => String::new(),
+            other => content_text(&field, i, content_tag, other)?,
+        };
+        if is(&tags.assistant_tag, &tag) || is(&tags.function_tag, &tag) {
+            if let Some(Value::Array(calls)) = m
+                .raw
+                .get("tool_calls")
+                .filter(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+            {
+                let functions: Vec<Value> = calls
+                    .iter()
+                    .map(|c| c.get("function").cloned().unwrap_or(Value::Null))
+                    .collect();
+                body = Value::Array(functions).to_string();
+                tag = tags
+                    .function_tag
+                    .clone()
+                    .unwrap_or_else(|| "function".into());
+            }
+        }
+        if is(&tags.observation_tag, &tag) {
+            if tool_results.is_empty() {
+                tool_start = i;
+            }
+            tool_results.push(body);
+            continue;
+        }
+        if !tool_results.is_empty() {
+            aligned.push(
+                Role::Observation,
+                tool_results.join(separator),
+                observation_tag.clone(),
+                tool_start,
+            );
+            tool_results.clear();
+        }
+        let role = role_of(tags, &tag).ok_or_else(|| {
+            Skip::new(
+                "role order",
+                None,
+                format!("unknown role \"{tag}\" at position {i} (check tags in dataset_info.json)"),
+            )
+        })?;
+        aligned.push(role, body, tag, i);
+    }
+    if !tool_results.is_empty() {
+        aligned.push(
+            Role::Observation,
+            tool_results.join(separator),
+            observation_tag,
+            tool_start,
+        );
+    }
+    check_order(&aligned)?;
+    Ok(Example {
+        system,
+        tools: tools(row, &entry.columns.tools)?,
+        messages: aligned.messages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::registry::{Columns, Source};
+    use serde_json::json;
+
+    fn entry(formatting: Formatting) -> Entry {
+        Entry::for_path(std::path::Path::new("x.json"), formatting)
+    }
+
+    fn row(v: Value) -> Row {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn alpaca_joins_instruction_and_input_and_keeps_history() {
+        let e = entry(Formatting::Alpaca);
+        let ex = convert(
+            &e,
+            &row(json!({"instruction": "Translate", "input": "hola", "output": "hello"})),
+        )
+        .unwrap();
+        assert_eq!(ex.messages[0].content, "Translate\nhola");
+        let ex = convert(
+            &e,
+            &row(json!({"instruction": "", "input": "only input", "output": "x"})),
+        )
+        .unwrap();
+        assert_eq!(ex.messages[0].content, "only input");
+        let ex = convert(
+            &e,
+            &row(json!({"instruction": "", "input": "", "output": "x"})),
+        )
+        .unwrap();
+        assert_eq!(ex.messages[0].content, "");
+        let mut h = e.clone();
+        h.columns.history = Some("history".into());
+        h.columns.system = Some("system".into());
+        let ex = convert(
+            &h,
+            &row(
+                json!({"instruction": "q2", "input": "", "output": "a2", "system": "be brief",
+                                         "history": [["q1", "a1"]]}),
+            ),
+        )
+        .unwrap();
+        let roles: Vec<_> = ex.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(roles, ["q1", "a1", "q2", "a2"]);
+        assert_eq!(ex.system, "be brief");
+    }
+
+    #[test]
+    fn alpaca_bad_records_are_skips_with_reasons() {
+        let e = entry(Formatting::Alpaca);
+        let s = convert(&e, &row(json!({"instruction": "q", "input": ""}))).unwrap_err();
+        assert_eq!(
+            s.to_string(),
+            "field \"output\": missing from the record (check \"columns\" in dataset_info.json)"
+        );
+        let s = convert(
+            &e,
+            &row(json!({"instruction": "q", "input": "", "output": null})),
+        )
+        .unwrap_err();
+        assert_eq!(s.to_string(), "field \"output\": expected string, got null");
+        let s = convert(
+            &e,
+            &row(json!({"instruction": 5, "input": "", "output": "a"})),
+        )
+        .unwrap_err();
+        assert_eq!(s.kind, "wrong type");
+    }
+
+    fn sharegpt_entry() -> Entry {
+        let mut e = entry(Formatting::Sharegpt);
+        e.columns = Columns {
+            messages: Some("conversations".into()),
+            tools: Some("tools".into()),
+            ..Default::default()
+        };
+        e
+    }
+
+    #[test]
+    fn sharegpt_tool_conversation_with_system_converts() {
+        let r = row(json!({"conversations": [
+            {"from": "system", "value": "sys"}, {"from": "human", "value": "q"},
+            {"from": "function_call", "value": "{}"}, {"from": "observation", "value": "r"},
+            {"from": "gpt", "value": "a"}], "tools": [{"name": "w"}]}));
+        let ex = convert(&sharegpt_entry(), &r).unwrap();
+        let roles: Vec<Role> = ex.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::User,
+                Role::Function,
+                Role::Observation,
+                Role::Assistant
+            ]
+        );
+        assert_eq!(ex.system, "sys");
+        assert_eq!(ex.tools, "[{\"name\":\"w\"}]");
+        assert!(matches!(sharegpt_entry().source, Source::File(_)));
+    }
+
+    #[test]
+    fn sharegpt_role_order_and_count_are_validated() {
+        let e = sharegpt_entry();
+        let odd = row(json!({"conversations": [
+            {"from": "system", "value": "sys"}, {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "a"}, {"from": "human", "value": "thanks"}], "tools": ""}));
+        let s = convert(&e, &odd).unwrap_err();
+        assert_eq!(
+            s.to_string(),
+            "3 messages: a conversation must end with an assistant turn (an even count)"
+        );
+        assert_eq!(s.kind, "message count");
+        let bad = row(
+            json!({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}], "tools": ""}),
+        );
+        let s = convert(&e, &bad).unwrap_err();
+        assert_eq!(
+            s.to_string(),
+            "role \"gpt\" at position 0, expected a user turn"
+        );
+        assert_eq!(s.kind, "role order");
+        let missing = row(json!({"tools": ""}));
+        assert_eq!(convert(&e, &missing).unwrap_err().kind, "missing column");
+    }
+
+    #[test]
+    fn openai_merges_tool_results_and_converts_tool_calls() {
+        let e = entry(Formatting::Openai);
+        let r = row(json!({"messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "weather in A and B?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"function": {"name": "w", "arguments": "{\"c\":\"A\"}"}},
+                {"function": {"name": "w", "arguments": "{\"c\":\"B\"}"}}]},
+            {"role": "tool", "content": "sunny"},
+            {"role": "tool", "content": "rain"},
+            {"role": "assistant", "content": "A sunny, B rain."}]}));
+        let ex = convert(&e, &r).unwrap();
+        assert_eq!(ex.system, "sys");
+        assert_eq!(ex.messages[1].role, Role::Function);
+        assert!(
+            ex.messages[1].content.starts_with("[{\"arguments\""),
+            "{}",
+            ex.messages[1].content
+        );
+        assert_eq!(
+            ex.messages[2].content,
+            "sunny\n</tool_response>\n<tool_response>\nrain"
+        );
+        assert_eq!(ex.messages.len(), 4);
+    }
+}

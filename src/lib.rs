@@ -11,6 +11,7 @@
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
 //! - [`data`]: LLaMA-Factory-compatible datasets.
 //! - [`version`]: what this build is made of.
+//! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
 //! - [`repl`]: the interactive terminal front end.
 
@@ -19,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod output;
+pub mod procstat;
 pub mod repl;
 pub mod rng;
 pub mod script;

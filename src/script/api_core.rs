@@ -41,6 +41,37 @@ mod core_api {
         map
     }
 
+    /// This process's peak resident memory and CPU time so far:
+    /// `#{ peak_rss_bytes, cpu_seconds }` (`()` where the system does not say).
+    pub fn process_stats() -> Map {
+        let s = crate::procstat::process_stats();
+        let mut map = Map::new();
+        let rss = s
+            .peak_rss_bytes
+            .map_or(Dynamic::UNIT, |b| Dynamic::from(b as INT));
+        map.insert("peak_rss_bytes".into(), rss);
+        map.insert(
+            "cpu_seconds".into(),
+            s.cpu_seconds.map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        map
+    }
+
+    /// The whole text of the file at `path` (UTF-8).
+    #[rhai_fn(return_raw)]
+    pub fn read_text(path: &str) -> ScriptResult<String> {
+        std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::io(path, e))
+            .script()
+    }
+
+    /// Write `text` to `path`, creating folders; written to a temporary name and renamed, so
+    /// the file is never left half-written.
+    #[rhai_fn(return_raw)]
+    pub fn write_text(path: &str, text: &str) -> ScriptResult<()> {
+        crate::fsutil::write_atomic(std::path::Path::new(path), text.as_bytes()).script()
+    }
+
     /// Wait `seconds` (a number). Ctrl-C interrupts the wait at once.
     #[rhai_fn(return_raw)]
     pub fn sleep(ctx: NativeCallContext, seconds: f64) -> ScriptResult<()> {

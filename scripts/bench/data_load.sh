@@ -7,15 +7,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n="${1:-1000000}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-python3 scripts/bench/gen_alpaca.py "$work/alpaca.jsonl" "$n"
-echo "# $(du -h "$work/alpaca.jsonl" | cut -f1) of JSON Lines, $n records; $(nproc) cores" >&2
+# The generated file is kept in the cache folder (generating 1M records takes minutes).
+cache="${TUNELAB_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab}/bench"
+file="$cache/alpaca-$n.jsonl"
+if [ ! -s "$file" ]; then
+    mkdir -p "$cache"
+    python3 scripts/bench/gen_alpaca.py "$file.part" "$n" && mv "$file.part" "$file"
+fi
+echo "# $(du -h "$file" | cut -f1) of JSON Lines, $n records; $(nproc) cores; $(date -u +%FT%TZ)" >&2
 cargo build --release --quiet
-ours=$(target/release/tunelab run scripts/bench/data_load.rhai -- path="$work/alpaca.jsonl")
+ours=$(target/release/tunelab run scripts/bench/data_load.rhai -- path="$file")
 echo "$ours"
 if python3 -c "import datasets" 2>/dev/null; then
-    theirs=$(python3 scripts/bench/data_load_hf.py "$work/alpaca.jsonl")
+    theirs=$(python3 scripts/bench/data_load_hf.py "$file")
     echo "$theirs"
     python3 - "$ours" "$theirs" <<'PY'
 import json, sys

@@ -70,10 +70,10 @@ pub fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The value of a required mapped column (prompt, response, messages); missing is a skip.
-fn column<'a>(row: &'a Row, name: &Option<String>) -> Result<Option<&'a Value>, Skip> {
+fn column<'a>(row: &'a mut Row, name: &Option<String>) -> Result<Option<&'a mut Value>, Skip> {
     match name {
         None => Ok(None),
-        Some(name) => row.get(name).map(Some).ok_or_else(|| {
+        Some(name) => row.get_mut(name).map(Some).ok_or_else(|| {
             Skip::new(
                 "missing column",
                 Some(name),
@@ -85,24 +85,69 @@ fn column<'a>(row: &'a Row, name: &Option<String>) -> Result<Option<&'a Value>, 
 
 /// The value of an optional mapped column (input, system, tools, history): a record without the
 /// key reads as null, as it does once Hugging Face has loaded the file into Arrow columns.
-fn optional<'a>(row: &'a Row, name: &Option<String>) -> Option<&'a Value> {
-    name.as_ref().and_then(|n| row.get(n))
+fn optional<'a>(row: &'a mut Row, name: &Option<String>) -> Option<&'a mut Value> {
+    name.as_ref().and_then(|n| row.get_mut(n))
+}
+
+/// How text leaves a row: moved out (no copy, the usual case), or copied when the entry maps one
+/// column to two roles.
+#[derive(Clone, Copy)]
+enum Grab {
+    Move,
+    Copy,
+}
+
+impl Grab {
+    /// `Copy` when two text columns of `entry` name the same field.
+    fn for_entry(entry: &Entry) -> Grab {
+        let c = &entry.columns;
+        let names = [
+            &c.prompt,
+            &c.query,
+            &c.response,
+            &c.system,
+            &c.tools,
+            &c.history,
+            &c.messages,
+        ];
+        let named: Vec<&String> = names.iter().filter_map(|n| n.as_ref()).collect();
+        let distinct = named
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if distinct == named.len() {
+            Grab::Move
+        } else {
+            Grab::Copy
+        }
+    }
+
+    fn string(self, s: &mut String) -> String {
+        match self {
+            Grab::Move => std::mem::take(s),
+            Grab::Copy => s.clone(),
+        }
+    }
 }
 
 /// A required text column: string as is, null as "", missing a skip, anything else a skip.
-fn text(row: &Row, name: &Option<String>) -> Result<String, Skip> {
-    text_value(column(row, name)?, name)
+fn text(row: &mut Row, name: &Option<String>, grab: Grab) -> Result<String, Skip> {
+    text_value(column(row, name)?, name, grab)
 }
 
 /// An optional text column: string as is, null or missing as "".
-fn optional_text(row: &Row, name: &Option<String>) -> Result<String, Skip> {
-    text_value(optional(row, name), name)
+fn optional_text(row: &mut Row, name: &Option<String>, grab: Grab) -> Result<String, Skip> {
+    text_value(optional(row, name), name, grab)
 }
 
-fn text_value(value: Option<&Value>, name: &Option<String>) -> Result<String, Skip> {
+fn text_value(
+    value: Option<&mut Value>,
+    name: &Option<String>,
+    grab: Grab,
+) -> Result<String, Skip> {
     match value {
         None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => Ok(grab.string(s)),
         Some(other) => Err(wrong_type(name.as_deref(), "string", other)),
     }
 }
@@ -116,34 +161,37 @@ fn wrong_type(field: Option<&str>, expected: &str, got: &Value) -> Skip {
 }
 
 /// The tools column: a string, or a JSON list/object serialized to one.
-fn tools(row: &Row, name: &Option<String>) -> Result<String, Skip> {
+fn tools(row: &mut Row, name: &Option<String>, grab: Grab) -> Result<String, Skip> {
     match optional(row, name) {
         None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => Ok(grab.string(s)),
         Some(v @ (Value::Array(_) | Value::Object(_))) => Ok(v.to_string()),
         Some(other) => Err(wrong_type(name.as_deref(), "a JSON string of tools", other)),
     }
 }
 
-/// Convert one raw row according to `entry`.
-pub fn convert(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+/// Convert one raw row according to `entry`. The row's text is moved into the example (no
+/// copy), so the row is left partly emptied.
+pub fn convert(entry: &Entry, mut row: Row) -> Result<Example, Skip> {
+    let grab = Grab::for_entry(entry);
+    let row = &mut row;
     match entry.formatting {
-        Formatting::Alpaca => alpaca(entry, row),
-        Formatting::Sharegpt => sharegpt(entry, row),
-        Formatting::Openai => openai(entry, row),
+        Formatting::Alpaca => alpaca(entry, row, grab),
+        Formatting::Sharegpt => sharegpt(entry, row, grab),
+        Formatting::Openai => openai(entry, row, grab),
     }
 }
 
-fn alpaca(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+fn alpaca(entry: &Entry, row: &mut Row, grab: Grab) -> Result<Example, Skip> {
     let c = &entry.columns;
-    let mut messages = Vec::new();
+    let mut messages = Vec::with_capacity(2);
     if let Some(Value::Array(pairs)) = optional(row, &c.history) {
-        for (i, pair) in pairs.iter().enumerate() {
+        for (i, pair) in pairs.iter_mut().enumerate() {
             let field = format!("{}[{i}]", c.history.as_deref().unwrap_or("history"));
-            match pair.as_array().map(|p| p.as_slice()) {
+            match pair.as_array_mut().map(|p| p.as_mut_slice()) {
                 Some([Value::String(q), Value::String(a)]) => {
-                    messages.push(Message::new(Role::User, q.clone()));
-                    messages.push(Message::new(Role::Assistant, a.clone()));
+                    messages.push(Message::new(Role::User, grab.string(q)));
+                    messages.push(Message::new(Role::Assistant, grab.string(a)));
                 }
                 _ => {
                     return Err(Skip::new(
@@ -155,25 +203,32 @@ fn alpaca(entry: &Entry, row: &Row) -> Result<Example, Skip> {
             }
         }
     }
-    let instruction = text(row, &c.prompt)?;
-    let input = optional_text(row, &c.query)?;
+    let instruction = text(row, &c.prompt, grab)?;
+    let input = optional_text(row, &c.query, grab)?;
     let user = match (instruction.is_empty(), input.is_empty()) {
-        (false, false) => format!("{instruction}\n{input}"),
+        (false, false) => {
+            let mut joined = instruction;
+            joined.reserve_exact(1 + input.len());
+            joined.push('\n');
+            joined.push_str(&input);
+            joined
+        }
         (false, true) => instruction,
         (true, _) => input,
     };
     messages.push(Message::new(Role::User, user));
     let response = match column(row, &c.response)? {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => grab.string(s),
         Some(other) => return Err(wrong_type(c.response.as_deref(), "string", other)),
         None => {
             return Err(Skip::new("no response", None, "no response column mapped: sft needs an output column (pre-training text is not supported yet)"))
         }
     };
     messages.push(Message::new(Role::Assistant, response));
+    messages.shrink_to_fit();
     Ok(Example {
-        system: optional_text(row, &c.system)?,
-        tools: tools(row, &c.tools)?,
+        system: optional_text(row, &c.system, grab)?,
+        tools: tools(row, &c.tools, grab)?,
         messages,
     })
 }
@@ -197,13 +252,13 @@ fn role_of(tags: &Tags, tag: &str) -> Option<Role> {
 }
 
 /// One message of a sharegpt/openai record as written in the file.
-struct RawMessage<'a> {
+struct RawMessage {
     /// The role tag (`human`, `gpt`, `user`, ...).
     tag: String,
     /// The content value (not yet checked to be a string).
-    content: &'a Value,
-    /// The whole message object (openai reads `tool_calls` from it).
-    raw: &'a Value,
+    content: Value,
+    /// OpenAI's `tool_calls`, when present.
+    tool_calls: Option<Value>,
 }
 
 /// Converted messages with, for each, the tag it had and its position in the file.
@@ -223,7 +278,7 @@ impl Aligned {
 }
 
 /// The messages column of a sharegpt/openai record: `(column name, messages)`.
-fn raw_messages<'a>(entry: &Entry, row: &'a Row) -> Result<(String, Vec<RawMessage<'a>>), Skip> {
+fn raw_messages(entry: &Entry, row: &mut Row) -> Result<(String, Vec<RawMessage>), Skip> {
     let field = entry.columns.messages.clone().ok_or_else(|| {
         Skip::new(
             "missing column",
@@ -232,25 +287,25 @@ fn raw_messages<'a>(entry: &Entry, row: &'a Row) -> Result<(String, Vec<RawMessa
         )
     })?;
     let list = match column(row, &entry.columns.messages)? {
-        Some(Value::Array(list)) => list,
+        Some(Value::Array(list)) => std::mem::take(list),
         Some(other) => return Err(wrong_type(Some(&field), "a list of messages", other)),
         None => unreachable!("a mapped column is present or a skip"),
     };
     let role_tag = entry.tags.role_tag.as_deref().unwrap_or("from");
     let content_tag = entry.tags.content_tag.as_deref().unwrap_or("value");
     let mut out = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
+    for (i, m) in list.into_iter().enumerate() {
         let at = format!("{field}[{i}]");
-        let obj = m
-            .as_object()
-            .ok_or_else(|| wrong_type(Some(&at), "an object", m))?;
-        let role = match obj.get(role_tag) {
-            Some(Value::String(r)) => r.clone(),
+        let Value::Object(mut obj) = m else {
+            return Err(wrong_type(Some(&at), "an object", &m));
+        };
+        let role = match obj.remove(role_tag) {
+            Some(Value::String(r)) => r,
             Some(other) => {
                 return Err(wrong_type(
                     Some(&format!("{at}.{role_tag}")),
                     "string",
-                    other,
+                    &other,
                 ))
             }
             None => {
@@ -261,23 +316,22 @@ fn raw_messages<'a>(entry: &Entry, row: &'a Row) -> Result<(String, Vec<RawMessa
                 ))
             }
         };
-        let content = obj.get(content_tag).unwrap_or(&Value::Null);
         out.push(RawMessage {
             tag: role,
-            content,
-            raw: m,
+            content: obj.remove(content_tag).unwrap_or(Value::Null),
+            tool_calls: obj.remove("tool_calls"),
         });
     }
     Ok((field, out))
 }
 
-fn content_text(field: &str, i: usize, tag: &str, v: &Value) -> Result<String, Skip> {
+fn content_text(field: &str, i: usize, tag: &str, v: Value) -> Result<String, Skip> {
     match v {
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(s),
         other => Err(wrong_type(
             Some(&format!("{field}[{i}].{tag}")),
             "string",
-            other,
+            &other,
         )),
     }
 }
@@ -327,19 +381,18 @@ fn check_order(aligned: &Aligned) -> Result<(), Skip> {
     Ok(())
 }
 
-fn sharegpt(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+fn sharegpt(entry: &Entry, row: &mut Row, grab: Grab) -> Result<Example, Skip> {
     let (field, raw) = raw_messages(entry, row)?;
     let content_tag = entry.tags.content_tag.as_deref().unwrap_or("value");
-    let mut start = 0;
-    let system = match raw.first() {
-        Some(first) if entry.tags.system_tag.as_deref() == Some(first.tag.as_str()) => {
-            start = 1;
-            content_text(&field, 0, content_tag, first.content)?
-        }
-        _ => optional_text(row, &entry.columns.system)?,
+    let mut raw = raw.into_iter().enumerate().peekable();
+    let system = match raw
+        .next_if(|(_, first)| entry.tags.system_tag.as_deref() == Some(first.tag.as_str()))
+    {
+        Some((_, first)) => content_text(&field, 0, content_tag, first.content)?,
+        None => optional_text(row, &entry.columns.system, grab)?,
     };
     let mut aligned = Aligned::default();
-    for (i, m) in raw.iter().enumerate().skip(start) {
+    for (i, m) in raw {
         let k = aligned.messages.len();
         let accepted = if k % 2 == 0 {
             [&entry.tags.user_tag, &entry.tags.observation_tag]
@@ -365,30 +418,28 @@ fn sharegpt(entry: &Entry, row: &Row) -> Result<Example, Skip> {
         aligned.push(
             role,
             content_text(&field, i, content_tag, m.content)?,
-            m.tag.clone(),
+            m.tag,
             i,
         );
     }
     check_order(&aligned)?;
+    aligned.messages.shrink_to_fit();
     Ok(Example {
         system,
-        tools: tools(row, &entry.columns.tools)?,
+        tools: tools(row, &entry.columns.tools, grab)?,
         messages: aligned.messages,
     })
 }
 
-fn openai(entry: &Entry, row: &Row) -> Result<Example, Skip> {
+fn openai(entry: &Entry, row: &mut Row, grab: Grab) -> Result<Example, Skip> {
     let (field, raw) = raw_messages(entry, row)?;
     let tags = &entry.tags;
     let content_tag = tags.content_tag.as_deref().unwrap_or("content");
     let is = |tag: &Option<String>, value: &str| tag.as_deref() == Some(value);
-    let mut start = 0;
-    let system = match raw.first() {
-        Some(first) if is(&tags.system_tag, &first.tag) => {
-            start = 1;
-            content_text(&field, 0, content_tag, first.content)?
-        }
-        _ => optional_text(row, &entry.columns.system)?,
+    let mut raw = raw.into_iter().enumerate().peekable();
+    let system = match raw.next_if(|(_, first)| is(&tags.system_tag, &first.tag)) {
+        Some((_, first)) => content_text(&field, 0, content_tag, first.content)?,
+        None => optional_text(row, &entry.columns.system, grab)?,
     };
     let mut aligned = Aligned::default();
     // Consecutive tool results become one observation turn, at the first one's position.
@@ -396,21 +447,24 @@ fn openai(entry: &Entry, row: &Row) -> Result<Example, Skip> {
     let mut tool_start = 0;
     let observation_tag = tags.observation_tag.clone().unwrap_or_default();
     let separator = "\n</tool_response>\n<tool_response>\n";
-    for (i, m) in raw.iter().enumerate().skip(start) {
-        let mut tag = m.tag.clone();
+    for (i, m) in raw {
+        let mut tag = m.tag;
         let mut body = match m.content {
             Value::Null => String::new(),
             other => content_text(&field, i, content_tag, other)?,
         };
         if is(&tags.assistant_tag, &tag) || is(&tags.function_tag, &tag) {
             if let Some(Value::Array(calls)) = m
-                .raw
-                .get("tool_calls")
+                .tool_calls
                 .filter(|c| c.as_array().is_some_and(|a| !a.is_empty()))
             {
                 let functions: Vec<Value> = calls
-                    .iter()
-                    .map(|c| c.get("function").cloned().unwrap_or(Value::Null))
+                    .into_iter()
+                    .map(|mut c| {
+                        c.get_mut("function")
+                            .map(Value::take)
+                            .unwrap_or(Value::Null)
+                    })
                     .collect();
                 body = Value::Array(functions).to_string();
                 tag = tags
@@ -453,9 +507,10 @@ fn openai(entry: &Entry, row: &Row) -> Result<Example, Skip> {
         );
     }
     check_order(&aligned)?;
+    aligned.messages.shrink_to_fit();
     Ok(Example {
         system,
-        tools: tools(row, &entry.columns.tools)?,
+        tools: tools(row, &entry.columns.tools, grab)?,
         messages: aligned.messages,
     })
 }
@@ -479,19 +534,19 @@ mod tests {
         let e = entry(Formatting::Alpaca);
         let ex = convert(
             &e,
-            &row(json!({"instruction": "Translate", "input": "hola", "output": "hello"})),
+            row(json!({"instruction": "Translate", "input": "hola", "output": "hello"})),
         )
         .unwrap();
         assert_eq!(ex.messages[0].content, "Translate\nhola");
         let ex = convert(
             &e,
-            &row(json!({"instruction": "", "input": "only input", "output": "x"})),
+            row(json!({"instruction": "", "input": "only input", "output": "x"})),
         )
         .unwrap();
         assert_eq!(ex.messages[0].content, "only input");
         let ex = convert(
             &e,
-            &row(json!({"instruction": "", "input": "", "output": "x"})),
+            row(json!({"instruction": "", "input": "", "output": "x"})),
         )
         .unwrap();
         assert_eq!(ex.messages[0].content, "");
@@ -500,7 +555,7 @@ mod tests {
         h.columns.system = Some("system".into());
         let ex = convert(
             &h,
-            &row(
+            row(
                 json!({"instruction": "q2", "input": "", "output": "a2", "system": "be brief",
                                          "history": [["q1", "a1"]]}),
             ),
@@ -514,20 +569,20 @@ mod tests {
     #[test]
     fn alpaca_bad_records_are_skips_with_reasons() {
         let e = entry(Formatting::Alpaca);
-        let s = convert(&e, &row(json!({"instruction": "q", "input": ""}))).unwrap_err();
+        let s = convert(&e, row(json!({"instruction": "q", "input": ""}))).unwrap_err();
         assert_eq!(
             s.to_string(),
             "field \"output\": missing from the record (check \"columns\" in dataset_info.json)"
         );
         let s = convert(
             &e,
-            &row(json!({"instruction": "q", "input": "", "output": null})),
+            row(json!({"instruction": "q", "input": "", "output": null})),
         )
         .unwrap_err();
         assert_eq!(s.to_string(), "field \"output\": expected string, got null");
         let s = convert(
             &e,
-            &row(json!({"instruction": 5, "input": "", "output": "a"})),
+            row(json!({"instruction": 5, "input": "", "output": "a"})),
         )
         .unwrap_err();
         assert_eq!(s.kind, "wrong type");
@@ -549,7 +604,7 @@ mod tests {
             {"from": "system", "value": "sys"}, {"from": "human", "value": "q"},
             {"from": "function_call", "value": "{}"}, {"from": "observation", "value": "r"},
             {"from": "gpt", "value": "a"}], "tools": [{"name": "w"}]}));
-        let ex = convert(&sharegpt_entry(), &r).unwrap();
+        let ex = convert(&sharegpt_entry(), r).unwrap();
         let roles: Vec<Role> = ex.messages.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,
@@ -571,7 +626,7 @@ mod tests {
         let odd = row(json!({"conversations": [
             {"from": "system", "value": "sys"}, {"from": "human", "value": "q"},
             {"from": "gpt", "value": "a"}, {"from": "human", "value": "thanks"}], "tools": ""}));
-        let s = convert(&e, &odd).unwrap_err();
+        let s = convert(&e, odd).unwrap_err();
         assert_eq!(
             s.to_string(),
             "3 messages: a conversation must end with an assistant turn (an even count)"
@@ -580,14 +635,14 @@ mod tests {
         let bad = row(
             json!({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}], "tools": ""}),
         );
-        let s = convert(&e, &bad).unwrap_err();
+        let s = convert(&e, bad).unwrap_err();
         assert_eq!(
             s.to_string(),
             "role \"gpt\" at position 0, expected a user turn"
         );
         assert_eq!(s.kind, "role order");
         let missing = row(json!({"tools": ""}));
-        assert_eq!(convert(&e, &missing).unwrap_err().kind, "missing column");
+        assert_eq!(convert(&e, missing).unwrap_err().kind, "missing column");
     }
 
     #[test]
@@ -602,7 +657,7 @@ mod tests {
             {"role": "tool", "content": "sunny"},
             {"role": "tool", "content": "rain"},
             {"role": "assistant", "content": "A sunny, B rain."}]}));
-        let ex = convert(&e, &r).unwrap();
+        let ex = convert(&e, r.clone()).unwrap();
         assert_eq!(ex.system, "sys");
         assert_eq!(ex.messages[1].role, Role::Function);
         assert!(

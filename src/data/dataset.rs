@@ -82,7 +82,8 @@ impl Dataset {
         )
     }
 
-    fn from_shared(
+    /// Like [`Dataset::new`] for examples already behind `Arc`s (no second copy of the list).
+    pub fn from_shared(
         name: String,
         source: String,
         examples: Vec<Arc<Example>>,

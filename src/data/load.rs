@@ -7,6 +7,7 @@
 //! exceeds them), and `max_samples` keeps the first N.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::convert::{convert, Skip};
 use super::dataset::{Dataset, SkipReport};
@@ -155,8 +156,8 @@ pub fn load(name_or_path: &str, opts: &LoadOptions, cancel: &CancelToken) -> Res
             }
             decided = true;
         }
-        match convert(&entry, &row) {
-            Ok(example) => examples.push(example),
+        match convert(&entry, row) {
+            Ok(example) => examples.push(Arc::new(example)),
             Err(skip) => match opts.on_error {
                 OnError::Fail => return Err(skip_error(file, loc, &skip)),
                 OnError::Skip => {
@@ -175,7 +176,8 @@ pub fn load(name_or_path: &str, opts: &LoadOptions, cancel: &CancelToken) -> Res
         return Err(no_valid_record(&path, &entry, &skipped));
     }
     let source = format!("{}, {}", path.display(), entry.formatting.as_str());
-    let mut dataset = Dataset::new(entry.name.clone(), source, examples, skipped);
+    examples.shrink_to_fit();
+    let mut dataset = Dataset::from_shared(entry.name.clone(), source, examples, skipped);
     if let Some(n) = entry.num_samples {
         dataset = dataset.num_samples(n, opts.seed);
     }

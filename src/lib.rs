@@ -10,6 +10,7 @@
 //! - [`fsutil`]: atomic writes for every artifact.
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
 //! - [`data`]: LLaMA-Factory-compatible datasets.
+//! - [`model`]: Llama models, loaders, tokenizers, perplexity.
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
@@ -19,6 +20,7 @@ pub mod cancel;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod model;
 pub mod output;
 pub mod procstat;
 pub mod repl;

@@ -60,7 +60,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} must be even and positive (rotary embeddings rotate pairs)", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be even and positive (rotary embeddings rotate pairs)",
+                self.head_dim
+            ));
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -69,7 +72,9 @@ impl LlamaConfig {
             ("num_hidden_layers", self.num_hidden_layers),
         ] {
             if v == 0 || v > MAX_DIMENSION {
-                return bad(format!("{name} = {v} is out of range (1..={MAX_DIMENSION})"));
+                return bad(format!(
+                    "{name} = {v} is out of range (1..={MAX_DIMENSION})"
+                ));
             }
         }
         Ok(())
@@ -135,16 +140,27 @@ fn default_max_pos() -> usize {
 /// Token ids from a config value that may be a number or a list of numbers.
 pub fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|i| i.as_u64()).map(|n| n as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_u64())
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 /// Parse a Hugging Face `config.json` (its text; `source` names it in errors).
 pub fn from_hf_json(text: &str, source: &str) -> Result<LlamaConfig> {
-    let hf: HfConfig = serde_json::from_str(text)
-        .map_err(|e| Error::msg(format!("{source}: line {} column {}: {e}", e.line(), e.column())))?;
+    let hf: HfConfig = serde_json::from_str(text).map_err(|e| {
+        Error::msg(format!(
+            "{source}: line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     let architecture = hf.model_type.clone().unwrap_or_else(|| "llama".into());
     if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
         return Err(Error::msg(format!(
@@ -153,12 +169,22 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<LlamaConfig> {
         )));
     }
     let rope_scaling = match &hf.rope_scaling {
-        Some(v) if v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()) == Some("llama3") => {
-            Some(serde_json::from_value(v.clone()).map_err(|e| Error::msg(format!("{source}: rope_scaling: {e}")))?)
+        Some(v)
+            if v.get("rope_type")
+                .or_else(|| v.get("type"))
+                .and_then(|t| t.as_str())
+                == Some("llama3") =>
+        {
+            Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|e| Error::msg(format!("{source}: rope_scaling: {e}")))?,
+            )
         }
         Some(serde_json::Value::Null) | None => None,
         Some(other) => {
-            return Err(Error::msg(format!("{source}: rope_scaling {other} is not supported (only rope_type \"llama3\")")))
+            return Err(Error::msg(format!(
+                "{source}: rope_scaling {other} is not supported (only rope_type \"llama3\")"
+            )))
         }
     };
     let config = LlamaConfig {
@@ -170,7 +196,9 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<LlamaConfig> {
         num_hidden_layers: hf.num_hidden_layers,
         num_attention_heads: hf.num_attention_heads,
         num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+        head_dim: hf
+            .head_dim
+            .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
         rms_norm_eps: hf.rms_norm_eps,
         rope_theta: hf.rope_theta,
         rope_scaling,
@@ -222,12 +250,27 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_problem() {
-        let e = from_hf_json(r#"{"model_type": "gpt2", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 8,
-            "num_hidden_layers": 1, "num_attention_heads": 2}"#, "x/config.json").unwrap_err();
-        assert!(e.to_string().contains("model_type \"gpt2\" is not supported"), "{e}");
-        let e = from_hf_json(r#"{"vocab_size": 10, "hidden_size": 12, "intermediate_size": 8,
-            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3}"#, "c.json").unwrap_err();
+        let e = from_hf_json(
+            r#"{"model_type": "gpt2", "vocab_size": 1, "hidden_size": 8, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2}"#,
+            "x/config.json",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("model_type \"gpt2\" is not supported"),
+            "{e}"
+        );
+        let e = from_hf_json(
+            r#"{"vocab_size": 10, "hidden_size": 12, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3}"#,
+            "c.json",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not a multiple"), "{e}");
-        assert!(from_hf_json("{", "c.json").unwrap_err().to_string().starts_with("c.json: line 1"));
+        assert!(from_hf_json("{", "c.json")
+            .unwrap_err()
+            .to_string()
+            .starts_with("c.json: line 1"));
     }
 }

@@ -1,0 +1,282 @@
+//! The Llama forward pass: embeddings, N blocks of (RMSNorm → grouped-query attention with RoPE →
+//! residual, RMSNorm → SwiGLU MLP → residual), a final RMSNorm and the output projection (tied to the
+//! embeddings or not). Covers Llama 2/3, SmolLM2, TinyLlama, Mistral-style and Qwen2 (q/k/v biases).
+//!
+//! Shape legend: B batch, T new tokens, S = past + T positions attended to, C hidden size,
+//! Hq/Hkv query/key-value heads, D head size, V vocabulary, F MLP width.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::LlamaConfig;
+use super::linear::Linear;
+use super::rope;
+use crate::error::Result;
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: Tensor, // (C)
+    pub q: Linear,         // C → Hq·D
+    pub k: Linear,         // C → Hkv·D
+    pub v: Linear,         // C → Hkv·D
+    pub o: Linear,         // Hq·D → C
+    pub mlp_norm: Tensor,  // (C)
+    pub gate: Linear,      // C → F
+    pub up: Linear,        // C → F
+    pub down: Linear,      // F → C
+}
+
+/// The whole network.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    /// (V, C), dense (dequantized when loaded from a quantized file).
+    pub embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: Tensor, // (C)
+    /// C → V; for tied models a view of the embedding (dense or quantized).
+    pub lm_head: Linear,
+    inv_freq: Vec<f32>,
+    /// Activation dtype (f32 for quantized weights).
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// Keys and values of the positions seen so far, per block: each (B, Hkv, S, D).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        self.layers.clear();
+    }
+}
+
+/// Which positions' logits to compute (the output projection is the most expensive layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position: (B, T, V).
+    All,
+    /// Only the last position: (B, 1, V).
+    Last,
+    /// Positions `n..T`: (B, T - n, V).
+    From(usize),
+}
+
+impl Llama {
+    /// Assemble a model from its parts.
+    pub fn new(
+        config: LlamaConfig,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        lm_head: Linear,
+        dtype: DType,
+    ) -> Self {
+        let inv_freq = rope::inverse_frequencies(&config);
+        let device = embed.device().clone();
+        Llama {
+            config,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+            dtype,
+            device,
+        }
+    }
+
+    /// Every weight under its Hugging Face name (`model.layers.0.self_attn.q_proj.weight`, ...),
+    /// dense f32 (quantized weights are dequantized); `lm_head.weight` only when not tied.
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let f32 = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
+        let mut out = vec![("model.embed_tokens.weight".to_string(), f32(&self.embed)?)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), f32(&b.attn_norm)?));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                f32(&b.mlp_norm)?,
+            ));
+            for (name, lin) in [
+                ("self_attn.q_proj", &b.q),
+                ("self_attn.k_proj", &b.k),
+                ("self_attn.v_proj", &b.v),
+                ("self_attn.o_proj", &b.o),
+                ("mlp.gate_proj", &b.gate),
+                ("mlp.up_proj", &b.up),
+                ("mlp.down_proj", &b.down),
+            ] {
+                out.push((format!("{p}.{name}.weight"), lin.dense_weight()?));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), f32(bias)?));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), f32(&self.norm)?));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.dense_weight()?));
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            weight,
+            self.config.rms_norm_eps as f32,
+        )?)
+    }
+
+    /// Logits for `ids` (B, T) placed after the `cache`'s positions; `pad_mask` (B, S) marks real
+    /// tokens with 1 and left padding with 0 (None: no padding).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        pad_mask: Option<&Tensor>,
+        which: Logits,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = self.config.hidden_size;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c))?; // (B, T, C)
+        let mut owned = KvCache::default();
+        let cache = cache.unwrap_or(&mut owned);
+        let past = cache.len();
+        if cache.layers.len() < self.blocks.len() {
+            cache.layers.resize(self.blocks.len(), None);
+        }
+        let (cos, sin) = rope::tables(&self.inv_freq, past, t, self.dtype, &self.device)?;
+        let mask = attention_mask(t, past, pad_mask, self.dtype, &self.device)?; // (B|1, 1, T, S)
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = self.rms_norm(&x, &block.attn_norm)?;
+            let a = self.attention(block, &h, &cos, &sin, &mask, &mut cache.layers[i])?;
+            x = (x + a)?;
+            let h = self.rms_norm(&x, &block.mlp_norm)?;
+            let gate = candle_nn::ops::silu(&block.gate.forward(&h)?)?; // (B, T, F)
+            let m = block.down.forward(&(gate * block.up.forward(&h)?)?)?; // (B, T, C)
+            x = (x + m)?;
+        }
+        let x = match which {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, t - 1, 1)?,
+            Logits::From(n) => x.narrow(1, n.min(t - 1), t - n.min(t - 1))?,
+        };
+        let x = self.rms_norm(&x, &self.norm)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?) // (B, T|1, V)
+    }
+
+    fn attention(
+        &self,
+        block: &Block,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let (hq, hkv, d) = (
+            self.config.num_attention_heads,
+            self.config.num_key_value_heads,
+            self.config.head_dim,
+        );
+        let q = block
+            .q
+            .forward(h)?
+            .reshape((b, t, hq, d))?
+            .transpose(1, 2)?; // (B, Hq, T, D)
+        let k = block
+            .k
+            .forward(h)?
+            .reshape((b, t, hkv, d))?
+            .transpose(1, 2)?; // (B, Hkv, T, D)
+        let v = block
+            .v
+            .forward(h)?
+            .reshape((b, t, hkv, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = rope::apply(&q, cos, sin)?;
+        let k = rope::apply(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, Hkv, S, D)
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let group = hq / hkv;
+        let k = repeat_kv(&k, group)?; // (B, Hq, S, D)
+        let v = repeat_kv(&v, group)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?; // (B, Hq, T, S)
+        let scores = scores.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?; // (B, Hq, T, D)
+        let out = out.transpose(1, 2)?.reshape((b, t, hq * d))?; // (B, T, Hq·D)
+        block.o.forward(&out)
+    }
+}
+
+/// Repeat each key/value head `n` times: (B, Hkv, S, D) → (B, Hkv·n, S, D).
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, h, n, s, d))?
+        .reshape((b, h * n, s, d))?)
+}
+
+/// Additive mask (B|1, 1, T, S): 0 where query i may see key j (j ≤ past + i, and j not padding),
+/// a large negative number elsewhere.
+pub fn attention_mask(
+    t: usize,
+    past: usize,
+    pad_mask: Option<&Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let s = past + t;
+    /// Large enough to zero a softmax term, small enough to stay finite in f16.
+    const MASKED: f32 = -1e4;
+    let causal: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { MASKED }))
+        .collect();
+    let mut mask = Tensor::from_vec(causal, (1, 1, t, s), device)?;
+    if let Some(pad) = pad_mask {
+        let (b, ps) = pad.dims2()?;
+        debug_assert_eq!(ps, s);
+        let pad = pad.to_dtype(DType::F32)?.reshape((b, 1, 1, s))?;
+        let pad_add = ((pad - 1.0)? * (-MASKED as f64))?; // 0 for real tokens, MASKED for padding
+        mask = mask.broadcast_add(&pad_add)?;
+    }
+    Ok(mask.to_dtype(dtype)?)
+}
+
+/// Row-wise log-softmax of logits (…, V), in f32.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::log_softmax(
+        &logits.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?)
+}

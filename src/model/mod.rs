@@ -1,0 +1,232 @@
+//! Models: loading (Hugging Face folder, GGUF file, the `tiny` preset), the Llama forward pass,
+//! tokenizers, and perplexity.
+//!
+//! A [`Model`] is cheap to clone (its parts sit behind one `Arc`) and immutable; generation keeps
+//! its own KV cache.
+
+pub mod config;
+pub mod gguf;
+pub mod linear;
+pub mod llama;
+pub mod perplexity;
+pub mod rope;
+pub mod save;
+pub mod tiny;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+
+pub use config::LlamaConfig;
+pub use llama::{KvCache, Llama, Logits};
+pub use tokenizer::Tokenizer;
+
+use crate::error::{Error, Result};
+
+/// Options of `load_model`.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Compute dtype of dense weights: f32 (default), bf16 or f16.
+    pub dtype: DType,
+    /// GGUF only: keep the weights in their quantized blocks (for chat and serving).
+    pub quantized: bool,
+    /// Seed of the `tiny` preset's random weights.
+    pub seed: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: "cpu".into(),
+            dtype: DType::F32,
+            quantized: false,
+            seed: 0,
+        }
+    }
+}
+
+/// Everything about a loaded model.
+#[derive(Debug)]
+pub struct ModelParts {
+    pub llama: Llama,
+    pub tokenizer: Tokenizer,
+    /// The model's own Jinja chat template, if it has one.
+    pub chat_template: Option<String>,
+    /// Where it came from: a path, or `tiny (seed N)`.
+    pub source: String,
+    /// `gguf`, `hf` or `tiny`.
+    pub format: &'static str,
+    /// Weights kept in quantized blocks.
+    pub quantized: bool,
+    /// Token ids that end generation (eos and the like).
+    pub stop_ids: Vec<u32>,
+    /// Whether text starts with the bos token when tokenized for the model (GGUF
+    /// `tokenizer.ggml.add_bos_token`, HF `add_bos_token`).
+    pub add_bos: bool,
+    /// The bos and eos token strings (for templates).
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+/// A loaded model; clones share the weights.
+#[derive(Debug, Clone)]
+pub struct Model {
+    inner: Arc<ModelParts>,
+}
+
+impl std::ops::Deref for Model {
+    type Target = ModelParts;
+    fn deref(&self) -> &ModelParts {
+        &self.inner
+    }
+}
+
+impl Model {
+    /// Wrap loaded parts.
+    pub fn new(parts: ModelParts) -> Self {
+        Model {
+            inner: Arc::new(parts),
+        }
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.llama.config
+    }
+
+    /// Parameters of the network.
+    pub fn num_params(&self) -> usize {
+        self.llama.config.num_params()
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.config();
+        let weights = if self.quantized {
+            "quantized".to_string()
+        } else {
+            format!("{:?}", self.llama.dtype).to_lowercase()
+        };
+        write!(
+            f,
+            "Model {} ({}, {:.1} M params, {} layers, hidden {}, heads {}/{}, vocab {}), {weights} on {}, from {}",
+            c.architecture,
+            self.format,
+            self.num_params() as f64 / 1e6,
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.vocab_size,
+            device_name(&self.llama.device),
+            self.source
+        )
+    }
+}
+
+/// A device by name: `cpu`, `cuda`, `cuda:N`.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0)?
+        } else {
+            Device::Cpu
+        }),
+        other => {
+            let ordinal = match other.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        Error::config(
+                            "device",
+                            format!(
+                                "\"{other}\" is not a device; use \"cpu\", \"cuda\" or \"cuda:N\""
+                            ),
+                        )
+                    })?,
+                None => {
+                    return Err(Error::config(
+                        "device",
+                        format!("\"{other}\" is not a device; use \"cpu\", \"cuda\" or \"cuda:N\""),
+                    ))
+                }
+            };
+            if !cfg!(feature = "cuda") {
+                return Err(Error::config("device", format!("\"{other}\": this tunelab was built without CUDA; build it with `cargo build --release --features cuda` (see README, GPU)")));
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+    }
+}
+
+/// How a device prints.
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => format!("cuda:{}", d.location().ordinal()),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+trait Ordinal {
+    fn ordinal(&self) -> usize;
+}
+
+impl Ordinal for candle_core::DeviceLocation {
+    fn ordinal(&self) -> usize {
+        match self {
+            candle_core::DeviceLocation::Cuda { gpu_id }
+            | candle_core::DeviceLocation::Metal { gpu_id } => *gpu_id,
+            candle_core::DeviceLocation::Cpu => 0,
+        }
+    }
+}
+
+/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`.
+pub fn load(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
+    let device = device(&opts.device)?;
+    if path_or_preset == "tiny" {
+        let (llama, tokenizer) = tiny::build(opts.seed, opts.dtype, &device)?;
+        let stop_ids = llama.config.eos_token_ids.clone();
+        return Ok(Model::new(ModelParts {
+            llama,
+            tokenizer,
+            chat_template: None,
+            source: format!("tiny preset (seed {})", opts.seed),
+            format: "tiny",
+            quantized: false,
+            stop_ids,
+            add_bos: false,
+            bos_token: None,
+            eos_token: Some("<|im_end|>".into()),
+        }));
+    }
+    let path = Path::new(path_or_preset);
+    if path.is_dir() {
+        return weights::load_hf(path, opts, &device);
+    }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        if !path.is_file() {
+            return Err(Error::io_hint(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                "for SmolLM2 run scripts/fetch-smollm2.sh",
+            ));
+        }
+        return weights::load_gguf(path, opts, &device);
+    }
+    Err(Error::msg(format!(
+        "\"{path_or_preset}\" is not a model: give a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file, or \"tiny\""
+    )))
+}

@@ -11,6 +11,7 @@
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
 //! - [`data`]: LLaMA-Factory-compatible datasets.
 //! - [`model`]: Llama models, loaders, tokenizers, perplexity.
+//! - [`generate`]: sampling, generation, chat sessions.
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
@@ -20,6 +21,7 @@ pub mod cancel;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
 pub mod output;
 pub mod procstat;

@@ -23,10 +23,15 @@ use crate::script::runner::read_script;
 use crate::script::{build_engine, stdlib, EngineOptions, HostContext};
 
 /// The REPL's `:commands`, for completion and `:help`.
-pub const COMMANDS: &[&str] = &[":help", ":vars", ":load", ":reset", ":time", ":quit"];
+pub const COMMANDS: &[&str] = &[":help", ":vars", ":load", ":reset", ":time", ":chat", ":end", ":quit"];
 
 /// What the prompt looks like.
 const PROMPT: &str = "tunelab> ";
+/// The prompt in `:chat` mode.
+const CHAT_PROMPT: &str = "you> ";
+
+/// The variable `:chat` mode hands each typed line over in.
+const CHAT_LINE: &str = "chat_line";
 
 /// The name errors give to code typed at the prompt.
 const REPL_SOURCE: &str = "<repl>";
@@ -133,6 +138,8 @@ pub struct Session {
     functions: AST,
     /// `import` statements typed so far, replayed before each input.
     imports: Vec<String>,
+    /// In `:chat` mode: the expression naming the chat session.
+    chat: Option<String>,
     catalog: Vec<FnDoc>,
 }
 
@@ -153,6 +160,7 @@ impl Session {
             scope: Scope::new(),
             functions: AST::empty(),
             imports: Vec::new(),
+            chat: None,
             catalog: help::catalog(),
         }
     }
@@ -171,6 +179,14 @@ impl Session {
         let trimmed = input.trim();
         if let Some(command) = trimmed.strip_prefix(':') {
             return self.command(command);
+        }
+        if let Some(chat) = self.chat.clone() {
+            // The line is the user's message, passed as a variable (no quoting problems).
+            self.scope.set_or_push(CHAT_LINE, trimmed.to_string());
+            return match self.eval(&format!("{chat}.ask({CHAT_LINE}); ()"), REPL_SOURCE) {
+                Ok(_) => Outcome::Shown(String::new()),
+                Err(report) => Outcome::Error(report),
+            };
         }
         match self.eval(input, REPL_SOURCE) {
             Ok(value) if value.is_unit() => Outcome::Shown(String::new()),
@@ -207,6 +223,21 @@ impl Session {
                         Err(report) => Outcome::Error(report),
                     },
                 }
+            }
+            "chat" if arg.is_empty() => Outcome::Error(
+                "usage: :chat EXPR, where EXPR is a chat session, e.g. `let c = chat(load_model(\"tiny\"));` then `:chat c`".into(),
+            ),
+            "chat" => match self.eval(arg, REPL_SOURCE) {
+                Ok(v) if v.type_name().ends_with("Chat") => {
+                    self.chat = Some(arg.to_string());
+                    Outcome::Shown(format!("chatting with `{arg}`: type a message; `:end` returns to code"))
+                }
+                Ok(v) => Outcome::Error(format!(":chat needs a chat session (from chat(model)), got {}", v.type_name())),
+                Err(report) => Outcome::Error(report),
+            },
+            "end" => {
+                self.chat = None;
+                Outcome::Shown(String::new())
             }
             "time" if arg.is_empty() => Outcome::Error("usage: :time EXPRESSION".into()),
             "time" => {
@@ -348,7 +379,8 @@ pub fn run(ctx: HostContext) -> crate::Result<()> {
         info.crates[0].1, info.crates[1].1, info.crates[2].1
     );
     loop {
-        match editor.readline(PROMPT) {
+        let prompt = if session.chat.is_some() { CHAT_PROMPT } else { PROMPT };
+        match editor.readline(prompt) {
             Ok(line) => {
                 if line.trim().is_empty() {
                     continue;
@@ -453,6 +485,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn chat_mode_sends_lines_to_the_session_until_end() {
+        let mut s = Session::new(HostContext::capture());
+        s.handle("let c = chat(load_model(\"tiny\"), #{ max_new_tokens: 3 });");
+        assert!(matches!(s.handle(":chat c"), Outcome::Shown(t) if t.contains("chatting with `c`")));
+        assert!(matches!(s.handle("hello \"there\""), Outcome::Shown(_)));
+        assert!(matches!(s.handle(":end"), Outcome::Shown(_)));
+        match s.handle("c.history().len()") {
+            Outcome::Shown(t) => assert_eq!(t, "=> 2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.handle(":chat 42"), Outcome::Error(e) if e.contains("needs a chat session")));
     }
 
     #[test]

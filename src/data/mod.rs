@@ -13,6 +13,7 @@ pub mod readers;
 pub mod registry;
 pub mod save;
 pub mod stats;
+pub mod template;
 
 pub use dataset::{Dataset, SkipReport};
 pub use example::{Example, Message, Role};

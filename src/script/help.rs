@@ -122,7 +122,7 @@ pub fn overview(catalog: &[FnDoc]) -> String {
         };
         out.push_str(&format!("  {area}{how}\n    {}\n", names.join(", ")));
     }
-    out.push_str("REPL commands: :help [NAME], :vars, :load FILE, :reset, :time EXPR, :quit\n");
+    out.push_str("REPL commands: :help [NAME], :vars, :load FILE, :reset, :time EXPR, :chat SESSION (until :end), :quit\n");
     out
 }
 

@@ -10,6 +10,7 @@
 
 pub mod api_core;
 pub mod api_data;
+pub mod api_model;
 pub mod diagnostic;
 pub mod engine;
 pub mod errors;

@@ -1,0 +1,322 @@
+//! Script API, area "model": `load_model`, tokenizers, chat templates, `generate`, `chat`,
+//! `perplexity`. Thin bindings over [`crate::model`], [`crate::generate`] and
+//! [`crate::data::template`].
+
+use std::sync::{Arc, Mutex};
+
+use rhai::plugin::*;
+use rhai::{Array, Map};
+
+use crate::data::{Message, Role};
+use crate::generate::chat::ChatSession;
+use crate::generate::sampling::SamplingOptions;
+use crate::generate::GenerateOptions;
+
+use super::errors::{runtime, ScriptResult};
+use super::options::Options;
+
+/// The area name `:help` groups these functions under.
+pub const AREA: &str = "model";
+
+/// The compiled module of this area.
+pub fn module() -> rhai::Module {
+    exported_module!(model_api)
+}
+
+/// A chat session shared between script variables (asking through any copy continues it).
+#[derive(Clone)]
+pub struct Chat(pub Arc<Mutex<ChatSession>>);
+
+/// Keys of the sampling options shared by `generate` and `chat`.
+const SAMPLING_KEYS: &[&str] = &["max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop", "stream"];
+
+/// Generation options from a checked option map; returns them and whether to stream.
+fn generate_options(o: &Options) -> ScriptResult<(GenerateOptions, bool)> {
+    let mut g = GenerateOptions::default();
+    let d = SamplingOptions::default();
+    g.max_new_tokens = o.int("max_new_tokens")?.map_or(g.max_new_tokens, |n| n.max(0) as usize);
+    g.sampling = SamplingOptions {
+        temperature: o.float("temperature")?.unwrap_or(d.temperature),
+        top_p: o.float("top_p")?.unwrap_or(d.top_p),
+        top_k: o.int("top_k")?.map_or(d.top_k, |k| k.max(0) as usize),
+        min_p: o.float("min_p")?.unwrap_or(d.min_p),
+        repetition_penalty: o.float("repetition_penalty")?.unwrap_or(d.repetition_penalty),
+        seed: o.int("seed")?.map_or(d.seed, |s| s as u64),
+    };
+    if let Some(stops) = o.array("stop")? {
+        g.stop_strings = stops.iter().map(|s| s.to_string()).collect();
+    }
+    Ok((g, o.bool("stream")?.unwrap_or(false)))
+}
+
+/// `[#{ role, content }]` → (system, messages).
+fn messages_from(list: Array) -> ScriptResult<(String, Vec<Message>)> {
+    let mut system = String::new();
+    let mut out = Vec::new();
+    for (i, m) in list.into_iter().enumerate() {
+        let m = m.try_cast::<Map>().ok_or_else(|| runtime(format!("messages[{i}]: expected #{{ role, content }}")))?;
+        let role_name = m.get("role").map(|r| r.to_string()).unwrap_or_default();
+        let role = Role::parse(&role_name).ok_or_else(|| runtime(format!("messages[{i}]: role \"{role_name}\" is not one of user, assistant, system, function, observation")))?;
+        let content = m.get("content").map(|c| c.to_string()).unwrap_or_default();
+        if role == Role::System && out.is_empty() {
+            system = content;
+        } else {
+            out.push(Message::new(role, content));
+        }
+    }
+    Ok((system, out))
+}
+
+#[export_module]
+mod model_api {
+    use std::path::Path;
+
+    use rhai::{Array, Dynamic, Map, NativeCallContext, INT};
+
+    use super::{generate_options, messages_from, Chat, SAMPLING_KEYS};
+    use crate::data::template;
+    use crate::generate::chat::{ChatSession, TemplateChoice};
+    use crate::model::perplexity;
+    use crate::script::engine::host;
+    use crate::script::errors::{runtime, IntoScript, ScriptResult};
+    use crate::script::options::Options;
+
+    /// A loaded model: `config`, `tokenizer`, `num_params()`.
+    pub type Model = crate::model::Model;
+    /// A tokenizer: `encode(text)`, `decode(ids)`.
+    pub type Tokenizer = crate::model::Tokenizer;
+
+    /// Load a model: a Hugging Face folder, a `.gguf` file, or `"tiny"` (a small random Llama).
+    #[rhai_fn(return_raw)]
+    pub fn load_model(path_or_preset: &str) -> ScriptResult<Model> {
+        crate::model::load(path_or_preset, &Default::default()).script()
+    }
+
+    /// Load a model with options: `device` ("cpu" | "cuda" | "cuda:N" | "auto"), `dtype` ("f32" |
+    /// "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights).
+    #[rhai_fn(name = "load_model", return_raw)]
+    pub fn load_model_with(path_or_preset: &str, opts: Map) -> ScriptResult<Model> {
+        let o = Options::new("load_model options", opts, &["device", "dtype", "quantized", "seed"])?;
+        let mut lo = crate::model::LoadOptions::default();
+        if let Some(d) = o.string("device")? {
+            lo.device = d;
+        }
+        if let Some(d) = o.string("dtype")? {
+            lo.dtype = match d.as_str() {
+                "f32" => candle_core::DType::F32,
+                "bf16" => candle_core::DType::BF16,
+                "f16" => candle_core::DType::F16,
+                other => return Err(runtime(format!("load_model options: key \"dtype\": expected \"f32\", \"bf16\" or \"f16\", got \"{other}\""))),
+            };
+        }
+        lo.quantized = o.bool("quantized")?.unwrap_or(false);
+        lo.seed = o.int("seed")?.unwrap_or(0) as u64;
+        crate::model::load(path_or_preset, &lo).script()
+    }
+
+    /// The model's shape: `#{ architecture, vocab_size, hidden_size, ... }`.
+    #[rhai_fn(get = "config", pure)]
+    pub fn config(model: &mut Model) -> Map {
+        let c = model.config();
+        let mut m = Map::new();
+        let int = |n: usize| Dynamic::from(n as INT);
+        m.insert("architecture".into(), c.architecture.clone().into());
+        m.insert("vocab_size".into(), int(c.vocab_size));
+        m.insert("hidden_size".into(), int(c.hidden_size));
+        m.insert("intermediate_size".into(), int(c.intermediate_size));
+        m.insert("num_hidden_layers".into(), int(c.num_hidden_layers));
+        m.insert("num_attention_heads".into(), int(c.num_attention_heads));
+        m.insert("num_key_value_heads".into(), int(c.num_key_value_heads));
+        m.insert("head_dim".into(), int(c.head_dim));
+        m.insert("rms_norm_eps".into(), Dynamic::from(c.rms_norm_eps));
+        m.insert("rope_theta".into(), Dynamic::from(c.rope_theta));
+        m.insert("max_position_embeddings".into(), int(c.max_position_embeddings));
+        m.insert("tie_word_embeddings".into(), Dynamic::from(c.tie_word_embeddings));
+        m.insert("quantized".into(), Dynamic::from(model.quantized));
+        m.insert("format".into(), model.format.into());
+        m.insert("has_chat_template".into(), Dynamic::from(model.chat_template.is_some()));
+        m
+    }
+
+    /// The model's tokenizer.
+    #[rhai_fn(get = "tokenizer", pure)]
+    pub fn tokenizer(model: &mut Model) -> Tokenizer {
+        model.tokenizer.clone()
+    }
+
+    /// Parameters of the network.
+    #[rhai_fn(global, pure)]
+    pub fn num_params(model: &mut Model) -> INT {
+        model.num_params() as INT
+    }
+
+    /// Architecture, size, dtype, device and source.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn model_to_string(model: &mut Model) -> String {
+        model.to_string()
+    }
+
+    /// Same as `to_string`.
+    #[rhai_fn(global, name = "to_debug", pure)]
+    pub fn model_to_debug(model: &mut Model) -> String {
+        model.to_string()
+    }
+
+    /// Token ids of `text` (special tokens such as `<|im_start|>` become their ids).
+    #[rhai_fn(global, return_raw, pure)]
+    pub fn encode(tok: &mut Tokenizer, text: &str) -> ScriptResult<Array> {
+        Ok(tok.encode(text).script()?.into_iter().map(|id| Dynamic::from(id as INT)).collect())
+    }
+
+    /// The text of token `ids` (special tokens kept).
+    #[rhai_fn(global, return_raw, pure)]
+    pub fn decode(tok: &mut Tokenizer, ids: Array) -> ScriptResult<String> {
+        let ids: Vec<u32> = ids.iter().map(|d| d.as_int().map(|i| i as u32).map_err(|t| runtime(format!("decode: expected token ids (integers), got {t}")))).collect::<ScriptResult<_>>()?;
+        tok.decode(&ids, false).script()
+    }
+
+    /// Vocabulary size, added tokens included.
+    #[rhai_fn(get = "vocab_size", pure)]
+    pub fn vocab_size(tok: &mut Tokenizer) -> INT {
+        tok.vocab_size() as INT
+    }
+
+    /// The tokenizer's size and origin.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn tokenizer_to_string(tok: &mut Tokenizer) -> String {
+        format!("{tok:?}")
+    }
+
+    /// Names of the built-in chat templates (LLaMA-Factory's strings).
+    pub fn template_names() -> Array {
+        template::names().into_iter().map(Dynamic::from).collect()
+    }
+
+    /// Render `messages` (`[#{ role, content }]`, a leading system message allowed) with the
+    /// built-in template `name`, ending where the assistant's reply starts.
+    #[rhai_fn(return_raw)]
+    pub fn apply_template(name: &str, messages: Array) -> ScriptResult<String> {
+        let t = template::get(name).script()?;
+        let (system, messages) = messages_from(messages)?;
+        Ok(t.render(&system, &messages, &template::default_tokens(name)))
+    }
+
+    /// Render `messages` for `model`: `name` is a built-in template or "auto" (the model's own).
+    #[rhai_fn(name = "apply_template", return_raw)]
+    pub fn apply_template_for(model: Model, name: &str, messages: Array) -> ScriptResult<String> {
+        let choice = TemplateChoice::resolve(name, &model).script()?;
+        let (system, messages) = messages_from(messages)?;
+        choice.prompt(&system, &messages, &model).script()
+    }
+
+    /// Continue `prompt` (raw text, no template); options: `max_new_tokens` (256), `temperature`
+    /// (0 = greedy), `top_p`, `top_k`, `min_p`, `repetition_penalty`, `seed`, `stop` (strings),
+    /// `stream` (print tokens as they come).
+    #[rhai_fn(return_raw)]
+    pub fn generate(ctx: NativeCallContext, model: Model, prompt: &str, opts: Map) -> ScriptResult<String> {
+        let o = Options::new("generate options", opts, SAMPLING_KEYS)?;
+        let (g, stream) = generate_options(&o)?;
+        let h = host(&ctx);
+        let ids = model.tokenizer.encode(prompt).script()?;
+        let out = crate::generate::generate(&model, &ids, &g, &h.cancel, &mut |t| if stream { h.output.write(t) }).script()?;
+        if stream {
+            h.output.write("\n");
+        }
+        Ok(out.text)
+    }
+
+    /// A chat session with the model's own template (or the default).
+    #[rhai_fn(return_raw)]
+    pub fn chat(model: Model) -> ScriptResult<Chat> {
+        chat_with(model, Map::new())
+    }
+
+    /// A chat session; options: `template` ("auto" or a built-in name), `system`, `adapter`
+    /// (LoRA, once training exists), `stream` (default true), and the sampling options of
+    /// `generate` (greedy by default).
+    #[rhai_fn(name = "chat", return_raw)]
+    pub fn chat_with(model: Model, opts: Map) -> ScriptResult<Chat> {
+        let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
+        keys.extend(["template", "system", "adapter"]);
+        let o = Options::new("chat options", opts, &keys)?;
+        if o.value("adapter").is_some() {
+            return Err(runtime("chat options: key \"adapter\": LoRA adapters are not available yet (they come with LoRA training)"));
+        }
+        let (mut g, _) = generate_options(&o)?;
+        if o.int("max_new_tokens")?.is_none() {
+            g.max_new_tokens = 512;
+        }
+        let stream = o.bool("stream")?.unwrap_or(true);
+        let choice = TemplateChoice::resolve(&o.string("template")?.unwrap_or_else(|| "auto".into()), &model).script()?;
+        let mut session = ChatSession::new(model, choice, o.string("system")?.unwrap_or_default(), g);
+        session.options.stop_strings.retain(|s| !s.is_empty());
+        let chat = Chat(std::sync::Arc::new(std::sync::Mutex::new(session)));
+        chat.0.lock().map(|mut s| s.stream = stream).map_err(|_| runtime("chat: session lock poisoned"))?;
+        Ok(chat)
+    }
+
+    /// Send `text`; the reply streams to the output as it is generated and is returned.
+    #[rhai_fn(global, return_raw, pure)]
+    pub fn ask(ctx: NativeCallContext, chat: &mut Chat, text: &str) -> ScriptResult<String> {
+        let h = host(&ctx);
+        let mut session = chat.0.lock().map_err(|_| runtime("chat: session lock poisoned"))?;
+        let stream = session.stream;
+        let reply = session.ask(text, &h.cancel, &mut |t| if stream { h.output.write(t) }).script()?;
+        if stream {
+            h.output.write("\n");
+        }
+        Ok(reply.text.trim().to_string())
+    }
+
+    /// The conversation so far: `[#{ role, content }]`.
+    #[rhai_fn(global, return_raw, pure)]
+    pub fn history(chat: &mut Chat) -> ScriptResult<Array> {
+        let session = chat.0.lock().map_err(|_| runtime("chat: session lock poisoned"))?;
+        Ok(session
+            .history
+            .iter()
+            .map(|m| {
+                let mut map = Map::new();
+                map.insert("role".into(), m.role.as_str().into());
+                map.insert("content".into(), m.content.clone().into());
+                Dynamic::from_map(map)
+            })
+            .collect())
+    }
+
+    /// Forget the conversation (the system prompt stays).
+    #[rhai_fn(global, return_raw, pure)]
+    pub fn reset(chat: &mut Chat) -> ScriptResult<()> {
+        chat.0.lock().map_err(|_| runtime("chat: session lock poisoned"))?.reset();
+        Ok(())
+    }
+
+    /// The session's model, template and length.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn chat_to_string(chat: &mut Chat) -> String {
+        match chat.0.lock() {
+            Ok(s) => format!("Chat with {} (template: {}), {} messages", s.model.config().architecture, s.template.name(), s.history.len()),
+            Err(_) => "Chat (unavailable)".into(),
+        }
+    }
+
+    /// Perplexity as llama-perplexity computes it: `text_or_path` is text or a file; options
+    /// `ctx` (window, default 512). Returns `#{ ppl, tokens, chunks, nll }`.
+    #[rhai_fn(return_raw)]
+    pub fn perplexity(ctx: NativeCallContext, model: Model, text_or_path: &str, opts: Map) -> ScriptResult<Map> {
+        let o = Options::new("perplexity options", opts, &["ctx"])?;
+        let window = o.int("ctx")?.unwrap_or(512).max(0) as usize;
+        let text = if Path::new(text_or_path).is_file() {
+            std::fs::read_to_string(text_or_path).map_err(|e| crate::Error::io(text_or_path, e)).script()?
+        } else {
+            text_or_path.to_string()
+        };
+        let p = perplexity::perplexity(&model, &text, window, &host(&ctx).cancel).script()?;
+        let mut m = Map::new();
+        m.insert("ppl".into(), Dynamic::from(p.ppl));
+        m.insert("nll".into(), Dynamic::from(p.nll));
+        m.insert("tokens".into(), Dynamic::from(p.tokens as INT));
+        m.insert("chunks".into(), Dynamic::from(p.chunks as INT));
+        Ok(m)
+    }
+}

@@ -23,7 +23,9 @@ use crate::script::runner::read_script;
 use crate::script::{build_engine, stdlib, EngineOptions, HostContext};
 
 /// The REPL's `:commands`, for completion and `:help`.
-pub const COMMANDS: &[&str] = &[":help", ":vars", ":load", ":reset", ":time", ":chat", ":end", ":quit"];
+pub const COMMANDS: &[&str] = &[
+    ":help", ":vars", ":load", ":reset", ":time", ":chat", ":end", ":quit",
+];
 
 /// What the prompt looks like.
 const PROMPT: &str = "tunelab> ";
@@ -379,7 +381,11 @@ pub fn run(ctx: HostContext) -> crate::Result<()> {
         info.crates[0].1, info.crates[1].1, info.crates[2].1
     );
     loop {
-        let prompt = if session.chat.is_some() { CHAT_PROMPT } else { PROMPT };
+        let prompt = if session.chat.is_some() {
+            CHAT_PROMPT
+        } else {
+            PROMPT
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 if line.trim().is_empty() {
@@ -491,14 +497,18 @@ mod tests {
     fn chat_mode_sends_lines_to_the_session_until_end() {
         let mut s = Session::new(HostContext::capture());
         s.handle("let c = chat(load_model(\"tiny\"), #{ max_new_tokens: 3 });");
-        assert!(matches!(s.handle(":chat c"), Outcome::Shown(t) if t.contains("chatting with `c`")));
+        assert!(
+            matches!(s.handle(":chat c"), Outcome::Shown(t) if t.contains("chatting with `c`"))
+        );
         assert!(matches!(s.handle("hello \"there\""), Outcome::Shown(_)));
         assert!(matches!(s.handle(":end"), Outcome::Shown(_)));
         match s.handle("c.history().len()") {
             Outcome::Shown(t) => assert_eq!(t, "=> 2"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(s.handle(":chat 42"), Outcome::Error(e) if e.contains("needs a chat session")));
+        assert!(
+            matches!(s.handle(":chat 42"), Outcome::Error(e) if e.contains("needs a chat session"))
+        );
     }
 
     #[test]

@@ -1,34 +1,14 @@
 //! The forward pass against candle-transformers' `quantized_llama` on the real SmolLM2 GGUF, and
 //! the tiny preset against itself after a save/load round trip. Prints max |Δ| and relative L2.
 
-use std::path::PathBuf;
-
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use tunelab::model::{self, LoadOptions, Logits};
 
-/// The SmolLM2 GGUF fetched by scripts/fetch-smollm2.sh; required under CI.
-pub fn smollm2() -> Option<PathBuf> {
-    let cache = std::env::var_os("TUNELAB_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("tunelab")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tunelab")))?;
-    let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "SmolLM2 not found at {}; run scripts/fetch-smollm2.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipped: SmolLM2 not found at {} (run scripts/fetch-smollm2.sh)",
-        path.display()
-    );
-    None
-}
+#[path = "support/smollm2.rs"]
+mod support;
+use support::smollm2;
 
 /// (max |a - b|, ‖a - b‖ / ‖b‖).
 fn compare(a: &Tensor, b: &Tensor) -> (f32, f32) {

@@ -63,4 +63,30 @@ fn benchmark_scripts_run_on_small_inputs() {
     assert_eq!(line["records"], 6);
     assert!(line["records_per_s"].as_i64().unwrap() > 0);
     assert!(line["peak_rss_mb"].as_f64().unwrap() > 0.0);
+
+    // The inference benchmark on the tiny preset's HF folder (any model path works).
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny");
+    let tiny = tunelab::model::load("tiny", &Default::default()).unwrap();
+    tunelab::model::save::save_hf(&tiny, &folder).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", "scripts/bench/infer.rhai", "--"])
+        .arg(format!("model={}", folder.display()))
+        .args(["pp=16", "tg=4", "reps=1"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines
+        .iter()
+        .all(|l| l["generate_tok_s"].as_f64().unwrap() > 0.0));
 }

@@ -46,7 +46,9 @@ pub struct Template {
     system_in_first_user: bool,
 }
 
-const CHATML_USER: &[Slot] = &[Text("<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n")];
+const CHATML_USER: &[Slot] = &[Text(
+    "<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n",
+)];
 const CHATML_ASSISTANT: &[Slot] = &[Text("{{content}}<|im_end|>\n")];
 const CHATML_SYSTEM: &[Slot] = &[Text("<|im_start|>system\n{{content}}<|im_end|>\n")];
 const DEFAULT_ASSISTANT: &[Slot] = &[Text("{{content}}"), Eos];
@@ -167,7 +169,13 @@ pub fn names() -> Vec<&'static str> {
 /// The built-in template `name`.
 pub fn get(name: &str) -> Result<&'static Template> {
     TEMPLATES.iter().find(|t| t.name == name).ok_or_else(|| {
-        Error::config("template", format!("unknown template \"{name}\"; built-in: {}, or \"auto\" for the model's own", names().join(", ")))
+        Error::config(
+            "template",
+            format!(
+                "unknown template \"{name}\"; built-in: {}, or \"auto\" for the model's own",
+                names().join(", ")
+            ),
+        )
     })
 }
 
@@ -181,9 +189,18 @@ pub struct Tokens {
 /// The bos/eos strings a template's family uses, for rendering without a model.
 pub fn default_tokens(name: &str) -> Tokens {
     match name {
-        "llama3" => Tokens { bos: "<|begin_of_text|>".into(), eos: "<|end_of_text|>".into() },
-        "chatml" | "qwen" => Tokens { bos: String::new(), eos: "<|im_end|>".into() },
-        _ => Tokens { bos: "<s>".into(), eos: "</s>".into() },
+        "llama3" => Tokens {
+            bos: "<|begin_of_text|>".into(),
+            eos: "<|end_of_text|>".into(),
+        },
+        "chatml" | "qwen" => Tokens {
+            bos: String::new(),
+            eos: "<|im_end|>".into(),
+        },
+        _ => Tokens {
+            bos: "<s>".into(),
+            eos: "</s>".into(),
+        },
     }
 }
 
@@ -209,7 +226,11 @@ impl Template {
     /// Render `messages` (user/assistant/observation/function turns) with `system`; the text ends
     /// where the model's reply starts when the last message is a user or observation turn.
     pub fn render(&self, system: &str, messages: &[Message], tokens: &Tokens) -> String {
-        let system = if system.is_empty() { self.default_system } else { system };
+        let system = if system.is_empty() {
+            self.default_system
+        } else {
+            system
+        };
         let mut out = String::new();
         for (i, m) in messages.iter().enumerate() {
             let mut content = m.content.clone();
@@ -239,15 +260,32 @@ impl Template {
 
 /// Render a model's own Jinja `chat_template` (Hugging Face conventions: `messages` with `role`
 /// and `content`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools`).
-pub fn render_jinja(template: &str, system: &str, messages: &[Message], tools: Option<&serde_json::Value>, add_generation_prompt: bool, tokens: &Tokens) -> Result<String> {
+pub fn render_jinja(
+    template: &str,
+    system: &str,
+    messages: &[Message],
+    tools: Option<&serde_json::Value>,
+    add_generation_prompt: bool,
+    tokens: &Tokens,
+) -> Result<String> {
     let mut env = Environment::new();
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
     env.add_function("strftime_now", |fmt: String| -> String {
         // Templates use this for "Today Date"; a fixed date keeps renders reproducible.
-        fmt.replace("%d", "27").replace("%b", "Nov").replace("%B", "November").replace("%Y", "2026").replace("%m", "11")
+        fmt.replace("%d", "27")
+            .replace("%b", "Nov")
+            .replace("%B", "November")
+            .replace("%Y", "2026")
+            .replace("%m", "11")
     });
     env.add_template("chat", template)
         .map_err(|e| Error::msg(format!("chat template does not parse: {e}")))?;
@@ -263,7 +301,9 @@ pub fn render_jinja(template: &str, system: &str, messages: &[Message], tools: O
         };
         list.push(serde_json::json!({"role": role, "content": m.content}));
     }
-    let tmpl = env.get_template("chat").map_err(|e| Error::msg(e.to_string()))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| Error::msg(e.to_string()))?;
     tmpl.render(context! {
         messages => list,
         add_generation_prompt => add_generation_prompt,
@@ -292,7 +332,10 @@ mod tests {
     #[test]
     fn llama3_sft_example_renders_as_llamafactory_does() {
         // specs/llamafactory.md §3, "Rendered llama3 SFT example".
-        let m = conv(&[(Role::User, "Instruction\ninput"), (Role::Assistant, "Output")]);
+        let m = conv(&[
+            (Role::User, "Instruction\ninput"),
+            (Role::Assistant, "Output"),
+        ]);
         assert_eq!(
             get("llama3").unwrap().render("", &m, &llama3_tokens()),
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nInstruction\ninput<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nOutput<|eot_id|>"
@@ -301,8 +344,15 @@ mod tests {
 
     #[test]
     fn multi_turn_with_system_in_each_family() {
-        let m = conv(&[(Role::User, "hi"), (Role::Assistant, "hello"), (Role::User, "bye")]);
-        let t = Tokens { bos: "<s>".into(), eos: "</s>".into() };
+        let m = conv(&[
+            (Role::User, "hi"),
+            (Role::Assistant, "hello"),
+            (Role::User, "bye"),
+        ]);
+        let t = Tokens {
+            bos: "<s>".into(),
+            eos: "</s>".into(),
+        };
         assert_eq!(
             get("chatml").unwrap().render("Be kind.", &m, &t),
             "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n"
@@ -334,8 +384,27 @@ mod tests {
         let text = render_jinja(smol, "", &m, None, true, &Tokens::default()).unwrap();
         assert_eq!(text, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n");
         let with_strip = "{{ messages[0]['content'].strip() }}";
-        assert_eq!(render_jinja(with_strip, "", &conv(&[(Role::User, "  x  ")]), None, false, &Tokens::default()).unwrap(), "x");
-        assert!(render_jinja("{{ raise_exception('no') }}", "", &m, None, false, &Tokens::default()).is_err());
+        assert_eq!(
+            render_jinja(
+                with_strip,
+                "",
+                &conv(&[(Role::User, "  x  ")]),
+                None,
+                false,
+                &Tokens::default()
+            )
+            .unwrap(),
+            "x"
+        );
+        assert!(render_jinja(
+            "{{ raise_exception('no') }}",
+            "",
+            &m,
+            None,
+            false,
+            &Tokens::default()
+        )
+        .is_err());
     }
 
     #[test]

@@ -53,7 +53,11 @@ impl TemplateChoice {
     /// Token ids that end a reply under this template (its stop words).
     pub fn stop_ids(&self, model: &Model) -> Vec<u32> {
         match self {
-            TemplateChoice::BuiltIn(t) => t.stop_words.iter().filter_map(|w| model.tokenizer.token_id(w)).collect(),
+            TemplateChoice::BuiltIn(t) => t
+                .stop_words
+                .iter()
+                .filter_map(|w| model.tokenizer.token_id(w))
+                .collect(),
             TemplateChoice::Jinja(_) => Vec::new(),
         }
     }
@@ -72,7 +76,12 @@ pub struct ChatSession {
 }
 
 impl ChatSession {
-    pub fn new(model: Model, template: TemplateChoice, system: String, options: GenerateOptions) -> Self {
+    pub fn new(
+        model: Model,
+        template: TemplateChoice,
+        system: String,
+        options: GenerateOptions,
+    ) -> Self {
         ChatSession {
             model,
             template,
@@ -84,7 +93,12 @@ impl ChatSession {
     }
 
     /// Send `text`, stream the reply through `on_text`, keep both in the history.
-    pub fn ask(&mut self, text: &str, cancel: &CancelToken, on_text: &mut dyn FnMut(&str)) -> Result<Generated> {
+    pub fn ask(
+        &mut self,
+        text: &str,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generated> {
         let mut messages = self.history.clone();
         messages.push(Message::new(Role::User, text));
         let prompt = self.template.prompt(&self.system, &messages, &self.model)?;
@@ -93,7 +107,8 @@ impl ChatSession {
         options.stop_ids.extend(self.template.stop_ids(&self.model));
         let reply = generate(&self.model, &ids, &options, cancel, on_text)?;
         self.history = messages;
-        self.history.push(Message::new(Role::Assistant, reply.text.trim().to_string()));
+        self.history
+            .push(Message::new(Role::Assistant, reply.text.trim().to_string()));
         Ok(reply)
     }
 

@@ -50,7 +50,13 @@ pub struct Generated {
 }
 
 /// Continue `prompt_ids`, calling `on_text` with each piece of text as it becomes final.
-pub fn generate(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions, cancel: &CancelToken, on_text: &mut dyn FnMut(&str)) -> Result<Generated> {
+pub fn generate(
+    model: &Model,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    cancel: &CancelToken,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generated> {
     let device = &model.llama.device;
     let mut stop_ids = model.stop_ids.clone();
     stop_ids.extend(&opts.stop_ids);
@@ -68,7 +74,9 @@ pub fn generate(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions, cance
     let mut new_tokens = 0;
     while new_tokens < opts.max_new_tokens && context.len() < max_total {
         cancel.check()?;
-        let logits = model.llama.forward(&input, Some(&mut cache), None, Logits::Last)?; // (1, 1, V)
+        let logits = model
+            .llama
+            .forward(&input, Some(&mut cache), None, Logits::Last)?; // (1, 1, V)
         if new_tokens == 0 {
             prompt_seconds = start.elapsed().as_secs_f64();
         }
@@ -81,7 +89,12 @@ pub fn generate(model: &Model, prompt_ids: &[u32], opts: &GenerateOptions, cance
         }
         context.push(next);
         text.push_str(&decoder.push(&model.tokenizer, next)?);
-        if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+        if let Some(cut) = opts
+            .stop_strings
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
             text.truncate(cut);
             finish = "stop";
             break;
@@ -136,9 +149,15 @@ mod tests {
     fn tiny_model_generates_deterministically_within_the_budget() {
         let model = crate::model::load("tiny", &Default::default()).unwrap();
         let prompt = model.tokenizer.encode("hello").unwrap();
-        let opts = GenerateOptions { max_new_tokens: 8, ..Default::default() };
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        };
         let mut streamed = String::new();
-        let a = generate(&model, &prompt, &opts, &CancelToken::new(), &mut |t| streamed.push_str(t)).unwrap();
+        let a = generate(&model, &prompt, &opts, &CancelToken::new(), &mut |t| {
+            streamed.push_str(t)
+        })
+        .unwrap();
         let b = generate(&model, &prompt, &opts, &CancelToken::new(), &mut |_| {}).unwrap();
         assert_eq!(a.text, b.text);
         assert_eq!(streamed, a.text);

@@ -57,7 +57,11 @@ impl Sampler {
             seen.dedup();
             for &id in &seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 { *l / o.repetition_penalty as f32 } else { *l * o.repetition_penalty as f32 };
+                    *l = if *l > 0.0 {
+                        *l / o.repetition_penalty as f32
+                    } else {
+                        *l * o.repetition_penalty as f32
+                    };
                 }
             }
         }
@@ -71,7 +75,10 @@ impl Sampler {
             order.truncate(o.top_k);
         }
         let max = logits[order[0]] as f64;
-        let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / o.temperature).exp()).collect();
+        let mut probs: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] as f64 - max) / o.temperature).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         let mut keep = probs.len();
@@ -119,8 +126,14 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_and_penalty_can_change_it() {
         let logits = [1.0, 3.0, 2.0];
-        assert_eq!(Sampler::new(SamplingOptions::default()).next(&logits, &[]), 1);
-        let mut s = Sampler::new(SamplingOptions { repetition_penalty: 2.0, ..Default::default() });
+        assert_eq!(
+            Sampler::new(SamplingOptions::default()).next(&logits, &[]),
+            1
+        );
+        let mut s = Sampler::new(SamplingOptions {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
         assert_eq!(s.next(&logits, &[1]), 2, "3.0 / 2 = 1.5 < 2.0");
     }
 
@@ -128,18 +141,37 @@ mod tests {
     fn top_k_one_and_tiny_top_p_are_greedy_and_seeds_repeat() {
         let logits = [0.5, 0.1, 2.0, 1.9];
         for opts in [
-            SamplingOptions { temperature: 1.0, top_k: 1, ..Default::default() },
-            SamplingOptions { temperature: 1.0, top_p: 1e-6, ..Default::default() },
-            SamplingOptions { temperature: 1.0, min_p: 0.99, ..Default::default() },
+            SamplingOptions {
+                temperature: 1.0,
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplingOptions {
+                temperature: 1.0,
+                top_p: 1e-6,
+                ..Default::default()
+            },
+            SamplingOptions {
+                temperature: 1.0,
+                min_p: 0.99,
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(opts);
             assert!((0..20).all(|_| s.next(&logits, &[]) == 2));
         }
         let draws = |seed| {
-            let mut s = Sampler::new(SamplingOptions { temperature: 1.0, seed, ..Default::default() });
+            let mut s = Sampler::new(SamplingOptions {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            });
             (0..30).map(|_| s.next(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(draws(5), draws(5));
-        assert!(draws(5).iter().any(|&t| t != 2), "temperature 1 must sometimes pick others");
+        assert!(
+            draws(5).iter().any(|&t| t != 2),
+            "temperature 1 must sometimes pick others"
+        );
     }
 }

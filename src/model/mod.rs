@@ -4,6 +4,7 @@
 //! A [`Model`] is cheap to clone (its parts sit behind one `Arc`) and immutable; generation keeps
 //! its own KV cache.
 
+pub mod bench;
 pub mod config;
 pub mod gguf;
 pub mod linear;

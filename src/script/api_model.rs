@@ -28,19 +28,33 @@ pub fn module() -> rhai::Module {
 pub struct Chat(pub Arc<Mutex<ChatSession>>);
 
 /// Keys of the sampling options shared by `generate` and `chat`.
-const SAMPLING_KEYS: &[&str] = &["max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop", "stream"];
+const SAMPLING_KEYS: &[&str] = &[
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "stream",
+];
 
 /// Generation options from a checked option map; returns them and whether to stream.
 fn generate_options(o: &Options) -> ScriptResult<(GenerateOptions, bool)> {
     let mut g = GenerateOptions::default();
     let d = SamplingOptions::default();
-    g.max_new_tokens = o.int("max_new_tokens")?.map_or(g.max_new_tokens, |n| n.max(0) as usize);
+    g.max_new_tokens = o
+        .int("max_new_tokens")?
+        .map_or(g.max_new_tokens, |n| n.max(0) as usize);
     g.sampling = SamplingOptions {
         temperature: o.float("temperature")?.unwrap_or(d.temperature),
         top_p: o.float("top_p")?.unwrap_or(d.top_p),
         top_k: o.int("top_k")?.map_or(d.top_k, |k| k.max(0) as usize),
         min_p: o.float("min_p")?.unwrap_or(d.min_p),
-        repetition_penalty: o.float("repetition_penalty")?.unwrap_or(d.repetition_penalty),
+        repetition_penalty: o
+            .float("repetition_penalty")?
+            .unwrap_or(d.repetition_penalty),
         seed: o.int("seed")?.map_or(d.seed, |s| s as u64),
     };
     if let Some(stops) = o.array("stop")? {
@@ -54,7 +68,9 @@ fn messages_from(list: Array) -> ScriptResult<(String, Vec<Message>)> {
     let mut system = String::new();
     let mut out = Vec::new();
     for (i, m) in list.into_iter().enumerate() {
-        let m = m.try_cast::<Map>().ok_or_else(|| runtime(format!("messages[{i}]: expected #{{ role, content }}")))?;
+        let m = m
+            .try_cast::<Map>()
+            .ok_or_else(|| runtime(format!("messages[{i}]: expected #{{ role, content }}")))?;
         let role_name = m.get("role").map(|r| r.to_string()).unwrap_or_default();
         let role = Role::parse(&role_name).ok_or_else(|| runtime(format!("messages[{i}]: role \"{role_name}\" is not one of user, assistant, system, function, observation")))?;
         let content = m.get("content").map(|c| c.to_string()).unwrap_or_default();
@@ -96,7 +112,11 @@ mod model_api {
     /// "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights).
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model_with(path_or_preset: &str, opts: Map) -> ScriptResult<Model> {
-        let o = Options::new("load_model options", opts, &["device", "dtype", "quantized", "seed"])?;
+        let o = Options::new(
+            "load_model options",
+            opts,
+            &["device", "dtype", "quantized", "seed"],
+        )?;
         let mut lo = crate::model::LoadOptions::default();
         if let Some(d) = o.string("device")? {
             lo.device = d;
@@ -130,11 +150,20 @@ mod model_api {
         m.insert("head_dim".into(), int(c.head_dim));
         m.insert("rms_norm_eps".into(), Dynamic::from(c.rms_norm_eps));
         m.insert("rope_theta".into(), Dynamic::from(c.rope_theta));
-        m.insert("max_position_embeddings".into(), int(c.max_position_embeddings));
-        m.insert("tie_word_embeddings".into(), Dynamic::from(c.tie_word_embeddings));
+        m.insert(
+            "max_position_embeddings".into(),
+            int(c.max_position_embeddings),
+        );
+        m.insert(
+            "tie_word_embeddings".into(),
+            Dynamic::from(c.tie_word_embeddings),
+        );
         m.insert("quantized".into(), Dynamic::from(model.quantized));
         m.insert("format".into(), model.format.into());
-        m.insert("has_chat_template".into(), Dynamic::from(model.chat_template.is_some()));
+        m.insert(
+            "has_chat_template".into(),
+            Dynamic::from(model.chat_template.is_some()),
+        );
         m
     }
 
@@ -165,13 +194,25 @@ mod model_api {
     /// Token ids of `text` (special tokens such as `<|im_start|>` become their ids).
     #[rhai_fn(global, return_raw, pure)]
     pub fn encode(tok: &mut Tokenizer, text: &str) -> ScriptResult<Array> {
-        Ok(tok.encode(text).script()?.into_iter().map(|id| Dynamic::from(id as INT)).collect())
+        Ok(tok
+            .encode(text)
+            .script()?
+            .into_iter()
+            .map(|id| Dynamic::from(id as INT))
+            .collect())
     }
 
     /// The text of token `ids` (special tokens kept).
     #[rhai_fn(global, return_raw, pure)]
     pub fn decode(tok: &mut Tokenizer, ids: Array) -> ScriptResult<String> {
-        let ids: Vec<u32> = ids.iter().map(|d| d.as_int().map(|i| i as u32).map_err(|t| runtime(format!("decode: expected token ids (integers), got {t}")))).collect::<ScriptResult<_>>()?;
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|d| {
+                d.as_int()
+                    .map(|i| i as u32)
+                    .map_err(|t| runtime(format!("decode: expected token ids (integers), got {t}")))
+            })
+            .collect::<ScriptResult<_>>()?;
         tok.decode(&ids, false).script()
     }
 
@@ -213,12 +254,22 @@ mod model_api {
     /// (0 = greedy), `top_p`, `top_k`, `min_p`, `repetition_penalty`, `seed`, `stop` (strings),
     /// `stream` (print tokens as they come).
     #[rhai_fn(return_raw)]
-    pub fn generate(ctx: NativeCallContext, model: Model, prompt: &str, opts: Map) -> ScriptResult<String> {
+    pub fn generate(
+        ctx: NativeCallContext,
+        model: Model,
+        prompt: &str,
+        opts: Map,
+    ) -> ScriptResult<String> {
         let o = Options::new("generate options", opts, SAMPLING_KEYS)?;
         let (g, stream) = generate_options(&o)?;
         let h = host(&ctx);
         let ids = model.tokenizer.encode(prompt).script()?;
-        let out = crate::generate::generate(&model, &ids, &g, &h.cancel, &mut |t| if stream { h.output.write(t) }).script()?;
+        let out = crate::generate::generate(&model, &ids, &g, &h.cancel, &mut |t| {
+            if stream {
+                h.output.write(t)
+            }
+        })
+        .script()?;
         if stream {
             h.output.write("\n");
         }
@@ -247,11 +298,19 @@ mod model_api {
             g.max_new_tokens = 512;
         }
         let stream = o.bool("stream")?.unwrap_or(true);
-        let choice = TemplateChoice::resolve(&o.string("template")?.unwrap_or_else(|| "auto".into()), &model).script()?;
-        let mut session = ChatSession::new(model, choice, o.string("system")?.unwrap_or_default(), g);
+        let choice = TemplateChoice::resolve(
+            &o.string("template")?.unwrap_or_else(|| "auto".into()),
+            &model,
+        )
+        .script()?;
+        let mut session =
+            ChatSession::new(model, choice, o.string("system")?.unwrap_or_default(), g);
         session.options.stop_strings.retain(|s| !s.is_empty());
         let chat = Chat(std::sync::Arc::new(std::sync::Mutex::new(session)));
-        chat.0.lock().map(|mut s| s.stream = stream).map_err(|_| runtime("chat: session lock poisoned"))?;
+        chat.0
+            .lock()
+            .map(|mut s| s.stream = stream)
+            .map_err(|_| runtime("chat: session lock poisoned"))?;
         Ok(chat)
     }
 
@@ -259,9 +318,18 @@ mod model_api {
     #[rhai_fn(global, return_raw, pure)]
     pub fn ask(ctx: NativeCallContext, chat: &mut Chat, text: &str) -> ScriptResult<String> {
         let h = host(&ctx);
-        let mut session = chat.0.lock().map_err(|_| runtime("chat: session lock poisoned"))?;
+        let mut session = chat
+            .0
+            .lock()
+            .map_err(|_| runtime("chat: session lock poisoned"))?;
         let stream = session.stream;
-        let reply = session.ask(text, &h.cancel, &mut |t| if stream { h.output.write(t) }).script()?;
+        let reply = session
+            .ask(text, &h.cancel, &mut |t| {
+                if stream {
+                    h.output.write(t)
+                }
+            })
+            .script()?;
         if stream {
             h.output.write("\n");
         }
@@ -271,7 +339,10 @@ mod model_api {
     /// The conversation so far: `[#{ role, content }]`.
     #[rhai_fn(global, return_raw, pure)]
     pub fn history(chat: &mut Chat) -> ScriptResult<Array> {
-        let session = chat.0.lock().map_err(|_| runtime("chat: session lock poisoned"))?;
+        let session = chat
+            .0
+            .lock()
+            .map_err(|_| runtime("chat: session lock poisoned"))?;
         Ok(session
             .history
             .iter()
@@ -287,7 +358,10 @@ mod model_api {
     /// Forget the conversation (the system prompt stays).
     #[rhai_fn(global, return_raw, pure)]
     pub fn reset(chat: &mut Chat) -> ScriptResult<()> {
-        chat.0.lock().map_err(|_| runtime("chat: session lock poisoned"))?.reset();
+        chat.0
+            .lock()
+            .map_err(|_| runtime("chat: session lock poisoned"))?
+            .reset();
         Ok(())
     }
 
@@ -295,19 +369,58 @@ mod model_api {
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn chat_to_string(chat: &mut Chat) -> String {
         match chat.0.lock() {
-            Ok(s) => format!("Chat with {} (template: {}), {} messages", s.model.config().architecture, s.template.name(), s.history.len()),
+            Ok(s) => format!(
+                "Chat with {} (template: {}), {} messages",
+                s.model.config().architecture,
+                s.template.name(),
+                s.history.len()
+            ),
             Err(_) => "Chat (unavailable)".into(),
         }
+    }
+
+    /// Inference speed as llama-bench measures it: options `prompt_tokens` (128), `new_tokens` (64),
+    /// `reps` (3). Returns `#{ prompt_tokens, new_tokens, prompt_tok_s, generate_tok_s }`.
+    #[rhai_fn(return_raw)]
+    pub fn bench_inference(ctx: NativeCallContext, model: Model, opts: Map) -> ScriptResult<Map> {
+        let o = Options::new(
+            "bench_inference options",
+            opts,
+            &["prompt_tokens", "new_tokens", "reps"],
+        )?;
+        let pp = o.int("prompt_tokens")?.unwrap_or(128).max(1) as usize;
+        let tg = o.int("new_tokens")?.unwrap_or(64).max(0) as usize;
+        let reps = o.int("reps")?.unwrap_or(3).max(1) as usize;
+        let s = crate::model::bench::bench(&model, pp, tg, reps, &host(&ctx).cancel).script()?;
+        let mut m = Map::new();
+        m.insert(
+            "prompt_tokens".into(),
+            Dynamic::from(s.prompt_tokens as INT),
+        );
+        m.insert(
+            "new_tokens".into(),
+            Dynamic::from(s.generated_tokens as INT),
+        );
+        m.insert("prompt_tok_s".into(), Dynamic::from(s.prompt_tok_s));
+        m.insert("generate_tok_s".into(), Dynamic::from(s.generate_tok_s));
+        Ok(m)
     }
 
     /// Perplexity as llama-perplexity computes it: `text_or_path` is text or a file; options
     /// `ctx` (window, default 512). Returns `#{ ppl, tokens, chunks, nll }`.
     #[rhai_fn(return_raw)]
-    pub fn perplexity(ctx: NativeCallContext, model: Model, text_or_path: &str, opts: Map) -> ScriptResult<Map> {
+    pub fn perplexity(
+        ctx: NativeCallContext,
+        model: Model,
+        text_or_path: &str,
+        opts: Map,
+    ) -> ScriptResult<Map> {
         let o = Options::new("perplexity options", opts, &["ctx"])?;
         let window = o.int("ctx")?.unwrap_or(512).max(0) as usize;
         let text = if Path::new(text_or_path).is_file() {
-            std::fs::read_to_string(text_or_path).map_err(|e| crate::Error::io(text_or_path, e)).script()?
+            std::fs::read_to_string(text_or_path)
+                .map_err(|e| crate::Error::io(text_or_path, e))
+                .script()?
         } else {
             text_or_path.to_string()
         };

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Benchmark: inference speed on SmolLM2-135M-Instruct (Q4_1 GGUF): prompt processing of 128
+# tokens and generation of 64 tokens, with 2 threads; tunelab (quantized and dequantized f32)
+# and, when it is built (scripts/bench/build-llama-cpp.sh), llama.cpp's llama-bench on the same
+# file in the same invocation. One JSON line per result.
+#   scripts/bench/infer.sh [reps=3]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+reps="${1:-3}"
+model="$(scripts/fetch-smollm2.sh)"
+threads=2
+echo "# $(basename "$model"); $threads threads; $(nproc) cores; $(date -u +%FT%TZ)" >&2
+cargo build --release --quiet
+RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -- model="$model" reps="$reps"
+# candle's element-wise thread pool spin-waits (specs/candle.md): the same with it at 1 thread.
+CANDLE_NUM_THREADS=1 RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -- model="$model" reps="$reps" \
+    | sed 's/"tool":"tunelab \([^"]*\)"/"tool":"tunelab \1 (CANDLE_NUM_THREADS=1)"/'
+bench="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}/bin/llama-bench"
+if [ -x "$bench" ]; then
+    LD_LIBRARY_PATH="$(dirname "$bench"):${LD_LIBRARY_PATH:-}" "$bench" -m "$model" -p 128 -n 64 -t "$threads" -r "$reps" -o jsonl \
+        | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    kind = "prompt_tok_s" if r["n_prompt"] > 0 else "generate_tok_s"
+    print(json.dumps({"bench": "infer", "tool": "llama.cpp " + r.get("build_commit", ""), "weights": r.get("model_type", ""),
+                      "prompt_tokens": r["n_prompt"], "new_tokens": r["n_gen"], kind: round(r["avg_ts"], 1)}))'
+else
+    echo "# llama-bench not built: scripts/bench/build-llama-cpp.sh builds it" >&2
+fi

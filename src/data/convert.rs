@@ -165,7 +165,7 @@ fn tools(row: &mut Row, name: &Option<String>, grab: Grab) -> Result<String, Ski
     match optional(row, name) {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(grab.string(s)),
-        Some(v @ (Value::Array(_) | Value::Object(_))) => Ok(v.to_string()),
+        Some(v @ (Value::Array(_) | Value::Object(_))) => Ok(crate::data::tools::py_json(v, None)),
         Some(other) => Err(wrong_type(name.as_deref(), "a JSON string of tools", other)),
     }
 }
@@ -466,7 +466,7 @@ fn openai(entry: &Entry, row: &mut Row, grab: Grab) -> Result<Example, Skip> {
                             .unwrap_or(Value::Null)
                     })
                     .collect();
-                body = Value::Array(functions).to_string();
+                body = crate::data::tools::py_json(&Value::Array(functions), None);
                 tag = tags
                     .function_tag
                     .clone()
@@ -616,7 +616,7 @@ mod tests {
             ]
         );
         assert_eq!(ex.system, "sys");
-        assert_eq!(ex.tools, "[{\"name\":\"w\"}]");
+        assert_eq!(ex.tools, "[{\"name\": \"w\"}]");
         assert!(matches!(sharegpt_entry().source, Source::File(_)));
     }
 
@@ -661,7 +661,9 @@ mod tests {
         assert_eq!(ex.system, "sys");
         assert_eq!(ex.messages[1].role, Role::Function);
         assert!(
-            ex.messages[1].content.starts_with("[{\"arguments\""),
+            ex.messages[1]
+                .content
+                .starts_with("[{\"name\": \"w\", \"arguments\": "),
             "{}",
             ex.messages[1].content
         );

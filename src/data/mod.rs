@@ -14,6 +14,7 @@ pub mod registry;
 pub mod save;
 pub mod stats;
 pub mod template;
+pub mod tools;
 
 pub use dataset::{Dataset, SkipReport};
 pub use example::{Example, Message, Role};

@@ -507,7 +507,7 @@ mod tests {
         let kto = r.get("kto").unwrap();
         assert_eq!(kto.tags.observation_tag, None, "unlisted tags are absent");
         assert_eq!(kto.tags.system_tag, None);
-        assert_eq!(r.names(), ["kto", "plain", "pt", "tool"]);
+        assert_eq!(r.names(), ["plain", "pt", "tool", "kto"], "file order");
     }
 
     #[test]

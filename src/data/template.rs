@@ -7,13 +7,14 @@
 //! role's formatter. With `replace_eos` the eos token is the template's first stop word.
 //! `llama2` folds the system prompt into the first user turn.
 //!
-//! Not yet built: the tool prompts (`tools`) and function-call formatting of the built-in
-//! templates — a conversation with tools is rendered without the tool description. Jinja templates
-//! receive `tools` and render them as the model's template says.
+//! Tools: when an example has a tool list (or a system prompt), message 0 also gets the system
+//! formatter with `system + tool_text` (see [`super::tools`]); function-call turns go through the
+//! template's tool style. Jinja templates receive `tools` and render them as the model says.
 
 use minijinja::{context, Environment};
 
 use super::example::{Message, Role};
+use super::tools::{function_text, tool_text, ToolFormat};
 use crate::error::{Error, Result};
 
 /// One piece of a formatter.
@@ -44,6 +45,8 @@ pub struct Template {
     pub replace_eos: bool,
     /// `llama2`: the system text goes inside the first user turn.
     system_in_first_user: bool,
+    /// How tool lists and function calls are written.
+    pub tool_format: ToolFormat,
 }
 
 const CHATML_USER: &[Slot] = &[Text(
@@ -67,6 +70,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &[],
         replace_eos: false,
         system_in_first_user: false,
+        tool_format: ToolFormat::Default,
     },
     Template {
         name: "empty",
@@ -80,6 +84,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &[],
         replace_eos: false,
         system_in_first_user: false,
+        tool_format: ToolFormat::Default,
     },
     Template {
         name: "alpaca",
@@ -93,6 +98,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &[],
         replace_eos: false,
         system_in_first_user: false,
+        tool_format: ToolFormat::Default,
     },
     Template {
         name: "vicuna",
@@ -106,6 +112,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &[],
         replace_eos: false,
         system_in_first_user: false,
+        tool_format: ToolFormat::Default,
     },
     Template {
         name: "chatml",
@@ -119,6 +126,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &["<|im_end|>", "<|im_start|>"],
         replace_eos: true,
         system_in_first_user: false,
+        tool_format: ToolFormat::Default,
     },
     Template {
         name: "qwen",
@@ -132,6 +140,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &["<|im_end|>"],
         replace_eos: true,
         system_in_first_user: false,
+        tool_format: ToolFormat::Qwen,
     },
     Template {
         name: "llama3",
@@ -145,6 +154,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &["<|eot_id|>", "<|eom_id|>"],
         replace_eos: true,
         system_in_first_user: false,
+        tool_format: ToolFormat::Llama3,
     },
     Template {
         name: "llama2",
@@ -158,6 +168,7 @@ pub const TEMPLATES: &[Template] = &[
         stop_words: &[],
         replace_eos: false,
         system_in_first_user: true,
+        tool_format: ToolFormat::Default,
     },
 ];
 
@@ -179,11 +190,35 @@ pub fn get(name: &str) -> Result<&'static Template> {
     })
 }
 
-/// The special-token strings a rendering uses.
+/// The special-token strings a rendering uses, and the date tool prompts mention.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     pub bos: String,
     pub eos: String,
+    /// "27 Nov 2026" style; empty means today.
+    pub today: String,
+}
+
+/// Today's date as LLaMA-Factory's llama3 tool prompt writes it (`%d %b %Y`).
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!("{day:02} {} {year}", MONTHS[(month - 1) as usize])
 }
 
 /// The bos/eos strings a template's family uses, for rendering without a model.
@@ -192,14 +227,17 @@ pub fn default_tokens(name: &str) -> Tokens {
         "llama3" => Tokens {
             bos: "<|begin_of_text|>".into(),
             eos: "<|end_of_text|>".into(),
+            today: String::new(),
         },
         "chatml" | "qwen" => Tokens {
             bos: String::new(),
             eos: "<|im_end|>".into(),
+            today: String::new(),
         },
         _ => Tokens {
             bos: "<s>".into(),
             eos: "</s>".into(),
+            today: String::new(),
         },
     }
 }
@@ -223,9 +261,16 @@ impl Template {
         }
     }
 
-    /// Render `messages` (user/assistant/observation/function turns) with `system`; the text ends
-    /// where the model's reply starts when the last message is a user or observation turn.
-    pub fn render(&self, system: &str, messages: &[Message], tokens: &Tokens) -> String {
+    /// Render `messages` (user/assistant/observation/function turns) with `system` and the JSON
+    /// tool list `tools` ("" for none); the text ends where the model's reply starts when the
+    /// last message is a user or observation turn.
+    pub fn render(
+        &self,
+        system: &str,
+        tools: &str,
+        messages: &[Message],
+        tokens: &Tokens,
+    ) -> Result<String> {
         let system = if system.is_empty() {
             self.default_system
         } else {
@@ -234,15 +279,30 @@ impl Template {
         let mut out = String::new();
         for (i, m) in messages.iter().enumerate() {
             let mut content = m.content.clone();
+            if m.role == Role::Function {
+                content = function_text(self.tool_format, &content)?;
+            }
             if i == 0 {
                 self.apply(self.prefix, "", tokens, &mut out);
-                if !system.is_empty() {
+                // As LLaMA-Factory: `if system or tools` (a "[]" tool list counts).
+                if !system.is_empty() || !tools.is_empty() {
+                    let today = if tokens.today.is_empty() {
+                        today()
+                    } else {
+                        tokens.today.clone()
+                    };
+                    let tool_part = if tools.is_empty() {
+                        String::new()
+                    } else {
+                        tool_text(self.tool_format, tools, &today)?
+                    };
+                    let full = format!("{system}{tool_part}");
                     if self.system_in_first_user {
                         let mut sys = String::new();
-                        self.apply(self.system, system, tokens, &mut sys);
+                        self.apply(self.system, &full, tokens, &mut sys);
                         content = sys + content.as_str();
                     } else {
-                        self.apply(self.system, system, tokens, &mut out);
+                        self.apply(self.system, &full, tokens, &mut out);
                     }
                 }
             }
@@ -254,7 +314,7 @@ impl Template {
             };
             self.apply(slots, &content, tokens, &mut out);
         }
-        out
+        Ok(out)
     }
 }
 
@@ -326,6 +386,7 @@ mod tests {
         Tokens {
             bos: "<|begin_of_text|>".into(),
             eos: "<|end_of_text|>".into(),
+            today: "27 Nov 2026".into(),
         }
     }
 
@@ -337,7 +398,7 @@ mod tests {
             (Role::Assistant, "Output"),
         ]);
         assert_eq!(
-            get("llama3").unwrap().render("", &m, &llama3_tokens()),
+            get("llama3").unwrap().render("", "", &m, &llama3_tokens()).unwrap(),
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nInstruction\ninput<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nOutput<|eot_id|>"
         );
     }
@@ -352,29 +413,91 @@ mod tests {
         let t = Tokens {
             bos: "<s>".into(),
             eos: "</s>".into(),
+            today: String::new(),
         };
         assert_eq!(
-            get("chatml").unwrap().render("Be kind.", &m, &t),
+            get("chatml").unwrap().render("Be kind.", "", &m, &t).unwrap(),
             "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(
-            get("default").unwrap().render("Be kind.", &m, &t),
+            get("default")
+                .unwrap()
+                .render("Be kind.", "", &m, &t)
+                .unwrap(),
             "System: Be kind.</s>\nHuman: hi</s>\nAssistant:hello</s>\nHuman: bye</s>\nAssistant:"
         );
         assert_eq!(
-            get("llama2").unwrap().render("Be kind.", &m, &t),
+            get("llama2")
+                .unwrap()
+                .render("Be kind.", "", &m, &t)
+                .unwrap(),
             "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nhi [/INST]hello</s><s>[INST] bye [/INST]"
         );
         assert_eq!(
-            get("qwen").unwrap().render("", &m[..1], &t),
+            get("qwen").unwrap().render("", "", &m[..1], &t).unwrap(),
             "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(
-            get("alpaca").unwrap().render("", &m[..2], &t),
+            get("alpaca").unwrap().render("", "", &m[..2], &t).unwrap(),
             "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nhi\n\n### Response:\nhello</s>\n\n"
         );
-        assert_eq!(get("empty").unwrap().render("", &m[..2], &t), "hihello");
+        assert_eq!(
+            get("empty").unwrap().render("", "", &m[..2], &t).unwrap(),
+            "hihello"
+        );
         assert_eq!(get("chatml").unwrap().eos(&t), "<|im_end|>");
+    }
+
+    #[test]
+    fn tools_and_function_calls_render_in_each_style() {
+        let tools = r#"[{"name": "weather", "description": "Get the weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City"}}, "required": ["city"]}}]"#;
+        let m = conv(&[
+            (Role::User, "Weather in Paris?"),
+            (
+                Role::Function,
+                r#"{"name": "weather", "arguments": {"city": "Paris"}}"#,
+            ),
+            (Role::Observation, "sunny"),
+            (Role::Assistant, "Sunny."),
+        ]);
+        let t = Tokens {
+            bos: "<s>".into(),
+            eos: "</s>".into(),
+            today: "27 Nov 2026".into(),
+        };
+        let chatml = get("chatml").unwrap().render("", tools, &m, &t).unwrap();
+        assert!(chatml.starts_with("<|im_start|>system\nYou have access to the following tools:\n> Tool Name: weather\n"), "{chatml}");
+        assert!(chatml.contains("<|im_start|>assistant\nAction: weather\nAction Input: {\"city\": \"Paris\"}<|im_end|>\n<|im_start|>tool\nsunny<|im_end|>\n<|im_start|>assistant\nSunny.<|im_end|>\n"), "{chatml}");
+        let qwen = get("qwen").unwrap().render("", tools, &m, &t).unwrap();
+        assert!(qwen.starts_with("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions"), "{qwen}");
+        assert!(
+            qwen.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"weather\""),
+            "{qwen}"
+        );
+        assert!(qwen.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"), "{qwen}");
+        let llama3 = get("llama3")
+            .unwrap()
+            .render("", tools, &m, &llama3_tokens())
+            .unwrap();
+        assert!(llama3.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 27 Nov 2026\n\n"), "{llama3}");
+        assert!(llama3.contains("{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"weather\","), "{llama3}");
+        assert!(llama3.contains("{\"name\": \"weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|>"), "{llama3}");
+        // An empty tool list still opens a (blank) system block, as LLaMA-Factory does.
+        let blank = get("chatml")
+            .unwrap()
+            .render("", "[]", &m[..1], &t)
+            .unwrap();
+        assert!(
+            blank.starts_with("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n"),
+            "{blank}"
+        );
+    }
+
+    #[test]
+    fn today_is_a_plausible_date() {
+        let d = today();
+        assert_eq!(d.len(), 11, "{d}");
+        assert!(d[7..].parse::<u32>().unwrap() >= 2024);
     }
 
     #[test]

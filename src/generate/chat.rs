@@ -43,9 +43,10 @@ impl TemplateChoice {
         let tokens = Tokens {
             bos: model.bos_token.clone().unwrap_or_default(),
             eos: model.eos_token.clone().unwrap_or_default(),
+            today: String::new(),
         };
         match self {
-            TemplateChoice::BuiltIn(t) => Ok(t.render(system, messages, &tokens)),
+            TemplateChoice::BuiltIn(t) => t.render(system, "", messages, &tokens),
             TemplateChoice::Jinja(j) => render_jinja(j, system, messages, None, true, &tokens),
         }
     }

@@ -239,7 +239,26 @@ mod model_api {
     pub fn apply_template(name: &str, messages: Array) -> ScriptResult<String> {
         let t = template::get(name).script()?;
         let (system, messages) = messages_from(messages)?;
-        Ok(t.render(&system, &messages, &template::default_tokens(name)))
+        t.render(&system, "", &messages, &template::default_tokens(name))
+            .script()
+    }
+
+    /// Render a dataset example `#{ system, tools, messages }` (e.g. `ds[0]`) with the built-in
+    /// template `name`, tools included as LLaMA-Factory writes them.
+    #[rhai_fn(name = "apply_template", return_raw)]
+    pub fn apply_template_example(name: &str, example: Map) -> ScriptResult<String> {
+        let t = template::get(name).script()?;
+        let e = crate::script::api_data::map_to_example(
+            Dynamic::from_map(example),
+            "apply_template example",
+        )?;
+        t.render(
+            &e.system,
+            &e.tools,
+            &e.messages,
+            &template::default_tokens(name),
+        )
+        .script()
     }
 
     /// Render `messages` for `model`: `name` is a built-in template or "auto" (the model's own).

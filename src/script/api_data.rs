@@ -405,6 +405,51 @@ mod data_api {
         map
     }
 
+    /// Statistics plus token lengths under `tokenizer`: `tokens` = `#{ total, min, max, mean,
+    /// histogram: [[up_to, count], ...] }` over each example's text (system, tools and every
+    /// message, without a chat template) — to choose `cutoff_len`.
+    #[rhai_fn(global, name = "stats", return_raw, pure)]
+    pub fn stats_tokens(ds: &mut Dataset, tokenizer: crate::model::Tokenizer) -> ScriptResult<Map> {
+        let mut map = stats(ds);
+        let mut lengths = Vec::with_capacity(ds.len());
+        for e in ds.iter() {
+            let mut text = format!("{}{}", e.system, e.tools);
+            for m in &e.messages {
+                text.push_str(&m.content);
+            }
+            lengths.push(tokenizer.encode(&text).script()?.len());
+        }
+        let total: usize = lengths.iter().sum();
+        let mut t = Map::new();
+        t.insert("total".into(), Dynamic::from(total as INT));
+        t.insert(
+            "min".into(),
+            Dynamic::from(lengths.iter().copied().min().unwrap_or(0) as INT),
+        );
+        t.insert(
+            "max".into(),
+            Dynamic::from(lengths.iter().copied().max().unwrap_or(0) as INT),
+        );
+        let mean = if lengths.is_empty() {
+            0.0
+        } else {
+            total as f64 / lengths.len() as f64
+        };
+        t.insert("mean".into(), Dynamic::from(mean));
+        let histogram: Array = statistics::length_histogram(&lengths)
+            .into_iter()
+            .map(|(upper, count)| {
+                Dynamic::from_array(vec![
+                    Dynamic::from(upper as INT),
+                    Dynamic::from(count as INT),
+                ])
+            })
+            .collect();
+        t.insert("histogram".into(), Dynamic::from_array(histogram));
+        map.insert("tokens".into(), Dynamic::from_map(t));
+        Ok(map)
+    }
+
     /// Write the examples to `path` (.jsonl or .json), as alpaca when every example fits, else
     /// sharegpt; returns `#{ path, records, formatting, entry }` (`entry` registers the file).
     #[rhai_fn(global, return_raw, pure)]

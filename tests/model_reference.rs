@@ -123,11 +123,10 @@ fn smollm2_forward_matches_candle_transformers_quantized_llama() {
     }
 }
 
-/// candle-transformers' f32 llama built from `model`'s weights (HF names and layout).
-fn reference_llama(model: &tunelab::model::Model) -> candle_transformers::models::llama::Llama {
-    use candle_transformers::models::llama;
+/// candle-transformers' llama config for `model`.
+fn candle_config(model: &tunelab::model::Model) -> candle_transformers::models::llama::Config {
     let c = model.config();
-    let config = llama::Config {
+    candle_transformers::models::llama::Config {
         hidden_size: c.hidden_size,
         intermediate_size: c.intermediate_size,
         vocab_size: c.vocab_size,
@@ -142,7 +141,13 @@ fn reference_llama(model: &tunelab::model::Model) -> candle_transformers::models
         rope_scaling: None,
         max_position_embeddings: c.max_position_embeddings,
         tie_word_embeddings: c.tie_word_embeddings,
-    };
+    }
+}
+
+/// candle-transformers' f32 llama built from `model`'s weights (HF names and layout).
+fn reference_llama(model: &tunelab::model::Model) -> candle_transformers::models::llama::Llama {
+    use candle_transformers::models::llama;
+    let config = candle_config(model);
     let tensors = model.llama.hf_tensors().unwrap().into_iter().collect();
     let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
     llama::Llama::load(vb, &config).unwrap()
@@ -154,23 +159,7 @@ fn f32_against_reference(
     input: &Tensor,
 ) -> (f32, f32) {
     use candle_transformers::models::llama;
-    let c = model.config();
-    let config = llama::Config {
-        hidden_size: c.hidden_size,
-        intermediate_size: c.intermediate_size,
-        vocab_size: c.vocab_size,
-        num_hidden_layers: c.num_hidden_layers,
-        num_attention_heads: c.num_attention_heads,
-        num_key_value_heads: c.num_key_value_heads,
-        use_flash_attn: false,
-        rms_norm_eps: c.rms_norm_eps,
-        rope_theta: c.rope_theta as f32,
-        bos_token_id: None,
-        eos_token_id: None,
-        rope_scaling: None,
-        max_position_embeddings: c.max_position_embeddings,
-        tie_word_embeddings: c.tie_word_embeddings,
-    };
+    let config = candle_config(model);
     let mut cache =
         llama::Cache::new(false, candle_core::DType::F32, &config, &Device::Cpu).unwrap();
     let want = reference

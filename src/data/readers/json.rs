@@ -5,13 +5,13 @@
 //! element by element (only one row exists as a `Value` at a time). A syntax error names the line
 //! and column; a line of JSON Lines that does not parse names that line. Blank lines are skipped.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 
 use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{strip_bom, utf8, Loc, Row, RowSink, MAX_JSON_ARRAY_BYTES, MAX_LINE_BYTES};
+use super::{for_each_line, strip_bom, utf8, Loc, Row, RowSink, MAX_JSON_ARRAY_BYTES};
 use crate::error::{Error, Result};
 
 /// Read a `.json` file: an array of objects, or JSON Lines.
@@ -147,38 +147,12 @@ fn not_an_object(path: &Path, loc: Loc, value: &Value) -> Error {
 
 /// Read JSON Lines: one object per line, blank lines skipped.
 pub fn read_json_lines(path: &Path, sink: &mut RowSink) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::new();
-    let mut number = 0;
     let mut rows = 0;
-    loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io(path, e))?;
-        if read == 0 {
-            break;
-        }
-        number += 1;
-        let loc = Loc::Line(number);
-        if line.len() > MAX_LINE_BYTES {
-            return Err(Error::data(
-                path,
-                loc.to_string(),
-                format!("line longer than {MAX_LINE_BYTES} bytes; is this really JSON Lines?"),
-            ));
-        }
-        let bytes = if number == 1 {
-            strip_bom(&line)
-        } else {
-            &line[..]
-        };
-        let text = utf8(bytes, path, loc)?;
+    for_each_line(path, |number, text| {
         if text.trim().is_empty() {
-            continue;
+            return Ok(());
         }
+        let loc = Loc::Line(number);
         let value: Value = serde_json::from_str(text).map_err(|e| {
             let message = e.to_string();
             let message = message
@@ -190,12 +164,12 @@ pub fn read_json_lines(path: &Path, sink: &mut RowSink) -> Result<()> {
                 format!("invalid JSON: {message}"),
             )
         })?;
-        match value {
-            Value::Object(row) => sink(path, loc, row)?,
-            other => return Err(not_an_object(path, loc, &other)),
-        }
         rows += 1;
-    }
+        match value {
+            Value::Object(row) => sink(path, loc, row),
+            other => Err(not_an_object(path, loc, &other)),
+        }
+    })?;
     if rows == 0 {
         return Err(Error::data(
             path,

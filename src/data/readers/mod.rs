@@ -150,6 +150,40 @@ fn read_file(path: &Path, sink: &mut RowSink) -> Result<()> {
     }
 }
 
+/// Call `each(line_number, text)` for every line of `path` (1-based; the line ending kept),
+/// checking the length cap and UTF-8 and dropping a leading byte-order mark. Returns the count.
+pub fn for_each_line(
+    path: &Path,
+    mut each: impl FnMut(usize, &str) -> Result<()>,
+) -> Result<usize> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(path, e))?;
+        if read == 0 {
+            return Ok(number);
+        }
+        number += 1;
+        let loc = Loc::Line(number);
+        if line.len() > MAX_LINE_BYTES {
+            return Err(Error::data(path, loc.to_string(), format!("line longer than {MAX_LINE_BYTES} bytes; is this really a line-oriented text file?")));
+        }
+        let bytes = if number == 1 {
+            strip_bom(&line)
+        } else {
+            &line[..]
+        };
+        each(number, utf8(bytes, path, loc)?)?;
+    }
+}
+
 /// Strip a UTF-8 byte-order mark (spreadsheet exports often start with one).
 pub fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)

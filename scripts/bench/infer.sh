@@ -15,7 +15,7 @@ RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -
 # candle's element-wise thread pool spin-waits (specs/candle.md): the same with it at 1 thread.
 CANDLE_NUM_THREADS=1 RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -- model="$model" reps="$reps" \
     | sed 's/"tool":"tunelab \([^"]*\)"/"tool":"tunelab \1 (CANDLE_NUM_THREADS=1)"/'
-bench="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}/bin/llama-bench"
+bench="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}/build/bin/llama-bench"
 if [ -x "$bench" ]; then
     LD_LIBRARY_PATH="$(dirname "$bench"):${LD_LIBRARY_PATH:-}" "$bench" -m "$model" -p 128 -n 64 -t "$threads" -r "$reps" -o jsonl \
         | python3 -c '

@@ -12,6 +12,7 @@
 //! - [`data`]: LLaMA-Factory-compatible datasets.
 //! - [`model`]: Llama models, loaders, tokenizers, perplexity.
 //! - [`generate`]: sampling, generation, chat sessions.
+//! - [`quant`]: ggml block formats and quantized kernels.
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
@@ -25,6 +26,7 @@ pub mod generate;
 pub mod model;
 pub mod output;
 pub mod procstat;
+pub mod quant;
 pub mod repl;
 pub mod rng;
 pub mod script;

@@ -190,6 +190,35 @@ fn smollm2_answers_paris_greedily_with_its_own_template() {
 }
 
 #[test]
+fn smollm2_quantized_answers_paris_too() {
+    let Some(path) = smollm2() else { return };
+    let m = model::load(
+        path.to_str().unwrap(),
+        &LoadOptions {
+            quantized: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(m.quantized);
+    let template = TemplateChoice::resolve("auto", &m).unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let mut session = ChatSession::new(m, template, String::new(), options);
+    let reply = session
+        .ask(
+            "What is the capital of France?",
+            &CancelToken::new(),
+            &mut |_| {},
+        )
+        .unwrap();
+    println!("SmolLM2 (Q4_1 blocks, f32 activations): {}", reply.text);
+    assert!(reply.text.contains("Paris"), "{}", reply.text);
+}
+
+#[test]
 fn smollm2_perplexity_on_a_license_text() {
     let Some(path) = smollm2() else { return };
     let m = model::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();

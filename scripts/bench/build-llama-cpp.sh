@@ -8,7 +8,7 @@
 set -euo pipefail
 prefix="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}"
 tools=(llama-bench llama-perplexity llama-quantize llama-completion llama-tokenize)
-if [ -x "$prefix/build/bin/llama-completion" ]; then
+if [ -x "$prefix/build/bin/llama-completion" ] && [ -f "$prefix/build/.portable" ]; then
     echo "$prefix/build/bin"
     exit 0
 fi
@@ -20,7 +20,17 @@ if [ ! -d "$prefix/src" ]; then
     tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
     mv "$(ls -d "$work"/llama_cpp_python-*/vendor/llama.cpp)" "$prefix/src"
 fi
-cmake -S "$prefix/src" -B "$prefix/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-      -DLLAMA_BUILD_TESTS=OFF >&2
+# -march=native also turns on AMX where the CPU lists it, and ggml's AMX code then dies with an
+# illegal instruction on VMs that do not enable AMX; so pick the vector extensions explicitly.
+has() { grep -qw "$1" /proc/cpuinfo; }
+flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+       -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+if has avx512f; then flags+=(-DGGML_AVX512=ON); fi
+if has avx512_vnni; then flags+=(-DGGML_AVX512_VNNI=ON); fi
+if has avx512_bf16; then flags+=(-DGGML_AVX512_BF16=ON); fi
+if has avx512vbmi; then flags+=(-DGGML_AVX512_VBMI=ON); fi
+cmake -S "$prefix/src" -B "$prefix/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF "${flags[@]}" >&2
 cmake --build "$prefix/build" -j "$(nproc)" --target "${tools[@]}" >&2
+touch "$prefix/build/.portable"
 echo "$prefix/build/bin"

@@ -1,5 +1,11 @@
-//! Linear layers with a pluggable weight: dense (f32/bf16/f16) or quantized (GGUF blocks through
-//! candle's `QMatMul`), each with an optional bias. LoRA wraps one of these (training issue).
+//! Linear layers with a pluggable weight: dense (f32/bf16/f16) or quantized (GGUF blocks), each
+//! with an optional bias. LoRA wraps one of these (training issue).
+//!
+//! Quantized weights in the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on the CPU are
+//! multiplied with f32 activations: few rows (generation) through the fused kernel in
+//! [`crate::quant::matvec`], many rows (a prompt) by dequantizing the weight and using the f32
+//! GEMM. Other formats (K-quants) and other devices use candle's `QMatMul`, which rounds the
+//! activations to 8 bits first.
 //!
 //! Shapes: weight (out, in); `forward` maps (…, in) → (…, out).
 
@@ -9,6 +15,43 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::Result;
+use crate::quant::blocks::Format;
+use crate::quant::matvec;
+
+/// Up to this many activation rows go through the fused kernel; more are a GEMM on the
+/// dequantized weight (where the blocked f32 GEMM is faster than decoding per row).
+const FUSED_MAX_ROWS: usize = 16;
+
+/// (…, in) × quantized (out, in)ᵀ, keeping activations in f32 where the format allows.
+fn quantized_forward(m: &QMatMul, shape: &candle_core::Shape, x: &Tensor) -> Result<Tensor> {
+    let q = match m {
+        QMatMul::QTensor(q) => q,
+        _ => return Ok(m.forward(x)?),
+    };
+    let format = match Format::of(q.dtype()) {
+        Some(f) if x.device().is_cpu() && x.dtype() == DType::F32 => f,
+        _ => return Ok(m.forward(x)?),
+    };
+    let (n, k) = shape.dims2()?;
+    let mut out_dims = x.dims().to_vec();
+    let rows = x.elem_count() / k;
+    if rows > FUSED_MAX_ROWS {
+        let w = q.dequantize(x.device())?; // (out, in)
+        return Ok(x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(
+            out_dims
+                .iter()
+                .take(out_dims.len() - 1)
+                .copied()
+                .chain([n])
+                .collect::<Vec<_>>(),
+        )?);
+    }
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let data = q.data()?;
+    let y = matvec::matmul(format, &data, n, k, &xs, rows);
+    *out_dims.last_mut().expect("rank ≥ 1") = n;
+    Ok(Tensor::from_vec(y, out_dims, x.device())?)
+}
 
 /// Where the weight lives.
 #[derive(Debug, Clone)]
@@ -77,7 +120,7 @@ impl Linear {
                 };
                 x.matmul(&w)?
             }
-            Weight::Quantized(m, _) => m.forward(x)?,
+            Weight::Quantized(m, shape) => quantized_forward(m, shape, x)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,

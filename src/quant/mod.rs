@@ -1,0 +1,7 @@
+//! Quantized weights: the ggml block formats and the kernels that use them.
+//!
+//! `blocks` holds a readable scalar reference per format (what a block means); `matvec` holds the
+//! fast fused dequantize-and-dot used for generation, tested against the reference.
+
+pub mod blocks;
+pub mod matvec;

@@ -49,7 +49,17 @@ enum Command {
     },
 }
 
+/// candle's element-wise thread pool spin-waits; with one pool thread (matrix products still use
+/// every core through `RAYON_NUM_THREADS`) prompts ran 6–22 % faster here, and a busy machine is
+/// spared the spinning (specs/candle.md). A value the user sets wins.
+fn default_thread_settings() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    default_thread_settings();
     let info = tunelab::version::build_info();
     let command = Cli::command()
         .version(info.crates[0].1)

@@ -11,10 +11,11 @@ model="$(scripts/fetch-smollm2.sh)"
 threads=2
 echo "# $(basename "$model"); $threads threads; $(nproc) cores; $(date -u +%FT%TZ)" >&2
 cargo build --release --quiet
+# tunelab's default (CANDLE_NUM_THREADS=1: candle's element-wise pool at one thread, matrix
+# products on every core), then with that pool at 2 threads as well, to show the difference.
 RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -- model="$model" reps="$reps"
-# candle's element-wise thread pool spin-waits (specs/candle.md): the same with it at 1 thread.
-CANDLE_NUM_THREADS=1 RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -- model="$model" reps="$reps" \
-    | sed 's/"tool":"tunelab \([^"]*\)"/"tool":"tunelab \1 (CANDLE_NUM_THREADS=1)"/'
+CANDLE_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/infer.rhai -- model="$model" reps="$reps" \
+    | sed "s/\"tool\":\"tunelab \([^\"]*\)\"/\"tool\":\"tunelab \1 (CANDLE_NUM_THREADS=$threads)\"/"
 bench="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}/build/bin/llama-bench"
 if [ -x "$bench" ]; then
     LD_LIBRARY_PATH="$(dirname "$bench"):${LD_LIBRARY_PATH:-}" "$bench" -m "$model" -p 128 -n 64 -t "$threads" -r "$reps" -o jsonl \

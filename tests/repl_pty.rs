@@ -91,6 +91,27 @@ fn repl_session_multiline_help_and_ctrl_c() {
 }
 
 #[test]
+fn repl_chat_mode_talks_to_a_session_until_end() {
+    let (mut p, _home) = start();
+    p.send_line(
+        "let c = chat(load_model(\"tiny\"), #{ max_new_tokens: 4, temperature: 1.0, seed: 2 });",
+    )
+    .unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line(":chat c").unwrap();
+    p.exp_string("chatting with `c`").unwrap();
+    p.exp_string("you> ").unwrap();
+    p.send_line("hello there").unwrap();
+    p.exp_string("you> ").unwrap();
+    p.send_line(":end").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("c.history().len()").unwrap();
+    p.exp_string("=> 2").unwrap();
+    p.send_line(":quit").unwrap();
+    p.exp_eof().unwrap();
+}
+
+#[test]
 fn repl_errors_show_line_and_caret_and_keep_the_session() {
     let (mut p, _home) = start();
     p.send_line("let y = 5;").unwrap();

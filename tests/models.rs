@@ -158,10 +158,18 @@ fn smollm2_tokenizer_matches_hugging_face_tokenizers() {
     assert_eq!(cases.len(), 10);
 }
 
-#[test]
-fn smollm2_answers_paris_greedily_with_its_own_template() {
-    let Some(path) = smollm2() else { return };
-    let m = model::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+/// Load SmolLM2 (quantized or not) and ask the acceptance question greedily with the model's own
+/// template; returns the reply and what was streamed.
+fn ask_france(path: &std::path::Path, quantized: bool) -> (tunelab::generate::Generated, String) {
+    let m = model::load(
+        path.to_str().unwrap(),
+        &LoadOptions {
+            quantized,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.quantized, quantized);
     let template = TemplateChoice::resolve("auto", &m).unwrap();
     assert!(
         matches!(template, TemplateChoice::Jinja(_)),
@@ -180,6 +188,13 @@ fn smollm2_answers_paris_greedily_with_its_own_template() {
             &mut |t| streamed.push_str(t),
         )
         .unwrap();
+    (reply, streamed)
+}
+
+#[test]
+fn smollm2_answers_paris_greedily_with_its_own_template() {
+    let Some(path) = smollm2() else { return };
+    let (reply, streamed) = ask_france(&path, false);
     println!("SmolLM2 (dequantized f32): {}", reply.text);
     assert!(reply.text.contains("Paris"), "{}", reply.text);
     assert_eq!(
@@ -192,28 +207,7 @@ fn smollm2_answers_paris_greedily_with_its_own_template() {
 #[test]
 fn smollm2_quantized_answers_paris_too() {
     let Some(path) = smollm2() else { return };
-    let m = model::load(
-        path.to_str().unwrap(),
-        &LoadOptions {
-            quantized: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(m.quantized);
-    let template = TemplateChoice::resolve("auto", &m).unwrap();
-    let options = GenerateOptions {
-        max_new_tokens: 24,
-        ..Default::default()
-    };
-    let mut session = ChatSession::new(m, template, String::new(), options);
-    let reply = session
-        .ask(
-            "What is the capital of France?",
-            &CancelToken::new(),
-            &mut |_| {},
-        )
-        .unwrap();
+    let (reply, _) = ask_france(&path, true);
     println!("SmolLM2 (Q4_1 blocks, f32 activations): {}", reply.text);
     assert!(reply.text.contains("Paris"), "{}", reply.text);
 }

@@ -5,3 +5,5 @@
 
 pub mod blocks;
 pub mod matvec;
+#[cfg(target_arch = "x86_64")]
+mod matvec_avx2;

@@ -58,7 +58,12 @@ fn generate_options(o: &Options) -> ScriptResult<(GenerateOptions, bool)> {
         seed: o.int("seed")?.map_or(d.seed, |s| s as u64),
     };
     if let Some(stops) = o.array("stop")? {
-        g.stop_strings = stops.iter().map(|s| s.to_string()).collect();
+        // An empty stop string would match at once and end every reply.
+        g.stop_strings = stops
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
     }
     Ok((g, o.bool("stream")?.unwrap_or(false)))
 }
@@ -324,13 +329,8 @@ mod model_api {
         .script()?;
         let mut session =
             ChatSession::new(model, choice, o.string("system")?.unwrap_or_default(), g);
-        session.options.stop_strings.retain(|s| !s.is_empty());
-        let chat = Chat(std::sync::Arc::new(std::sync::Mutex::new(session)));
-        chat.0
-            .lock()
-            .map(|mut s| s.stream = stream)
-            .map_err(|_| runtime("chat: session lock poisoned"))?;
-        Ok(chat)
+        session.stream = stream;
+        Ok(Chat(std::sync::Arc::new(std::sync::Mutex::new(session))))
     }
 
     /// Send `text`; the reply streams to the output as it is generated and is returned.

@@ -219,3 +219,94 @@ fn tiny_model_round_trips_through_a_hf_folder_and_matches_candle_llama() {
     println!("tiny vs candle llama f32: max|Δ| {max:.2e} relL2 {rel:.2e}");
     assert!(rel < F32_REL_L2, "tiny relative L2 {rel}");
 }
+
+/// A Qwen2-style model (q/k/v biases): the tiny preset's weights plus random biases, written as a
+/// Hugging Face folder with `model_type: qwen2`, against candle-transformers' `qwen2`.
+#[test]
+fn qwen2_biases_match_candle_transformers_qwen2() {
+    use candle_transformers::models::qwen2;
+    let tiny = model::load(
+        "tiny",
+        &LoadOptions {
+            seed: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("qwen2-tiny");
+    tunelab::model::save::save_hf(&tiny, &folder).unwrap();
+    let weights = folder.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let c = tiny.config().clone();
+    for i in 0..c.num_hidden_layers {
+        for (name, width) in [
+            ("q_proj", c.num_attention_heads * c.head_dim),
+            ("k_proj", c.num_key_value_heads * c.head_dim),
+            ("v_proj", c.num_key_value_heads * c.head_dim),
+        ] {
+            let bias = Tensor::randn(0f32, 0.5, width, &Device::Cpu).unwrap();
+            tensors.insert(format!("model.layers.{i}.self_attn.{name}.bias"), bias);
+        }
+    }
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let config_path = folder.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["model_type"] = "qwen2".into();
+    config["attention_bias"] = true.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let ours = model::load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert!(ours.config().attention_bias && ours.config().architecture == "qwen2");
+    let reference_config = qwen2::Config {
+        vocab_size: c.vocab_size,
+        hidden_size: c.hidden_size,
+        intermediate_size: c.intermediate_size,
+        num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
+        num_key_value_heads: c.num_key_value_heads,
+        max_position_embeddings: c.max_position_embeddings,
+        sliding_window: c.max_position_embeddings,
+        max_window_layers: c.num_hidden_layers,
+        tie_word_embeddings: true,
+        rope_theta: c.rope_theta,
+        rms_norm_eps: c.rms_norm_eps,
+        use_sliding_window: false,
+        hidden_act: candle_nn::Activation::Silu,
+    };
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+    let mut reference = qwen2::ModelForCausalLM::new(&reference_config, vb).unwrap();
+    let ids = ours
+        .tokenizer
+        .encode("<|im_start|>user\nbiases matter<|im_end|>")
+        .unwrap();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let want = reference.forward(&input, 0).unwrap().flatten_all().unwrap();
+    let got = ours
+        .llama
+        .forward(&input, None, None, Logits::Last)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let (max, rel) = compare(&got, &want);
+    println!("qwen2-style tiny vs candle qwen2: max|Δ| {max:.2e} relL2 {rel:.2e}");
+    assert!(rel < F32_REL_L2, "qwen2 relative L2 {rel}");
+    // The biases matter: the same weights without them give different logits.
+    let (_, rel_without) = compare(
+        &tiny
+            .llama
+            .forward(&input, None, None, Logits::Last)
+            .unwrap()
+            .flatten_all()
+            .unwrap(),
+        &want,
+    );
+    assert!(
+        rel_without > 100.0 * F32_REL_L2,
+        "biases had no effect ({rel_without})"
+    );
+}

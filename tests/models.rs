@@ -227,3 +227,60 @@ fn smollm2_perplexity_on_a_license_text() {
         p.ppl
     );
 }
+
+/// bf16 weights and activations (the tiny preset in bf16) stay close to f32.
+#[test]
+fn bf16_and_f16_compute_stay_close_to_f32() {
+    use candle_core::{DType, Tensor};
+    let f32_model = model::load("tiny", &LoadOptions::default()).unwrap();
+    let ids = f32_model
+        .tokenizer
+        .encode("a short prompt for half precision")
+        .unwrap();
+    let input = Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let want = f32_model
+        .llama
+        .forward(&input, None, None, model::Logits::All)
+        .unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let m = model::load(
+            "tiny",
+            &LoadOptions {
+                dtype,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            m.to_string().contains(&format!("{dtype:?}").to_lowercase()),
+            "{m}"
+        );
+        let got = m
+            .llama
+            .forward(&input, None, None, model::Logits::All)
+            .unwrap();
+        let diff = (&got - &want)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        let norm = want
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        println!("{dtype:?} vs f32: relative L2 {:.2e}", diff / norm);
+        // bf16 keeps 8 mantissa bits (f16 11): a few parts in a thousand per value.
+        assert!(diff / norm < 2e-2, "{dtype:?}: relative L2 {}", diff / norm);
+    }
+}

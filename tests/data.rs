@@ -323,3 +323,29 @@ fn shipped_data_is_registered_and_valid() {
     ]);
     assert!(filled.iter().all(|e| !e.messages[1].content.contains("{{")));
 }
+
+#[test]
+fn a_folder_as_file_name_loads_every_file_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    std::fs::write(
+        parts.join("a.jsonl"),
+        "{\"instruction\": \"a\", \"input\": \"\", \"output\": \"1\"}\n",
+    )
+    .unwrap();
+    std::fs::write(parts.join("b.jsonl"), "{\"instruction\": \"b\", \"input\": \"\", \"output\": \"2\"}\n{\"instruction\": \"c\", \"input\": \"\", \"output\": \"3\"}\n").unwrap();
+    std::fs::write(parts.join(".hidden.jsonl"), "not json").unwrap();
+    std::fs::write(
+        dir.path().join("dataset_info.json"),
+        r#"{"parts": {"file_name": "parts"}}"#,
+    )
+    .unwrap();
+    let ds = load_in(dir.path(), "parts").unwrap();
+    let outputs: Vec<&str> = ds.iter().map(|e| e.messages[1].content.as_str()).collect();
+    assert_eq!(
+        outputs,
+        ["1", "2", "3"],
+        "files in name order, hidden files ignored"
+    );
+}

@@ -336,6 +336,21 @@ fn content_text(field: &str, i: usize, tag: &str, v: Value) -> Result<String, Sk
     }
 }
 
+/// The skip for a turn whose role does not fit: aligned turn `k` (even = user side) had `tag`,
+/// found at `position` in the file's message list.
+fn role_order_skip(k: usize, tag: &str, position: usize) -> Skip {
+    let expected = if k % 2 == 0 {
+        "a user turn"
+    } else {
+        "an assistant turn"
+    };
+    Skip::new(
+        "role order",
+        None,
+        format!("role \"{tag}\" at position {position}, expected {expected}"),
+    )
+}
+
 /// Check alternation and count of the aligned messages.
 fn check_order(aligned: &Aligned) -> Result<(), Skip> {
     let messages = &aligned.messages;
@@ -346,19 +361,7 @@ fn check_order(aligned: &Aligned) -> Result<(), Skip> {
             m.role.is_response_side()
         };
         if !ok {
-            let expected = if k % 2 == 0 {
-                "a user turn"
-            } else {
-                "an assistant turn"
-            };
-            return Err(Skip::new(
-                "role order",
-                None,
-                format!(
-                    "role \"{}\" at position {}, expected {expected}",
-                    aligned.tags[k], aligned.positions[k]
-                ),
-            ));
+            return Err(role_order_skip(k, &aligned.tags[k], aligned.positions[k]));
         }
     }
     if messages.is_empty() {
@@ -403,16 +406,7 @@ fn sharegpt(entry: &Entry, row: &mut Row, grab: Grab) -> Result<Example, Skip> {
             .iter()
             .any(|t| t.as_deref() == Some(m.tag.as_str()))
         {
-            let expected = if k % 2 == 0 {
-                "a user turn"
-            } else {
-                "an assistant turn"
-            };
-            return Err(Skip::new(
-                "role order",
-                None,
-                format!("role \"{}\" at position {i}, expected {expected}", m.tag),
-            ));
+            return Err(role_order_skip(k, &m.tag, i));
         }
         let role = role_of(&entry.tags, &m.tag).expect("an accepted tag maps to a role");
         aligned.push(

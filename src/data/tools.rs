@@ -110,6 +110,15 @@ fn py_float(f: f64) -> String {
     }
 }
 
+/// A tool in OpenAI's `{"type": "function", "function": ...}` wrapping (kept if already wrapped).
+fn as_function_tool(tool: &Value) -> Value {
+    if tool["type"] == "function" {
+        tool.clone()
+    } else {
+        serde_json::json!({"type": "function", "function": tool})
+    }
+}
+
 /// The tool text appended to the system prompt for the JSON tool list `tools` ("" when empty).
 pub fn tool_text(format: ToolFormat, tools: &str, today: &str) -> Result<String> {
     let list: Value = serde_json::from_str(tools)
@@ -188,11 +197,7 @@ pub fn tool_text(format: ToolFormat, tools: &str, today: &str) -> Result<String>
         ToolFormat::Llama3 => {
             let mut text = String::new();
             for tool in &list {
-                let wrapped = if tool["type"] == "function" {
-                    tool.clone()
-                } else {
-                    serde_json::json!({"type": "function", "function": tool})
-                };
+                let wrapped = as_function_tool(tool);
                 text.push_str(&py_json(&wrapped, Some(4)));
                 text.push_str("\n\n");
             }
@@ -203,11 +208,7 @@ pub fn tool_text(format: ToolFormat, tools: &str, today: &str) -> Result<String>
         ToolFormat::Qwen => {
             let mut text = String::new();
             for tool in &list {
-                let wrapped = if tool["type"] == "function" {
-                    tool.clone()
-                } else {
-                    serde_json::json!({"type": "function", "function": tool})
-                };
+                let wrapped = as_function_tool(tool);
                 text.push('\n');
                 text.push_str(&py_json(&wrapped, None));
             }

@@ -48,6 +48,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Build a folder atomically: `fill` writes into a temporary sibling folder, which is renamed to
+/// `dir` only when it succeeds. An existing `dir` is replaced when `replace` is true; otherwise it
+/// must be absent or empty.
+pub fn write_dir_atomic(
+    dir: &Path,
+    replace: bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let non_empty = dir.is_dir()
+        && std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .next()
+            .is_some();
+    if non_empty && !replace {
+        return Err(Error::msg(format!(
+            "{}: the folder is not empty; choose a new one",
+            dir.display()
+        )));
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = temp_name(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        // The old folder goes aside first so a crash leaves one complete copy on disk.
+        let old = dir.with_file_name(format!(
+            ".{}.old-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        return Ok(());
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

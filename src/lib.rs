@@ -12,6 +12,7 @@
 //! - [`data`]: LLaMA-Factory-compatible datasets.
 //! - [`model`]: Llama models, loaders, tokenizers, perplexity.
 //! - [`generate`]: sampling, generation, chat sessions.
+//! - [`lora`]: LoRA adapters and their PEFT files.
 //! - [`quant`]: ggml block formats and quantized kernels.
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
@@ -23,6 +24,7 @@ pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
+pub mod lora;
 pub mod model;
 pub mod output;
 pub mod procstat;

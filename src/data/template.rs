@@ -242,13 +242,27 @@ pub fn default_tokens(name: &str) -> Tokens {
     }
 }
 
+/// One element of a rendered turn, as LLaMA-Factory encodes it: each text is tokenized on its own
+/// (special-token strings inside it become their ids) and bos/eos become the tokenizer's ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    Bos,
+    Eos,
+}
+
 impl Template {
-    fn apply(&self, slots: &[Slot], content: &str, tokens: &Tokens, out: &mut String) {
+    fn apply(&self, slots: &[Slot], content: &str, out: &mut Vec<Piece>) {
         for slot in slots {
             match slot {
-                Text(t) => out.push_str(&t.replace("{{content}}", content)),
-                Bos => out.push_str(&tokens.bos),
-                Eos => out.push_str(&self.eos(tokens)),
+                Text(t) => {
+                    let text = t.replace("{{content}}", content);
+                    if !text.is_empty() {
+                        out.push(Piece::Text(text));
+                    }
+                }
+                Bos => out.push(Piece::Bos),
+                Eos => out.push(Piece::Eos),
             }
         }
     }
@@ -271,25 +285,51 @@ impl Template {
         messages: &[Message],
         tokens: &Tokens,
     ) -> Result<String> {
+        let mut out = String::new();
+        for piece in self
+            .turns(system, tools, messages, &tokens.today)?
+            .iter()
+            .flatten()
+        {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Bos => out.push_str(&tokens.bos),
+                Piece::Eos => out.push_str(&self.eos(tokens)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pieces of each message, in order (LLaMA-Factory's `Template._encode` before
+    /// tokenization): message 0 also carries the prefix and the system prompt. `today` dates the
+    /// llama3 tool prompt ("" for today).
+    pub fn turns(
+        &self,
+        system: &str,
+        tools: &str,
+        messages: &[Message],
+        today_text: &str,
+    ) -> Result<Vec<Vec<Piece>>> {
         let system = if system.is_empty() {
             self.default_system
         } else {
             system
         };
-        let mut out = String::new();
+        let mut turns = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
+            let mut out = Vec::new();
             let mut content = m.content.clone();
             if m.role == Role::Function {
                 content = function_text(self.tool_format, &content)?;
             }
             if i == 0 {
-                self.apply(self.prefix, "", tokens, &mut out);
+                self.apply(self.prefix, "", &mut out);
                 // As LLaMA-Factory: `if system or tools` (a "[]" tool list counts).
                 if !system.is_empty() || !tools.is_empty() {
-                    let today = if tokens.today.is_empty() {
+                    let today = if today_text.is_empty() {
                         today()
                     } else {
-                        tokens.today.clone()
+                        today_text.to_string()
                     };
                     let tool_part = if tools.is_empty() {
                         String::new()
@@ -298,11 +338,18 @@ impl Template {
                     };
                     let full = format!("{system}{tool_part}");
                     if self.system_in_first_user {
-                        let mut sys = String::new();
-                        self.apply(self.system, &full, tokens, &mut sys);
-                        content = sys + content.as_str();
+                        let mut sys = Vec::new();
+                        self.apply(self.system, &full, &mut sys);
+                        let text: String = sys
+                            .iter()
+                            .map(|p| match p {
+                                Piece::Text(t) => t.as_str(),
+                                _ => "",
+                            })
+                            .collect();
+                        content = text + content.as_str();
                     } else {
-                        self.apply(self.system, &full, tokens, &mut out);
+                        self.apply(self.system, &full, &mut out);
                     }
                 }
             }
@@ -312,9 +359,10 @@ impl Template {
                 Role::Observation => self.observation,
                 Role::Function => self.function,
             };
-            self.apply(slots, &content, tokens, &mut out);
+            self.apply(slots, &content, &mut out);
+            turns.push(out);
         }
-        Ok(out)
+        Ok(turns)
     }
 }
 

@@ -23,7 +23,11 @@ use crate::quant::matvec;
 const FUSED_MAX_ROWS: usize = 16;
 
 /// (…, in) × quantized (out, in)ᵀ, keeping activations in f32 where the format allows.
-fn quantized_forward(m: &QMatMul, shape: &candle_core::Shape, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn quantized_forward(
+    m: &QMatMul,
+    shape: &candle_core::Shape,
+    x: &Tensor,
+) -> Result<Tensor> {
     let q = match m {
         QMatMul::QTensor(q) => q,
         _ => return Ok(m.forward(x)?),
@@ -105,6 +109,26 @@ impl Linear {
                 QMatMul::QTensor(q) => q.dequantize(&q.device())?,
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
             },
+        })
+    }
+
+    /// (…, in) → (…, out) for training: the same product, but its backward pass computes only the
+    /// input's gradient (the weight is frozen), and works through quantized weights too.
+    pub fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (n, k) = self.dims();
+        let rows = x.elem_count() / k;
+        let x2 = x.reshape((rows, k))?;
+        let y = match &self.weight {
+            Weight::Dense(w) => super::frozen::dense(&x2, w)?,
+            Weight::Quantized(m, shape) => super::frozen::quantized(&x2, m, shape)?,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank ≥ 1") = n;
+        let y = y.reshape(out_dims)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         })
     }
 

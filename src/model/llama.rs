@@ -11,6 +11,7 @@ use super::config::LlamaConfig;
 use super::linear::Linear;
 use super::rope;
 use crate::error::Result;
+use crate::lora::{Adapter, Dropout, Target};
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -24,6 +25,33 @@ pub struct Block {
     pub gate: Linear,      // C → F
     pub up: Linear,        // C → F
     pub down: Linear,      // F → C
+}
+
+impl Block {
+    /// The projection a LoRA target names.
+    pub fn linear(&self, target: Target) -> &Linear {
+        match target {
+            Target::Q => &self.q,
+            Target::K => &self.k,
+            Target::V => &self.v,
+            Target::O => &self.o,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+}
+
+/// How a forward pass runs: with or without an adapter, for inference or for training.
+#[derive(Clone, Copy, Default)]
+pub struct Pass<'a> {
+    /// LoRA factors added to the adapted projections.
+    pub adapter: Option<&'a Adapter>,
+    /// Training: every op has a backward pass, base weights are frozen (their gradient is never
+    /// computed), and the adapter's dropout applies.
+    pub train: bool,
+    /// The adapter's dropout (training only).
+    pub dropout: Option<&'a Dropout<'a>>,
 }
 
 /// The whole network.
@@ -136,12 +164,30 @@ impl Llama {
         Ok(out)
     }
 
-    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(
-            &x.contiguous()?,
-            weight,
-            self.config.rms_norm_eps as f32,
-        )?)
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, pass: Pass) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        Ok(if pass.train {
+            candle_nn::ops::rms_norm_slow(x, weight, eps)?
+        } else {
+            candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?
+        })
+    }
+
+    /// One projection of block `layer`, plus its LoRA update when the pass has one.
+    fn project(&self, layer: usize, target: Target, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let lin = self.blocks[layer].linear(target);
+        let y = if pass.train {
+            lin.forward_frozen(x)?
+        } else {
+            lin.forward(x)?
+        };
+        match pass.adapter.and_then(|a| Some((a, a.pair(layer, target)?))) {
+            Some((adapter, pair)) => {
+                let dropout = if pass.train { pass.dropout } else { None };
+                Ok((y + adapter.delta(pair, x, dropout)?)?)
+            }
+            None => Ok(y),
+        }
     }
 
     /// Logits for `ids` (B, T) placed after the `cache`'s positions; `pad_mask` (B, S) marks real
@@ -153,12 +199,20 @@ impl Llama {
         pad_mask: Option<&Tensor>,
         which: Logits,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let c = self.config.hidden_size;
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, c))?; // (B, T, C)
+        self.forward_with(ids, cache, pad_mask, which, Pass::default())
+    }
+
+    /// [`Llama::forward`] with an adapter (inference only: `pass.train` must be false).
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        pad_mask: Option<&Tensor>,
+        which: Logits,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        debug_assert!(!pass.train, "use forward_train for training");
+        let t = ids.dim(1)?;
         let mut owned = KvCache::default();
         let cache = cache.unwrap_or(&mut owned);
         let past = cache.len();
@@ -167,32 +221,95 @@ impl Llama {
         }
         let (cos, sin) = rope::tables(&self.inv_freq, past, t, self.dtype, &self.device)?;
         let mask = attention_mask(t, past, pad_mask, self.dtype, &self.device)?; // (B|1, 1, T, S)
-        for (i, block) in self.blocks.iter().enumerate() {
-            let h = self.rms_norm(&x, &block.attn_norm)?;
-            let a = self.attention(block, &h, &cos, &sin, &mask, &mut cache.layers[i])?;
-            x = (x + a)?;
-            let h = self.rms_norm(&x, &block.mlp_norm)?;
-            let gate = candle_nn::ops::silu(&block.gate.forward(&h)?)?; // (B, T, F)
-            let m = block.down.forward(&(gate * block.up.forward(&h)?)?)?; // (B, T, C)
-            x = (x + m)?;
+        let mut x = self.embed(ids)?; // (B, T, C)
+        for i in 0..self.blocks.len() {
+            x = self.block(i, &x, &cos, &sin, &mask, &mut cache.layers[i], pass)?;
         }
         let x = match which {
             Logits::All => x,
             Logits::Last => x.narrow(1, t - 1, 1)?,
             Logits::From(n) => x.narrow(1, n.min(t - 1), t - n.min(t - 1))?,
         };
-        let x = self.rms_norm(&x, &self.norm)?;
+        let x = self.rms_norm(&x, &self.norm, pass)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?) // (B, T|1, V)
     }
 
+    /// The training forward pass: `ids` (B, T) at `positions` (B·T, restarting per packed
+    /// example), attending causally within equal `segments` (B·T; None: the whole row); returns
+    /// the logits (N, V) of the flat positions `rows` (B·T indices) only, since the output
+    /// projection is the most expensive layer and only label positions need it.
+    pub fn forward_train(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        segments: Option<&[u32]>,
+        rows: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = self.config.hidden_size;
+        let (cos, sin) = rope::tables_at(&self.inv_freq, positions, self.dtype, &self.device)?;
+        let half = self.config.head_dim / 2;
+        let cos = cos.reshape((b, 1, t, half))?;
+        let sin = sin.reshape((b, 1, t, half))?;
+        let mask = segment_mask(b, t, segments, self.dtype, &self.device)?; // (B|1, 1, T, T)
+        let mut x = self.embed(ids)?;
+        for i in 0..self.blocks.len() {
+            x = self.block(i, &x, &cos, &sin, &mask, &mut None, pass)?;
+        }
+        let x = x.reshape((b * t, c))?.index_select(rows, 0)?; // (N, C)
+        let x = self.rms_norm(&x, &self.norm, pass)?;
+        let logits = if pass.train {
+            self.lm_head.forward_frozen(&x)?
+        } else {
+            self.lm_head.forward(&x)?
+        };
+        Ok(logits.to_dtype(DType::F32)?) // (N, V)
+    }
+
+    /// Token embeddings: (B, T) → (B, T, C).
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.config.hidden_size,
+        ))?)
+    }
+
+    /// Block `i`: attention then MLP, each with a residual connection. (B, T, C) → (B, T, C).
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let block = &self.blocks[i];
+        let h = self.rms_norm(x, &block.attn_norm, pass)?;
+        let a = self.attention(i, &h, cos, sin, mask, cache, pass)?;
+        let x = (x + a)?;
+        let h = self.rms_norm(&x, &block.mlp_norm, pass)?;
+        let gate = candle_nn::ops::silu(&self.project(i, Target::Gate, &h, pass)?)?; // (B, T, F)
+        let up = self.project(i, Target::Up, &h, pass)?;
+        let m = self.project(i, Target::Down, &(gate * up)?, pass)?; // (B, T, C)
+        Ok((x + m)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
-        block: &Block,
+        layer: usize,
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
         cache: &mut Option<(Tensor, Tensor)>,
+        pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
         let (hq, hkv, d) = (
@@ -200,39 +317,48 @@ impl Llama {
             self.config.num_key_value_heads,
             self.config.head_dim,
         );
-        let q = block
-            .q
-            .forward(h)?
+        let q = self
+            .project(layer, Target::Q, h, pass)?
             .reshape((b, t, hq, d))?
             .transpose(1, 2)?; // (B, Hq, T, D)
-        let k = block
-            .k
-            .forward(h)?
+        let k = self
+            .project(layer, Target::K, h, pass)?
             .reshape((b, t, hkv, d))?
             .transpose(1, 2)?; // (B, Hkv, T, D)
-        let v = block
-            .v
-            .forward(h)?
+        let v = self
+            .project(layer, Target::V, h, pass)?
             .reshape((b, t, hkv, d))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = rope::apply(&q, cos, sin)?;
-        let k = rope::apply(&k, cos, sin)?;
+        let (q, k) = if pass.train {
+            (
+                rope::apply_differentiable(&q, cos, sin)?,
+                rope::apply_differentiable(&k, cos, sin)?,
+            )
+        } else {
+            (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
+        };
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, Hkv, S, D)
             None => (k, v),
         };
-        *cache = Some((k.clone(), v.clone()));
+        if !pass.train {
+            *cache = Some((k.clone(), v.clone()));
+        }
         let group = hq / hkv;
         let k = repeat_kv(&k, group)?; // (B, Hq, S, D)
         let v = repeat_kv(&v, group)?;
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?; // (B, Hq, T, S)
         let scores = scores.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?; // (B, Hq, T, D)
+        let probs = if pass.train {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs.matmul(&v.contiguous()?)?; // (B, Hq, T, D)
         let out = out.transpose(1, 2)?.reshape((b, t, hq * d))?; // (B, T, Hq·D)
-        block.o.forward(&out)
+        self.project(layer, Target::O, &out, pass)
     }
 }
 
@@ -270,6 +396,36 @@ pub fn attention_mask(
         let pad_add = ((pad - 1.0)? * (-MASKED as f64))?; // 0 for real tokens, MASKED for padding
         mask = mask.broadcast_add(&pad_add)?;
     }
+    Ok(mask.to_dtype(dtype)?)
+}
+
+/// Additive training mask (B|1, 1, T, T): causal, and when `segments` (B·T) is given, position j
+/// is visible from i only when both belong to the same segment (LLaMA-Factory's neat packing).
+pub fn segment_mask(
+    b: usize,
+    t: usize,
+    segments: Option<&[u32]>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    const MASKED: f32 = -1e4;
+    let mask = match segments {
+        None => attention_mask(t, 0, None, DType::F32, device)?,
+        Some(seg) => {
+            let mut m = vec![MASKED; b * t * t];
+            for r in 0..b {
+                let s = &seg[r * t..(r + 1) * t];
+                for i in 0..t {
+                    for j in 0..=i {
+                        if s[i] == s[j] {
+                            m[(r * t + i) * t + j] = 0.0;
+                        }
+                    }
+                }
+            }
+            Tensor::from_vec(m, (b, 1, t, t), device)?
+        }
+    };
     Ok(mask.to_dtype(dtype)?)
 }
 

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod frozen;
 pub mod gguf;
 pub mod linear;
 pub mod llama;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 pub use config::LlamaConfig;
-pub use llama::{KvCache, Llama, Logits};
+pub use llama::{KvCache, Llama, Logits, Pass};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};

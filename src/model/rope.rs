@@ -55,6 +55,37 @@ pub fn tables(
     ))
 }
 
+/// cos and sin tables for arbitrary `positions` (e.g. restarting per packed example): each
+/// (positions.len(), head_dim/2).
+pub fn tables_at(
+    inv_freq: &[f32],
+    positions: &[u32],
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let angles: Vec<f32> = positions
+        .iter()
+        .flat_map(|&p| inv_freq.iter().map(move |f| p as f32 * f))
+        .collect();
+    let angles = Tensor::from_vec(angles, (positions.len(), half), device)?;
+    Ok((
+        angles.cos()?.to_dtype(dtype)?,
+        angles.sin()?.to_dtype(dtype)?,
+    ))
+}
+
+/// Rotate-half written with plain ops, so it has a backward pass: `x` (B, H, T, D) by tables
+/// that broadcast to (B, H, T, D/2), e.g. (B, 1, T, D/2) or (T, D/2).
+pub fn apply_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(3)?;
+    let x1 = x.narrow(3, 0, d / 2)?;
+    let x2 = x.narrow(3, d / 2, d / 2)?;
+    let first = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let second = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[&first, &second], 3)?)
+}
+
 /// Rotate `x` (B, H, T, D) by the tables (T, D/2).
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
@@ -92,5 +123,33 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "max diff {diff}");
+        let diff2 = (apply_differentiable(&x, &cos, &sin).unwrap() - reference(&x, &cos, &sin))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff2 < 1e-5, "differentiable: max diff {diff2}");
+        let positions: Vec<u32> = (7..12).collect();
+        let (c2, s2) = tables_at(&inv, &positions, DType::F32, &dev).unwrap();
+        let same = (c2 - &cos)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            + (s2 - &sin)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+        assert!(same < 1e-6);
     }
 }

@@ -52,34 +52,7 @@ pub fn hf_config(model: &Model) -> serde_json::Value {
 
 /// Write `model` to the folder `dir` (which must not exist or be empty).
 pub fn save_hf(model: &Model, dir: &Path) -> Result<()> {
-    if dir.exists()
-        && std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .next()
-            .is_some()
-    {
-        return Err(Error::msg(format!(
-            "{}: the folder is not empty; choose a new one",
-            dir.display()
-        )));
-    }
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = crate::fsutil::temp_name(dir);
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = write_files(model, &tmp);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if dir.exists() {
-        std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    crate::fsutil::write_dir_atomic(dir, false, |tmp| write_files(model, tmp))
 }
 
 fn write_files(model: &Model, dir: &Path) -> Result<()> {

@@ -6,6 +6,7 @@
 //!
 //! - [`error`]: the one error type, with path/record context and exit codes.
 //! - [`cancel`]: the shared Ctrl-C flag every long loop checks.
+//! - [`clock`]: UTC dates for run names and prompts.
 //! - [`output`]: the one output sink for prints, streamed tokens and progress.
 //! - [`fsutil`]: atomic writes for every artifact.
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
@@ -13,6 +14,7 @@
 //! - [`model`]: Llama models, loaders, tokenizers, perplexity.
 //! - [`generate`]: sampling, generation, chat sessions.
 //! - [`lora`]: LoRA adapters and their PEFT files.
+//! - [`train`]: supervised fine-tuning with LoRA.
 //! - [`quant`]: ggml block formats and quantized kernels.
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
@@ -20,6 +22,7 @@
 //! - [`repl`]: the interactive terminal front end.
 
 pub mod cancel;
+pub mod clock;
 pub mod data;
 pub mod error;
 pub mod fsutil;
@@ -32,6 +35,7 @@ pub mod quant;
 pub mod repl;
 pub mod rng;
 pub mod script;
+pub mod train;
 pub mod version;
 
 pub use error::{Error, Result};

@@ -140,7 +140,7 @@ impl LoraConfig {
         if self.rank == 0 {
             return Err(Error::config("lora.rank", "must be at least 1"));
         }
-        if !(self.alpha > 0.0) {
+        if self.alpha.is_nan() || self.alpha <= 0.0 {
             return Err(Error::config("lora.alpha", "must be positive"));
         }
         if !(0.0..1.0).contains(&self.dropout) {

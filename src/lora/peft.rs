@@ -42,7 +42,7 @@ pub fn config_json(adapter: &Adapter) -> serde_json::Value {
     })
 }
 
-/// Write the two PEFT files into `dir` (which exists).
+/// Write the two PEFT files into `dir` (which exists), each atomically.
 pub fn write_files(adapter: &Adapter, dir: &Path) -> Result<()> {
     let tensors: HashMap<String, candle_core::Tensor> = adapter
         .named_vars()
@@ -50,8 +50,10 @@ pub fn write_files(adapter: &Adapter, dir: &Path) -> Result<()> {
         .map(|(name, v)| Ok((name, v.as_tensor().to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
     let path = dir.join("adapter_model.safetensors");
-    candle_core::safetensors::save(&tensors, &path)
+    let tmp = crate::fsutil::temp_name(&path);
+    candle_core::safetensors::save(&tensors, &tmp)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     let text = serde_json::to_string_pretty(&config_json(adapter)).expect("json");
     crate::fsutil::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
 }

@@ -330,7 +330,8 @@ impl Llama {
             .reshape((b, t, hkv, d))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (q, k) = if pass.train {
+        // Training tables are per row (B, 1, T, D/2), which only the plain-ops rotation takes.
+        let (q, k) = if pass.train || cos.rank() == 4 {
             (
                 rope::apply_differentiable(&q, cos, sin)?,
                 rope::apply_differentiable(&k, cos, sin)?,

@@ -14,8 +14,11 @@ use crate::rng::Rng;
 /// The tokenizer, compiled in (made by scripts/dev/make_tiny_tokenizer.py).
 const TOKENIZER_JSON: &str = include_str!("tiny_tokenizer.json");
 
-/// Standard deviation of the random weights (as Hugging Face's `initializer_range`).
-const INIT_STD: f32 = 0.02;
+/// Standard deviation of the random token embeddings (tied to the output layer). Larger than
+/// Hugging Face's `initializer_range` (0.02) so the logits can become confident: with LoRA only
+/// the blocks train, and 0.02-scale output rows would cap every logit near ±2.6, leaving the
+/// tiny model's loss stuck near ln(vocab) whatever the adapter learns.
+const EMBED_STD: f32 = 0.1;
 
 /// The preset's shape.
 pub fn config(vocab_size: usize, eos: Vec<u32>) -> LlamaConfig {
@@ -74,13 +77,17 @@ pub fn build(seed: u64, dtype: DType, device: &Device) -> Result<(Llama, Tokeniz
         .collect();
     let cfg = config(tok.vocab_size(), eos);
     let mut rng = Rng::new(seed);
+    // Projections: std 1/√fan_in keeps activations at unit scale through the blocks.
     let mut matrix = |rows: usize, cols: usize| -> Result<Tensor> {
-        Ok(Tensor::from_vec(
-            normal(&mut rng, rows * cols, INIT_STD),
-            (rows, cols),
-            device,
-        )?
-        .to_dtype(dtype)?)
+        let std = if rows == cfg.vocab_size {
+            EMBED_STD
+        } else {
+            1.0 / (cols as f32).sqrt()
+        };
+        Ok(
+            Tensor::from_vec(normal(&mut rng, rows * cols, std), (rows, cols), device)?
+                .to_dtype(dtype)?,
+        )
     };
     let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = (

@@ -1,0 +1,523 @@
+//! The supervised fine-tuning loop.
+//!
+//! Steps are fixed before training starts: each epoch orders the items with a seeded shuffle,
+//! cuts them into batches, and groups `gradient_accumulation_steps` batches into one optimizer
+//! step (the last step of an epoch may have fewer). Step `s` therefore always sees the same
+//! batches, and the dropout generator is re-seeded from (seed, s): a run resumed from any
+//! checkpoint computes exactly what the uninterrupted run would have.
+//!
+//! Per step: forward and backward on each batch (the loss is the sum over label tokens divided
+//! by the label tokens of the whole step, so accumulation does not change the objective), sum the
+//! gradients, clip them to `max_grad_norm`, and take an AdamW step at the scheduled rate.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde_json::{json, Map, Value};
+
+use super::batch::{epoch_order, stack, Item};
+use super::checkpoint::{self, TrainerState};
+use super::config::SftConfig;
+use super::log::{format_duration, round, TrainerLog};
+use super::loss::cross_entropy_sum;
+use super::optim::{clip_grad_norm, AdamParams, AdamW};
+use super::prepare::{prepare, Prepared};
+use super::progress::Progress;
+use super::run::{Run, StopReason};
+use crate::cancel::CancelToken;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, Dropout};
+use crate::model::{Model, Pass};
+use crate::output::Output;
+use crate::rng::Rng;
+
+/// A log-event listener: receives each event (trainer_log.jsonl fields); `false` stops training.
+pub type OnLog<'a> = &'a mut dyn FnMut(&Map<String, Value>) -> Result<bool>;
+
+/// What the loop reports to and listens to.
+pub struct Hooks<'a> {
+    pub on_log: Option<OnLog<'a>>,
+    pub cancel: &'a CancelToken,
+    pub output: &'a Output,
+    /// Draw a progress bar when stderr is a terminal.
+    pub progress_bar: bool,
+}
+
+/// The step plan: how batches map to optimizer steps.
+struct Plan {
+    batches_per_epoch: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    warmup: usize,
+}
+
+impl Plan {
+    fn new(items: usize, cfg: &SftConfig) -> Plan {
+        let batches_per_epoch = items.div_ceil(cfg.batch_size);
+        let steps_per_epoch = batches_per_epoch.div_ceil(cfg.gradient_accumulation_steps);
+        let total_steps = cfg
+            .max_steps
+            .unwrap_or_else(|| (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as usize)
+            .max(1);
+        let warmup = if cfg.warmup_steps > 0 {
+            cfg.warmup_steps
+        } else {
+            (cfg.warmup_ratio * total_steps as f64).ceil() as usize
+        };
+        Plan {
+            batches_per_epoch,
+            steps_per_epoch,
+            total_steps,
+            warmup,
+        }
+    }
+
+    /// Epoch and the range of batch numbers within it for step `s`.
+    fn batches_of(&self, s: usize, accumulation: usize) -> (usize, std::ops::Range<usize>) {
+        let epoch = s / self.steps_per_epoch;
+        let j = s % self.steps_per_epoch;
+        let start = j * accumulation;
+        (
+            epoch,
+            start..(start + accumulation).min(self.batches_per_epoch),
+        )
+    }
+
+    /// Fractional epoch after step `s` (0-based) completes.
+    fn epoch_after(&self, s: usize, accumulation: usize) -> f64 {
+        let (epoch, range) = self.batches_of(s, accumulation);
+        epoch as f64 + range.end as f64 / self.batches_per_epoch as f64
+    }
+}
+
+/// Fine-tune `model` with LoRA on `train`.
+pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) -> Result<Run> {
+    cfg.validate()?;
+    let data = prepare(model, train, cfg)?;
+    let plan = Plan::new(data.train.len(), cfg);
+    let out = cfg
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("train_{}", crate::clock::stamp())));
+    let mut state = TrainerState {
+        fingerprint: cfg.resume_fingerprint(),
+        ..Default::default()
+    };
+
+    // A fresh adapter, or the newest checkpoint's.
+    let resume_from = if cfg.resume {
+        checkpoint::latest(&out)
+    } else {
+        None
+    };
+    let fresh = |state: TrainerState| -> Result<(Adapter, AdamW, TrainerState)> {
+        let adapter = Adapter::new(&model.llama, cfg.lora.clone(), cfg.seed, &model.source)?;
+        let optim = AdamW::new(
+            adapter.named_vars().into_iter().map(|(_, v)| v).collect(),
+            adam_params(cfg),
+        )?;
+        Ok((adapter, optim, state))
+    };
+    let (adapter, mut optim, mut state, log) = match resume_from {
+        Some((_, dir)) => {
+            let (adapter, moments, steps, saved) = checkpoint::load(&dir, &model.llama)?;
+            if saved.fingerprint != state.fingerprint {
+                return Err(Error::config(
+                    "resume",
+                    format!(
+                        "{} was made with other settings; resume with the same settings, or train into a new out folder",
+                        dir.display()
+                    ),
+                ));
+            }
+            let mut optim = AdamW::new(
+                adapter.named_vars().into_iter().map(|(_, v)| v).collect(),
+                adam_params(cfg),
+            )?;
+            checkpoint::restore_moments(&mut optim, &adapter, &moments, steps, &dir)?;
+            let log = TrainerLog::resume(&out, saved.global_step)?;
+            hooks.output.line(&format!(
+                "resuming from {} (step {}/{})",
+                dir.display(),
+                saved.global_step,
+                plan.total_steps
+            ));
+            (adapter, optim, saved, log)
+        }
+        None => {
+            refuse_to_overwrite(&out)?;
+            std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+            let (adapter, optim, state) = fresh(std::mem::take(&mut state))?;
+            (adapter, optim, state, TrainerLog::create(&out)?)
+        }
+    };
+    let args_path = out.join("training_args.json");
+    let mut args = cfg.to_json();
+    args["template"] = data.template.name.into();
+    args["output_dir"] = out.display().to_string().into();
+    args["model_name_or_path"] = model.source.clone().into();
+    args["dataset"] = train.name().into();
+    crate::fsutil::write_atomic(
+        &args_path,
+        serde_json::to_string_pretty(&args)
+            .expect("json")
+            .as_bytes(),
+    )?;
+
+    let vars: Vec<_> = adapter.named_vars().into_iter().map(|(_, v)| v).collect();
+    let progress = Progress::new(
+        plan.total_steps,
+        state.global_step,
+        hooks.output,
+        hooks.progress_bar,
+    );
+    progress.line(&format!(
+        "sft: {} items ({} examples{}), template {}, {} steps ({} per epoch), batch {} × {} accumulation, {}",
+        data.train.len(),
+        data.num_examples,
+        if data.dropped > 0 {
+            format!(", {} dropped with no label left", data.dropped)
+        } else {
+            String::new()
+        },
+        data.template.name,
+        plan.total_steps,
+        plan.steps_per_epoch,
+        cfg.batch_size,
+        cfg.gradient_accumulation_steps,
+        adapter
+    ));
+
+    let lengths: Vec<usize> = data.train.iter().map(Item::len).collect();
+    let mut order_cache: Option<(usize, Vec<usize>)> = None;
+    let eval_every = cfg.eval_steps.unwrap_or(cfg.logging_steps);
+    let started = Instant::now();
+    let elapsed_before = state.elapsed;
+    let mut last_saved = state.global_step;
+    let mut stopped = StopReason::Finished;
+    let device = model.llama.device.clone();
+
+    while state.global_step < plan.total_steps {
+        let s = state.global_step;
+        let (epoch, range) = plan.batches_of(s, cfg.gradient_accumulation_steps);
+        if order_cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let order = epoch_order(
+                &lengths,
+                cfg.batch_size,
+                cfg.seed,
+                epoch,
+                cfg.group_by_length,
+            );
+            order_cache = Some((epoch, order));
+        }
+        let order = &order_cache.as_ref().expect("just set").1;
+        let batches: Vec<Vec<&Item>> = range
+            .map(|b| {
+                order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(order.len())]
+                    .iter()
+                    .map(|&i| &data.train[i])
+                    .collect()
+            })
+            .collect();
+        let step_targets: usize = batches.iter().flatten().map(|i| i.num_targets()).sum();
+        let dropout_rng = RefCell::new(Rng::new(
+            cfg.seed ^ (s as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        ));
+        let dropout = Dropout {
+            p: cfg.lora.dropout,
+            rng: &dropout_rng,
+        };
+        let pass = Pass {
+            adapter: Some(&adapter),
+            train: true,
+            dropout: Some(&dropout),
+        };
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut step_loss = 0f64;
+        let mut step_tokens = 0usize;
+        for items in &batches {
+            if hooks.cancel.is_cancelled() {
+                return Err(interrupted(
+                    &out,
+                    &adapter,
+                    &optim,
+                    &mut state,
+                    last_saved,
+                    &progress,
+                    elapsed_before,
+                    &started,
+                ));
+            }
+            let batch = stack(items, data.pad_id, &device)?;
+            step_tokens += batch.num_tokens;
+            if batch.num_targets == 0 {
+                continue;
+            }
+            let logits = model.llama.forward_train(
+                &batch.ids,
+                &batch.positions,
+                batch.segments.as_deref(),
+                &batch.rows,
+                pass,
+            )?;
+            let (loss_sum, _) = cross_entropy_sum(&logits, &batch.targets)?;
+            let loss = (loss_sum / step_targets as f64)?;
+            step_loss += loss.to_scalar::<f32>()? as f64;
+            let store = loss.backward()?;
+            for (slot, var) in grads.iter_mut().zip(&vars) {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+        }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&vars)
+            .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        if !step_loss.is_finite() {
+            progress.line(&format!(
+                "step {}: the loss is {step_loss}; training diverged (lower the learning rate)",
+                s + 1
+            ));
+        }
+        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+        let lr = cfg.learning_rate
+            * cfg
+                .lr_scheduler_type
+                .factor(s, plan.warmup, plan.total_steps);
+        optim.step(&grads, lr)?;
+
+        state.global_step = s + 1;
+        state.window_loss += step_loss;
+        state.window_steps += 1;
+        state.total_tokens += step_tokens;
+        state.elapsed = elapsed_before + started.elapsed().as_secs_f64();
+        let step = state.global_step;
+        let last = step == plan.total_steps;
+        let tokens_per_sec = state.total_tokens as f64 / state.elapsed.max(1e-9);
+        let next_lr = cfg.learning_rate
+            * cfg
+                .lr_scheduler_type
+                .factor(step, plan.warmup, plan.total_steps);
+        progress.update(step, step_loss, lr, tokens_per_sec);
+
+        let mut keep_going = true;
+        if step % cfg.logging_steps == 0 || last {
+            let loss = round(state.window_loss / state.window_steps as f64, 4);
+            state.window_loss = 0.0;
+            state.window_steps = 0;
+            state.loss_history.push((step, loss));
+            let mut event = base_event(&state, &plan, cfg, s);
+            event.insert("loss".into(), json!(loss));
+            event.insert("grad_norm".into(), json!(round(grad_norm, 4)));
+            event.insert("lr".into(), json!(next_lr));
+            event.insert("throughput".into(), json!(round(tokens_per_sec, 2)));
+            event.insert("total_tokens".into(), json!(state.total_tokens));
+            progress.line(&format!(
+                "step {step}/{}  loss {loss:.4}  lr {next_lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_sec:.0} tok/s  {} < {}",
+                plan.total_steps,
+                event["elapsed_time"].as_str().unwrap_or(""),
+                event["remaining_time"].as_str().unwrap_or("")
+            ));
+            keep_going &= emit(&log, &mut hooks, &event)?;
+        }
+        let mut save_now = step % cfg.save_steps == 0;
+        if !data.eval.is_empty() && (step % eval_every == 0 || last) {
+            let (eval_loss, accuracy) =
+                evaluate(model, &adapter, &data, cfg.batch_size, hooks.cancel)?;
+            let eval_loss = round(eval_loss, 4);
+            state.eval_history.push((step, eval_loss, accuracy));
+            let mut event = base_event(&state, &plan, cfg, s);
+            event.insert("eval_loss".into(), json!(eval_loss));
+            event.insert("eval_accuracy".into(), json!(round(accuracy, 4)));
+            progress.line(&format!(
+                "step {step}/{}  eval_loss {eval_loss:.4}  eval_accuracy {accuracy:.4}",
+                plan.total_steps
+            ));
+            if state.best_eval_loss.is_none_or(|b| eval_loss < b) {
+                state.best_eval_loss = Some(eval_loss);
+                state.best_step = Some(step);
+                state.evals_without_improvement = 0;
+                save_now |= cfg.early_stopping_patience.is_some();
+            } else {
+                state.evals_without_improvement += 1;
+            }
+            keep_going &= emit(&log, &mut hooks, &event)?;
+            if let Some(patience) = cfg.early_stopping_patience {
+                if state.evals_without_improvement >= patience && !last {
+                    progress.line(&format!(
+                        "early stopping: no eval improvement for {patience} evaluations (best {:.4} at step {})",
+                        state.best_eval_loss.unwrap_or(f64::NAN),
+                        state.best_step.unwrap_or(0)
+                    ));
+                    stopped = StopReason::EarlyStopped;
+                }
+            }
+        }
+        if !keep_going && stopped == StopReason::Finished && !last {
+            stopped = StopReason::StoppedByCallback;
+        }
+        if save_now || stopped != StopReason::Finished {
+            let dir = checkpoint::save(&out, &adapter, &optim, &state)?;
+            last_saved = step;
+            progress.line(&format!("checkpoint: {}", dir.display()));
+        }
+        if stopped != StopReason::Finished {
+            break;
+        }
+    }
+    progress.finish();
+
+    // The run's adapter at the top of the folder (LLaMA-Factory's layout); after early stopping
+    // the best checkpoint's.
+    let final_adapter = match (&stopped, state.best_step) {
+        (StopReason::EarlyStopped, Some(best)) => {
+            crate::lora::peft::load(&checkpoint::dir_for(&out, best), &model.llama)?
+        }
+        _ => adapter,
+    };
+    crate::lora::peft::write_files(&final_adapter, &out)?;
+    let elapsed = state.elapsed;
+    Ok(Run {
+        out,
+        adapter: final_adapter,
+        steps: state.global_step,
+        total_steps: plan.total_steps,
+        loss: state.loss_history.clone(),
+        eval_loss: state.eval_history.iter().map(|&(s, l, _)| (s, l)).collect(),
+        eval_accuracy: state.eval_history.iter().map(|&(s, _, a)| (s, a)).collect(),
+        tokens_per_sec: state.total_tokens as f64 / elapsed.max(1e-9),
+        total_tokens: state.total_tokens,
+        elapsed,
+        stopped,
+        best_step: state.best_step,
+        template: data.template.name.to_string(),
+        num_items: data.train.len(),
+        dropped: data.dropped,
+    })
+}
+
+fn adam_params(cfg: &SftConfig) -> AdamParams {
+    AdamParams {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    }
+}
+
+/// A run folder that already holds a run is never overwritten silently.
+fn refuse_to_overwrite(out: &Path) -> Result<()> {
+    if out.join("trainer_log.jsonl").exists() || checkpoint::latest(out).is_some() {
+        return Err(Error::config(
+            "out",
+            format!(
+                "{} already holds a run; pass resume: true to continue it, or choose another out folder",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The fields every log event carries.
+fn base_event(state: &TrainerState, plan: &Plan, cfg: &SftConfig, s: usize) -> Map<String, Value> {
+    let step = state.global_step;
+    let elapsed = state.elapsed;
+    let remaining = elapsed / step.max(1) as f64 * (plan.total_steps - step) as f64;
+    let mut m = Map::new();
+    m.insert("current_steps".into(), json!(step));
+    m.insert("total_steps".into(), json!(plan.total_steps));
+    m.insert(
+        "epoch".into(),
+        json!(round(
+            plan.epoch_after(s, cfg.gradient_accumulation_steps),
+            4
+        )),
+    );
+    m.insert(
+        "percentage".into(),
+        json!(round(step as f64 / plan.total_steps as f64 * 100.0, 2)),
+    );
+    m.insert("elapsed_time".into(), json!(format_duration(elapsed)));
+    m.insert("remaining_time".into(), json!(format_duration(remaining)));
+    m
+}
+
+/// Write an event to the log and hand it to `on_log`; false means stop.
+fn emit(log: &TrainerLog, hooks: &mut Hooks, event: &Map<String, Value>) -> Result<bool> {
+    log.write(event)?;
+    match hooks.on_log.as_mut() {
+        Some(f) => f(event),
+        None => Ok(true),
+    }
+}
+
+/// Ctrl-C: keep a checkpoint of the last completed step, then report the interruption.
+#[allow(clippy::too_many_arguments)]
+fn interrupted(
+    out: &Path,
+    adapter: &Adapter,
+    optim: &AdamW,
+    state: &mut TrainerState,
+    last_saved: usize,
+    progress: &Progress,
+    elapsed_before: f64,
+    started: &Instant,
+) -> Error {
+    progress.finish();
+    state.elapsed = elapsed_before + started.elapsed().as_secs_f64();
+    if state.global_step > 0 && state.global_step != last_saved {
+        match checkpoint::save(out, adapter, optim, state) {
+            Ok(dir) => progress.line(&format!(
+                "interrupted: checkpoint {} saved; run sft again with resume: true to continue",
+                dir.display()
+            )),
+            Err(e) => return e,
+        }
+    }
+    Error::Cancelled
+}
+
+/// Mean token loss and accuracy of the adapted model on the evaluation items.
+pub fn evaluate(
+    model: &Model,
+    adapter: &Adapter,
+    data: &Prepared,
+    batch_size: usize,
+    cancel: &CancelToken,
+) -> Result<(f64, f64)> {
+    let pass = Pass {
+        adapter: Some(adapter),
+        train: false,
+        dropout: None,
+    };
+    let (mut sum, mut correct, mut n) = (0f64, 0usize, 0usize);
+    let items: Vec<&Item> = data.eval.iter().collect();
+    for chunk in items.chunks(batch_size) {
+        cancel.check()?;
+        let batch = stack(chunk, data.pad_id, &model.llama.device)?;
+        if batch.num_targets == 0 {
+            continue;
+        }
+        let logits = model.llama.forward_train(
+            &batch.ids,
+            &batch.positions,
+            batch.segments.as_deref(),
+            &batch.rows,
+            pass,
+        )?;
+        let (loss, ok) = cross_entropy_sum(&logits.detach(), &batch.targets)?;
+        sum += loss.to_scalar::<f32>()? as f64;
+        correct += ok;
+        n += batch.num_targets;
+    }
+    Ok((sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+}

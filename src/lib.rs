@@ -7,6 +7,7 @@
 //! - [`error`]: the one error type, with path/record context and exit codes.
 //! - [`cancel`]: the shared Ctrl-C flag every long loop checks.
 //! - [`clock`]: UTC dates for run names and prompts.
+//! - [`curves`]: loss curves.
 //! - [`output`]: the one output sink for prints, streamed tokens and progress.
 //! - [`fsutil`]: atomic writes for every artifact.
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
@@ -23,6 +24,7 @@
 
 pub mod cancel;
 pub mod clock;
+pub mod curves;
 pub mod data;
 pub mod error;
 pub mod fsutil;

@@ -82,6 +82,11 @@ impl Output {
         self.write(&s);
     }
 
+    /// Whether this sink goes to the terminal streams (a progress bar may be drawn beside it).
+    pub fn is_terminal_stream(&self) -> bool {
+        !matches!(&*self.lock(), Target::Buffer(_))
+    }
+
     /// Everything written so far to a capturing sink (empty for stdout/stderr).
     pub fn captured(&self) -> String {
         match &*self.lock() {

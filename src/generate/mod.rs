@@ -23,6 +23,8 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Token ids that end generation, besides the model's own.
     pub stop_ids: Vec<u32>,
+    /// A LoRA adapter applied on top of the model.
+    pub adapter: Option<crate::lora::Adapter>,
 }
 
 impl Default for GenerateOptions {
@@ -32,6 +34,7 @@ impl Default for GenerateOptions {
             sampling: SamplingOptions::default(),
             stop_strings: Vec::new(),
             stop_ids: Vec::new(),
+            adapter: None,
         }
     }
 }
@@ -74,9 +77,16 @@ pub fn generate(
     let mut new_tokens = 0;
     while new_tokens < opts.max_new_tokens && context.len() < max_total {
         cancel.check()?;
-        let logits = model
-            .llama
-            .forward(&input, Some(&mut cache), None, Logits::Last)?; // (1, 1, V)
+        let logits = model.llama.forward_with(
+            &input,
+            Some(&mut cache),
+            None,
+            Logits::Last,
+            crate::model::Pass {
+                adapter: opts.adapter.as_ref(),
+                ..Default::default()
+            },
+        )?; // (1, 1, V)
         if new_tokens == 0 {
             prompt_seconds = start.elapsed().as_secs_f64();
         }

@@ -31,6 +31,8 @@ pub struct Adapter {
     pub layers: Vec<[Option<LoraPair>; 7]>,
     /// Where the base model came from (PEFT's `base_model_name_or_path`).
     pub base_model: String,
+    /// The chat template it was trained with, when known (chat uses it by default).
+    pub template: Option<String>,
 }
 
 /// Dropout on the adapter's input during training: the probability and the generator.
@@ -64,7 +66,38 @@ impl Adapter {
             config,
             layers,
             base_model: base_model.to_string(),
+            template: None,
         })
+    }
+
+    /// Check that this adapter was made for a model shaped like `llama` (`source` names the
+    /// adapter in the error).
+    pub fn check_fits(&self, llama: &Llama, source: &std::path::Path) -> Result<()> {
+        if self.layers.len() > llama.blocks.len() {
+            return Err(Error::msg(format!(
+                "{}: the adapter has {} blocks but the model has {}: it belongs to another model",
+                source.display(),
+                self.layers.len(),
+                llama.blocks.len()
+            )));
+        }
+        for (i, pairs) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                if let Some(p) = &pairs[t.index()] {
+                    let (out, inp) = llama.blocks[i].linear(t).dims();
+                    let (r, a_in) = p.a.as_tensor().dims2()?;
+                    let (b_out, _) = p.b.as_tensor().dims2()?;
+                    if a_in != inp || b_out != out {
+                        return Err(Error::msg(format!(
+                            "{}: block {i} {}: the adapter maps {a_in} → {b_out} (rank {r}) but the model's layer is {inp} → {out}: it belongs to another model",
+                            source.display(),
+                            t.name()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The factors of `target` in block `layer`, when adapted.

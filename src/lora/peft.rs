@@ -65,12 +65,19 @@ pub fn save(adapter: &Adapter, dir: &Path) -> Result<()> {
 
 /// Read a PEFT folder written by tunelab or PEFT, for `llama` (shapes are checked).
 pub fn load(dir: &Path, llama: &Llama) -> Result<Adapter> {
+    let adapter = read(dir, &llama.device)?;
+    adapter.check_fits(llama, dir)?;
+    Ok(adapter)
+}
+
+/// Read a PEFT folder onto `device`; [`Adapter::check_fits`] checks it against a model.
+pub fn read(dir: &Path, device: &candle_core::Device) -> Result<Adapter> {
     let config_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         Error::io_hint(
             &config_path,
             e,
-            "an adapter folder holds adapter_config.json and adapter_model.safetensors (a run's `adapter` folder)",
+            "an adapter folder holds adapter_config.json and adapter_model.safetensors: a run's out folder, or one of its checkpoint-N folders",
         )
     })?;
     let v: serde_json::Value = serde_json::from_str(&text)
@@ -113,9 +120,8 @@ pub fn load(dir: &Path, llama: &Llama) -> Result<Adapter> {
             weights_path.display()
         )));
     }
-    let tensors = candle_core::safetensors::load(&weights_path, &llama.device)
+    let tensors = candle_core::safetensors::load(&weights_path, device)
         .map_err(|e| Error::msg(format!("{}: {e}", weights_path.display())))?;
-    let mut layers: Vec<[Option<LoraPair>; 7]> = vec![Default::default(); llama.blocks.len()];
     let mut targets = Vec::new();
     let mut a_parts: HashMap<(usize, Target), candle_core::Tensor> = HashMap::new();
     let mut b_parts: HashMap<(usize, Target), candle_core::Tensor> = HashMap::new();
@@ -127,21 +133,17 @@ pub fn load(dir: &Path, llama: &Llama) -> Result<Adapter> {
                 "not a LoRA factor of a Llama block projection (expected base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight and the like)",
             )
         })?;
-        if layer >= llama.blocks.len() {
-            return Err(Error::data(
-                &weights_path,
-                format!("tensor \"{name}\""),
-                format!("block {layer}, but the model has {} blocks: the adapter belongs to another model", llama.blocks.len()),
-            ));
-        }
-        let (out, inp) = llama.blocks[layer].linear(target).dims();
-        let expected = if is_a { (rank, inp) } else { (out, rank) };
-        if tensor.dims2().ok() != Some(expected) {
+        let expected_rank = if is_a {
+            tensor.dims().first()
+        } else {
+            tensor.dims().get(1)
+        };
+        if tensor.rank() != 2 || expected_rank != Some(&rank) {
             return Err(Error::data(
                 &weights_path,
                 format!("tensor \"{name}\""),
                 format!(
-                    "shape {:?}, expected {expected:?} for this model and r = {rank}: the adapter belongs to another model",
+                    "shape {:?} does not have rank r = {rank} (adapter_config.json)",
                     tensor.dims()
                 ),
             ));
@@ -156,6 +158,8 @@ pub fn load(dir: &Path, llama: &Llama) -> Result<Adapter> {
             b_parts.insert((layer, target), tensor);
         }
     }
+    let num_layers = a_parts.keys().map(|(l, _)| l + 1).max().unwrap_or(0);
+    let mut layers: Vec<[Option<LoraPair>; 7]> = vec![Default::default(); num_layers];
     for ((layer, target), a) in a_parts {
         let b = b_parts.remove(&(layer, target)).ok_or_else(|| {
             Error::data(
@@ -188,7 +192,24 @@ pub fn load(dir: &Path, llama: &Llama) -> Result<Adapter> {
         config,
         layers,
         base_model,
+        template: None,
     })
+}
+
+/// The template a tunelab run trained with: `training_args.json` in `dir` (a run folder) or its
+/// parent (a checkpoint folder).
+pub fn training_template(dir: &Path) -> Option<String> {
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .find_map(|d| {
+            let text = std::fs::read_to_string(d.join("training_args.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            v.get("template")?
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+        })
 }
 
 /// `base_model.model.model.layers.3.mlp.up_proj.lora_B.weight` → (3, Up, false).

@@ -307,23 +307,42 @@ mod model_api {
     }
 
     /// A chat session; options: `template` ("auto" or a built-in name), `system`, `adapter`
-    /// (LoRA, once training exists), `stream` (default true), and the sampling options of
+    /// (a LoRA adapter or its folder; its training template is the default), `stream` (default
+    /// true), and the sampling options of
     /// `generate` (greedy by default).
     #[rhai_fn(name = "chat", return_raw)]
     pub fn chat_with(model: Model, opts: Map) -> ScriptResult<Chat> {
         let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
         keys.extend(["template", "system", "adapter"]);
         let o = Options::new("chat options", opts, &keys)?;
-        if o.value("adapter").is_some() {
-            return Err(runtime("chat options: key \"adapter\": LoRA adapters are not available yet (they come with LoRA training)"));
-        }
         let (mut g, _) = generate_options(&o)?;
+        if let Some(v) = o.value("adapter") {
+            let adapter = if v.is_string() {
+                let dir = v.to_string();
+                let mut a =
+                    crate::lora::peft::read(Path::new(&dir), &model.llama.device).script()?;
+                a.template = crate::lora::peft::training_template(Path::new(&dir));
+                a
+            } else {
+                v.try_cast::<crate::lora::Adapter>().ok_or_else(|| {
+                    runtime("chat options: key \"adapter\": expected an adapter (run.adapter, load_adapter(dir)) or its folder")
+                })?
+            };
+            adapter
+                .check_fits(&model.llama, Path::new(&adapter.base_model))
+                .script()?;
+            g.adapter = Some(adapter);
+        }
         if o.int("max_new_tokens")?.is_none() {
             g.max_new_tokens = 512;
         }
         let stream = o.bool("stream")?.unwrap_or(true);
+        // Without a template option, an adapter talks in the template it was trained with.
+        let trained_with = g.adapter.as_ref().and_then(|a| a.template.clone());
         let choice = TemplateChoice::resolve(
-            &o.string("template")?.unwrap_or_else(|| "auto".into()),
+            &o.string("template")?
+                .or(trained_with)
+                .unwrap_or_else(|| "auto".into()),
             &model,
         )
         .script()?;

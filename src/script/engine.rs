@@ -11,7 +11,7 @@ use crate::cancel::CancelToken;
 use crate::output::Output;
 
 use super::resolver::ScriptResolver;
-use super::{api_core, api_data, api_model};
+use super::{api_core, api_data, api_model, api_train};
 
 /// What the scripts of one engine share with the native code they call.
 #[derive(Clone, Debug)]
@@ -75,6 +75,7 @@ pub fn api_modules() -> Vec<AreaModule> {
         (api_core::AREA, api_core::module()),
         (api_data::AREA, api_data::module()),
         (api_model::AREA, api_model::module()),
+        (api_train::AREA, api_train::module()),
     ]
 }
 

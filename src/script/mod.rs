@@ -11,6 +11,7 @@
 pub mod api_core;
 pub mod api_data;
 pub mod api_model;
+pub mod api_train;
 pub mod diagnostic;
 pub mod engine;
 pub mod errors;

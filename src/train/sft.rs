@@ -383,6 +383,8 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         }
         _ => adapter,
     };
+    let mut final_adapter = final_adapter;
+    final_adapter.template = Some(data.template.name.to_string());
     crate::lora::peft::write_files(&final_adapter, &out)?;
     let elapsed = state.elapsed;
     Ok(Run {

@@ -1,0 +1,344 @@
+//! Script API, area "train": `sft`, runs, adapters, curves. Thin bindings over
+//! [`crate::train`], [`crate::lora`] and [`crate::curves`].
+
+use rhai::plugin::*;
+use rhai::{FnPtr, Map, INT};
+
+use crate::lora::{Adapter, LoraConfig};
+use crate::train::{Schedule, SftConfig};
+
+use super::errors::{runtime, IntoScript, ScriptResult};
+use super::options::Options;
+
+/// The area name `:help` groups these functions under.
+pub const AREA: &str = "train";
+
+/// The compiled module of this area.
+pub fn module() -> rhai::Module {
+    exported_module!(train_api)
+}
+
+/// Keys of the `sft` configuration map (LLaMA-Factory's names and the short aliases).
+const SFT_KEYS: &[&str] = &[
+    "template",
+    "learning_rate",
+    "lr",
+    "num_train_epochs",
+    "epochs",
+    "max_steps",
+    "max_samples",
+    "per_device_train_batch_size",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "cutoff_len",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "max_grad_norm",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "seed",
+    "val_size",
+    "eval_dataset",
+    "eval_steps",
+    "logging_steps",
+    "save_steps",
+    "out",
+    "resume",
+    "train_on_prompt",
+    "mask_history",
+    "packing",
+    "neat_packing",
+    "group_by_length",
+    "lora",
+    "on_log",
+    "early_stopping_patience",
+    "progress",
+];
+
+const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "targets", "rslora"];
+
+/// Read a key that has a long (LLaMA-Factory) name and a short alias.
+fn either<T>(
+    o: &Options,
+    long: &str,
+    short: &str,
+    get: impl Fn(&Options, &str) -> ScriptResult<Option<T>>,
+) -> ScriptResult<Option<T>> {
+    match (get(o, long)?, get(o, short)?) {
+        (Some(_), Some(_)) => Err(runtime(format!(
+            "sft config: \"{long}\" and \"{short}\" are the same setting; give one"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+fn count(o: &Options, key: &str) -> ScriptResult<Option<usize>> {
+    match o.int(key)? {
+        Some(n) if n < 0 => Err(runtime(format!("sft config: key \"{key}\": must be ≥ 0"))),
+        v => Ok(v.map(|n| n as usize)),
+    }
+}
+
+/// The LoRA sub-map: `#{ rank, alpha, dropout, targets, rslora }`.
+fn lora_config(map: Map) -> ScriptResult<LoraConfig> {
+    let o = Options::new("sft config: lora", map, LORA_KEYS)?;
+    let mut c = LoraConfig::default();
+    if let Some(r) = o.int("rank")? {
+        c.rank = r.max(0) as usize;
+        // LLaMA-Factory's CLI: alpha defaults to twice the rank.
+        c.alpha = 2.0 * c.rank as f64;
+    }
+    c.alpha = o.float("alpha")?.unwrap_or(c.alpha);
+    c.dropout = o.float("dropout")?.unwrap_or(c.dropout);
+    c.rslora = o.bool("rslora")?.unwrap_or(false);
+    if let Some(v) = o.value("targets") {
+        let names: Vec<String> = if v.is_array() {
+            v.into_array()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|x| x.to_string())
+                .collect()
+        } else {
+            vec![v.to_string()]
+        };
+        c.targets = LoraConfig::parse_targets(&names).script()?;
+    }
+    Ok(c)
+}
+
+/// The `sft` configuration map → [`SftConfig`] and the optional `on_log` callback.
+fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
+    let o = Options::new("sft config", map, SFT_KEYS)?;
+    let d = SftConfig::default();
+    let mut c = SftConfig {
+        template: o.string("template")?.unwrap_or_default(),
+        learning_rate: either(&o, "learning_rate", "lr", Options::float)?
+            .unwrap_or(d.learning_rate),
+        num_train_epochs: either(&o, "num_train_epochs", "epochs", Options::float)?
+            .unwrap_or(d.num_train_epochs),
+        max_steps: count(&o, "max_steps")?.filter(|&n| n > 0),
+        max_samples: count(&o, "max_samples")?,
+        batch_size: either(&o, "per_device_train_batch_size", "batch_size", count)?
+            .unwrap_or(d.batch_size),
+        gradient_accumulation_steps: count(&o, "gradient_accumulation_steps")?
+            .unwrap_or(d.gradient_accumulation_steps),
+        cutoff_len: count(&o, "cutoff_len")?.unwrap_or(d.cutoff_len),
+        lr_scheduler_type: match o.string("lr_scheduler_type")? {
+            Some(s) => Schedule::parse(&s).script()?,
+            None => d.lr_scheduler_type,
+        },
+        warmup_steps: count(&o, "warmup_steps")?.unwrap_or(0),
+        warmup_ratio: o.float("warmup_ratio")?.unwrap_or(0.0),
+        max_grad_norm: o.float("max_grad_norm")?.unwrap_or(d.max_grad_norm),
+        weight_decay: o.float("weight_decay")?.unwrap_or(d.weight_decay),
+        adam_beta1: o.float("adam_beta1")?.unwrap_or(d.adam_beta1),
+        adam_beta2: o.float("adam_beta2")?.unwrap_or(d.adam_beta2),
+        adam_epsilon: o.float("adam_epsilon")?.unwrap_or(d.adam_epsilon),
+        seed: o.int("seed")?.map_or(d.seed, |s| s as u64),
+        val_size: o.float("val_size")?.unwrap_or(0.0),
+        eval_dataset: None,
+        eval_steps: count(&o, "eval_steps")?,
+        logging_steps: count(&o, "logging_steps")?.unwrap_or(d.logging_steps),
+        save_steps: count(&o, "save_steps")?.unwrap_or(d.save_steps),
+        out: o.string("out")?.map(Into::into),
+        resume: o.bool("resume")?.unwrap_or(false),
+        train_on_prompt: o.bool("train_on_prompt")?.unwrap_or(false),
+        mask_history: o.bool("mask_history")?.unwrap_or(false),
+        packing: o.bool("packing")?.unwrap_or(false),
+        neat_packing: o.bool("neat_packing")?.unwrap_or(false),
+        group_by_length: o.bool("group_by_length")?.unwrap_or(false),
+        lora: match o.map("lora")? {
+            Some(m) => lora_config(m)?,
+            None => LoraConfig::default(),
+        },
+        early_stopping_patience: count(&o, "early_stopping_patience")?,
+    };
+    if let Some(v) = o.value("eval_dataset") {
+        c.eval_dataset = Some(v.try_cast::<crate::data::Dataset>().ok_or_else(|| {
+            runtime("sft config: key \"eval_dataset\": expected a Dataset (from dataset(...))")
+        })?);
+    }
+    let on_log = match o.value("on_log") {
+        Some(v) => Some(v.try_cast::<FnPtr>().ok_or_else(|| {
+            runtime("sft config: key \"on_log\": expected a function, e.g. |ev| { print(ev.loss); true }")
+        })?),
+        None => None,
+    };
+    let progress = o.bool("progress")?.unwrap_or(true);
+    Ok((c, on_log, progress))
+}
+
+#[export_module]
+pub mod train_api {
+    use std::path::Path;
+
+    use crate::curves::Curve as CoreCurve;
+    use crate::script::engine::host;
+    use crate::train::{Hooks, Run as CoreRun, StopReason};
+
+    /// A finished training run: `loss`, `eval_loss`, `adapter`, `out`, `steps`, `tokens_per_sec`.
+    pub type Run = CoreRun;
+    /// A LoRA adapter: `save(dir)`; use it with `chat(model, #{ adapter })`.
+    pub type Adapter = super::Adapter;
+    /// A series of (step, value) points: `len()`, `steps`, `values`, `min()`, `last()`.
+    pub type Curve = CoreCurve;
+
+    /// LoRA supervised fine-tuning with LLaMA-Factory's settings (see the README for every key):
+    /// `lr`, `epochs`, `batch_size`, `gradient_accumulation_steps`, `cutoff_len`, `template`,
+    /// `val_size` / `eval_dataset`, `lora: #{ rank, alpha, dropout, targets, rslora }`, `out`,
+    /// `resume`, `on_log: |ev| ...` (return false to stop), `progress` (bar on/off), ...
+    #[rhai_fn(return_raw)]
+    pub fn sft(
+        ctx: NativeCallContext,
+        model: crate::model::Model,
+        dataset: crate::data::Dataset,
+        cfg: Map,
+    ) -> ScriptResult<Run> {
+        let (cfg, on_log, progress) = super::sft_config(cfg)?;
+        let h = host(&ctx);
+        let mut callback_error: Option<Box<EvalAltResult>> = None;
+        let mut call = |ev: &serde_json::Map<String, serde_json::Value>| -> crate::Result<bool> {
+            let Some(f) = &on_log else { return Ok(true) };
+            let map: Dynamic = rhai::serde::to_dynamic(ev).unwrap_or(Dynamic::UNIT);
+            match f.call_within_context::<Dynamic>(&ctx, (map,)) {
+                Ok(v) => Ok(v.as_bool().unwrap_or(true)),
+                Err(e) => {
+                    let text = e.to_string();
+                    callback_error = Some(e);
+                    Err(crate::Error::msg(format!("on_log: {text}")))
+                }
+            }
+        };
+        let hooks = Hooks {
+            on_log: Some(&mut call),
+            cancel: &h.cancel,
+            output: &h.output,
+            progress_bar: progress && h.output.is_terminal_stream(),
+        };
+        let result = crate::train::sft(&model, &dataset, &cfg, hooks);
+        if let Some(e) = callback_error {
+            return Err(e);
+        }
+        result.script()
+    }
+
+    /// The training loss curve (one point per logging step).
+    #[rhai_fn(global, get = "loss", pure)]
+    pub fn run_loss(run: &mut Run) -> Curve {
+        CoreCurve::new("loss", &run.loss)
+    }
+
+    /// The evaluation loss curve (empty without evaluation data).
+    #[rhai_fn(global, get = "eval_loss", pure)]
+    pub fn run_eval_loss(run: &mut Run) -> Curve {
+        CoreCurve::new("eval_loss", &run.eval_loss)
+    }
+
+    /// The token accuracy on the evaluation data, per evaluation.
+    #[rhai_fn(global, get = "eval_accuracy", pure)]
+    pub fn run_eval_accuracy(run: &mut Run) -> Curve {
+        CoreCurve::new("eval_accuracy", &run.eval_accuracy)
+    }
+
+    /// The trained adapter (the best checkpoint's after early stopping).
+    #[rhai_fn(global, get = "adapter", pure)]
+    pub fn run_adapter(run: &mut Run) -> Adapter {
+        run.adapter.clone()
+    }
+
+    /// The run folder.
+    #[rhai_fn(global, get = "out", pure)]
+    pub fn run_out(run: &mut Run) -> String {
+        run.out.display().to_string()
+    }
+
+    /// Optimizer steps done.
+    #[rhai_fn(global, get = "steps", pure)]
+    pub fn run_steps(run: &mut Run) -> INT {
+        run.steps as INT
+    }
+
+    /// Training throughput: input tokens per second.
+    #[rhai_fn(global, get = "tokens_per_sec", pure)]
+    pub fn run_tokens_per_sec(run: &mut Run) -> f64 {
+        run.tokens_per_sec
+    }
+
+    /// How the run ended: "finished", "stopped" (on_log returned false) or "early_stopped".
+    #[rhai_fn(global, get = "stopped", pure)]
+    pub fn run_stopped(run: &mut Run) -> String {
+        match run.stopped {
+            StopReason::Finished => "finished",
+            StopReason::StoppedByCallback => "stopped",
+            StopReason::EarlyStopped => "early_stopped",
+        }
+        .into()
+    }
+
+    /// A one-line summary of the run.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn run_to_string(run: &mut Run) -> String {
+        run.to_string()
+    }
+
+    /// Read a LoRA adapter folder (PEFT format: a run's `out`, one of its checkpoints, or a PEFT
+    /// adapter saved elsewhere).
+    #[rhai_fn(return_raw)]
+    pub fn load_adapter(dir: &str) -> ScriptResult<Adapter> {
+        let mut adapter =
+            crate::lora::peft::read(Path::new(dir), &candle_core::Device::Cpu).script()?;
+        adapter.template = crate::lora::peft::training_template(Path::new(dir));
+        Ok(adapter)
+    }
+
+    /// Save the adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors).
+    #[rhai_fn(global, return_raw, pure)]
+    pub fn save(adapter: &mut Adapter, dir: &str) -> ScriptResult<()> {
+        crate::lora::peft::save(adapter, Path::new(dir)).script()
+    }
+
+    /// Rank, alpha, targets and size of the adapter.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn adapter_to_string(adapter: &mut Adapter) -> String {
+        adapter.to_string()
+    }
+
+    /// Number of points.
+    #[rhai_fn(global, name = "len", pure)]
+    pub fn curve_len(c: &mut Curve) -> INT {
+        c.len() as INT
+    }
+
+    /// The steps of the points.
+    #[rhai_fn(global, get = "steps", pure)]
+    pub fn curve_steps(c: &mut Curve) -> rhai::Array {
+        c.steps.iter().map(|&s| Dynamic::from(s as INT)).collect()
+    }
+
+    /// The values of the points.
+    #[rhai_fn(global, get = "values", pure)]
+    pub fn curve_values(c: &mut Curve) -> rhai::Array {
+        c.values.iter().map(|&v| Dynamic::from(v)).collect()
+    }
+
+    /// The smallest value (() when empty).
+    #[rhai_fn(global, name = "min", pure)]
+    pub fn curve_min(c: &mut Curve) -> Dynamic {
+        c.min().map_or(Dynamic::UNIT, |(_, v)| Dynamic::from(v))
+    }
+
+    /// The last value (() when empty).
+    #[rhai_fn(global, name = "last", pure)]
+    pub fn curve_last(c: &mut Curve) -> Dynamic {
+        c.last().map_or(Dynamic::UNIT, |(_, v)| Dynamic::from(v))
+    }
+
+    /// Name, length, first, last and minimum.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn curve_to_string(c: &mut Curve) -> String {
+        c.to_string()
+    }
+}

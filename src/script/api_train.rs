@@ -225,6 +225,70 @@ pub mod train_api {
         result.script()
     }
 
+    /// Training speed on random tokens (the PyTorch + PEFT peer does the same): options `batch`
+    /// (4), `seq` (256), `rank` (8), `targets` ("q_proj,v_proj"), `steps` (3). Returns
+    /// `#{ tokens_per_s, step_s, forward_s, backward_s, optimizer_s, cpu_s_per_step, loss_first,
+    /// loss_last, trainable_params }` (seconds are medians over the timed steps).
+    #[rhai_fn(return_raw)]
+    pub fn bench_sft(
+        ctx: NativeCallContext,
+        model: crate::model::Model,
+        opts: Map,
+    ) -> ScriptResult<Map> {
+        let o = crate::script::options::Options::new(
+            "bench_sft options",
+            opts,
+            &["batch", "seq", "rank", "targets", "steps"],
+        )?;
+        let rank = o.int("rank")?.unwrap_or(8).max(1) as usize;
+        let targets = o
+            .string("targets")?
+            .unwrap_or_else(|| "q_proj,v_proj".into());
+        let lora = super::LoraConfig {
+            rank,
+            alpha: 2.0 * rank as f64,
+            targets: super::LoraConfig::parse_targets(&[targets]).script()?,
+            ..Default::default()
+        };
+        let b = crate::train::bench::BenchOptions {
+            batch: o.int("batch")?.unwrap_or(4).max(1) as usize,
+            seq: o.int("seq")?.unwrap_or(256).max(2) as usize,
+            lora,
+            steps: o.int("steps")?.unwrap_or(3).max(1) as usize,
+            seed: 0,
+        };
+        let r = crate::train::bench::bench_sft(&model, &b, &host(&ctx).cancel).script()?;
+        let mut m = Map::new();
+        m.insert("tokens_per_s".into(), Dynamic::from(r.tokens_per_sec));
+        m.insert("step_s".into(), Dynamic::from(r.median_step_seconds));
+        m.insert(
+            "step_s_all".into(),
+            Dynamic::from(
+                r.step_seconds
+                    .iter()
+                    .map(|&s| Dynamic::from(s))
+                    .collect::<rhai::Array>(),
+            ),
+        );
+        m.insert("forward_s".into(), Dynamic::from(r.forward_seconds));
+        m.insert("backward_s".into(), Dynamic::from(r.backward_seconds));
+        m.insert("optimizer_s".into(), Dynamic::from(r.optimizer_seconds));
+        m.insert(
+            "cpu_s_per_step".into(),
+            r.cpu_seconds_per_step.map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        m.insert("loss_first".into(), Dynamic::from(r.losses[0]));
+        m.insert(
+            "loss_last".into(),
+            Dynamic::from(*r.losses.last().unwrap_or(&0.0)),
+        );
+        m.insert(
+            "trainable_params".into(),
+            Dynamic::from(r.trainable_params as INT),
+        );
+        Ok(m)
+    }
+
     /// The training loss curve (one point per logging step).
     #[rhai_fn(global, get = "loss", pure)]
     pub fn run_loss(run: &mut Run) -> Curve {

@@ -9,6 +9,7 @@
 //! - [`progress`]: the bar or plain lines; [`sft`]: the loop; [`run`]: its result.
 
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod log;

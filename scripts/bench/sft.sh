@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Benchmark: LoRA training speed and peak memory on SmolLM2-135M-Instruct (dequantized f32),
+# batch 4 × 256 tokens, rank 8, targets q_proj,v_proj and all, 2 threads; tunelab and, when the
+# peer venv exists (tests/fixtures/encoding/PEERS.md: PyTorch + transformers + PEFT), the same
+# step in PyTorch, in the same invocation. One JSON line per result.
+#   scripts/bench/sft.sh [steps=3]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+steps="${1:-3}"
+model="$(scripts/fetch-smollm2.sh)"
+threads=2
+echo "# $(basename "$model"); $threads threads; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%FT%TZ)" >&2
+cargo build --release --quiet
+peers="${TUNELAB_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/peers}/bin/python"
+for targets in q_proj,v_proj all; do
+    RAYON_NUM_THREADS=$threads target/release/tunelab run scripts/bench/sft.rhai -- \
+        model="$model" targets="$targets" steps="$steps"
+    if [ -x "$peers" ]; then
+        "$peers" scripts/bench/sft_peft.py --gguf "$model" --targets "$targets" --steps "$steps" \
+            --threads "$threads" 2>/dev/null
+    else
+        echo "# PyTorch peer not installed (see tests/fixtures/encoding/PEERS.md)" >&2
+    fi
+done

@@ -1,0 +1,136 @@
+//! Training speed as `scripts/bench/sft.sh` measures it, matching its PyTorch + PEFT peer
+//! (`scripts/bench/sft_peft.py`): one batch of `batch × seq` random token ids whose first 40% of
+//! each row is prompt (label -100), LoRA rank r on the chosen targets, AdamW; one warm-up step,
+//! then `steps` timed steps (forward, backward, optimizer), with the split between the three.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::batch::{stack, Item};
+use super::loss::cross_entropy_sum;
+use super::optim::{AdamParams, AdamW};
+use crate::cancel::CancelToken;
+use crate::data::encode::IGNORE;
+use crate::error::Result;
+use crate::lora::{Adapter, Dropout, LoraConfig};
+use crate::model::{Model, Pass};
+use crate::rng::Rng;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub batch: usize,
+    pub seq: usize,
+    pub lora: LoraConfig,
+    pub steps: usize,
+    pub seed: u64,
+}
+
+/// What was measured (seconds per step; medians over the timed steps).
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub step_seconds: Vec<f64>,
+    pub median_step_seconds: f64,
+    pub forward_seconds: f64,
+    pub backward_seconds: f64,
+    pub optimizer_seconds: f64,
+    pub cpu_seconds_per_step: Option<f64>,
+    pub tokens_per_sec: f64,
+    pub losses: Vec<f64>,
+    pub trainable_params: usize,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// Run the benchmark.
+pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Result<BenchResult> {
+    let mut rng = Rng::new(opts.seed);
+    let vocab = model.config().vocab_size;
+    let prompt = opts.seq * 2 / 5;
+    let items: Vec<Item> = (0..opts.batch)
+        .map(|_| {
+            let ids: Vec<u32> = (0..opts.seq).map(|_| rng.below(vocab) as u32).collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i < prompt { IGNORE } else { t as i32 })
+                .collect();
+            Item::from(crate::data::encode::Encoded {
+                input_ids: ids,
+                labels,
+            })
+        })
+        .collect();
+    let refs: Vec<&Item> = items.iter().collect();
+    let batch = stack(&refs, 0, &model.llama.device)?;
+    let adapter = Adapter::new(&model.llama, opts.lora.clone(), opts.seed, &model.source)?;
+    let vars: Vec<_> = adapter.named_vars().into_iter().map(|(_, v)| v).collect();
+    let mut optim = AdamW::new(vars.clone(), AdamParams::default())?;
+    let dropout_rng = RefCell::new(Rng::new(opts.seed));
+    let dropout = Dropout {
+        p: opts.lora.dropout,
+        rng: &dropout_rng,
+    };
+    let pass = Pass {
+        adapter: Some(&adapter),
+        train: true,
+        dropout: Some(&dropout),
+    };
+    let (mut steps, mut fwd, mut bwd, mut opt, mut losses) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cpu_start = None;
+    for i in 0..=opts.steps {
+        cancel.check()?;
+        if i == 1 {
+            cpu_start = crate::procstat::process_stats().cpu_seconds;
+        }
+        let t0 = Instant::now();
+        let logits =
+            model
+                .llama
+                .forward_train(&batch.ids, &batch.positions, None, &batch.rows, pass)?;
+        let (sum, _) = cross_entropy_sum(&logits, &batch.targets)?;
+        let loss = (sum / batch.num_targets as f64)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        let t1 = Instant::now();
+        let store = loss.backward()?;
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|v| match store.get(v.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let t2 = Instant::now();
+        optim.step(&grads, 1e-4)?;
+        let t3 = Instant::now();
+        if i > 0 {
+            steps.push((t3 - t0).as_secs_f64());
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            opt.push((t3 - t2).as_secs_f64());
+        }
+        losses.push(value);
+    }
+    let cpu_end = crate::procstat::process_stats().cpu_seconds;
+    let med = median(&steps);
+    Ok(BenchResult {
+        median_step_seconds: med,
+        forward_seconds: median(&fwd),
+        backward_seconds: median(&bwd),
+        optimizer_seconds: median(&opt),
+        cpu_seconds_per_step: cpu_start
+            .zip(cpu_end)
+            .map(|(a, b)| (b - a) / opts.steps as f64),
+        tokens_per_sec: (opts.batch * opts.seq) as f64 / med,
+        step_seconds: steps,
+        losses,
+        trainable_params: adapter.num_params(),
+    })
+}

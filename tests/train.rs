@@ -410,3 +410,49 @@ fn cancelling_keeps_a_checkpoint() {
         out.captured()
     );
 }
+
+#[test]
+fn early_stopping_keeps_the_best_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shipped("identity");
+    let parts = data.split(8, 1);
+    let cfg = SftConfig {
+        // A rate far too high: the eval loss soon stops improving.
+        learning_rate: 0.2,
+        eval_dataset: Some(parts.1.clone()),
+        eval_steps: Some(1),
+        logging_steps: 1,
+        early_stopping_patience: Some(2),
+        ..tiny_cfg(dir.path().join("early"))
+    };
+    let cancel = CancelToken::new();
+    let out = Output::capture();
+    let run = sft(&tiny(), &parts.0, &cfg, quiet_hooks(&cancel, &out)).unwrap();
+    assert_eq!(
+        run.stopped,
+        tunelab::train::StopReason::EarlyStopped,
+        "{}",
+        out.captured()
+    );
+    let best = run.best_step.unwrap();
+    assert!(best < run.steps && run.steps < run.total_steps);
+    let best_loss = run.eval_loss.iter().find(|(s, _)| *s == best).unwrap().1;
+    assert!(run.eval_loss.iter().all(|(_, l)| *l >= best_loss));
+    // The run's adapter is the best checkpoint's.
+    let m = tiny();
+    let saved =
+        tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{best}")), &m.llama).unwrap();
+    let pass = |a| Pass {
+        adapter: Some(a),
+        ..Default::default()
+    };
+    let x = m
+        .llama
+        .forward_with(&ids(), None, None, Logits::Last, pass(&run.adapter))
+        .unwrap();
+    let y = m
+        .llama
+        .forward_with(&ids(), None, None, Logits::Last, pass(&saved))
+        .unwrap();
+    assert_eq!(max_diff(&x, &y), 0.0);
+}

@@ -21,7 +21,7 @@ use support::smollm2;
 /// Greedy reply to `prompt` with the ChatML template (as trained), with or without an adapter.
 fn answer(m: &Model, adapter: Option<&Adapter>, prompt: &str) -> Vec<u32> {
     let options = GenerateOptions {
-        max_new_tokens: 40,
+        max_new_tokens: 32,
         adapter: adapter.cloned(),
         ..Default::default()
     };
@@ -78,14 +78,14 @@ fn a_short_run_on_the_chinese_set_learns_its_answers() {
     let cfg = SftConfig {
         template: "chatml".into(),
         learning_rate: 1e-3,
-        num_train_epochs: 4.0,
+        num_train_epochs: 3.0,
         batch_size: 4,
         gradient_accumulation_steps: 1,
         cutoff_len: 256,
         logging_steps: 2,
         save_steps: 100,
         eval_dataset: Some(data.clone()),
-        eval_steps: Some(8),
+        eval_steps: Some(6),
         lr_scheduler_type: tunelab::train::Schedule::Constant,
         out: Some(out.path().join("run")),
         ..Default::default()

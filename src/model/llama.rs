@@ -167,7 +167,7 @@ impl Llama {
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, pass: Pass) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         Ok(if pass.train {
-            candle_nn::ops::rms_norm_slow(x, weight, eps)?
+            super::fused::rms_norm(x, weight, eps)?
         } else {
             candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?
         })
@@ -294,9 +294,14 @@ impl Llama {
         let a = self.attention(i, &h, cos, sin, mask, cache, pass)?;
         let x = (x + a)?;
         let h = self.rms_norm(&x, &block.mlp_norm, pass)?;
-        let gate = candle_nn::ops::silu(&self.project(i, Target::Gate, &h, pass)?)?; // (B, T, F)
+        let gate = self.project(i, Target::Gate, &h, pass)?; // (B, T, F)
         let up = self.project(i, Target::Up, &h, pass)?;
-        let m = self.project(i, Target::Down, &(gate * up)?, pass)?; // (B, T, C)
+        let act = if pass.train {
+            super::fused::swiglu(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        let m = self.project(i, Target::Down, &act, pass)?; // (B, T, C)
         Ok((x + m)?)
     }
 
@@ -332,10 +337,16 @@ impl Llama {
             .contiguous()?;
         // Training tables are per row (B, 1, T, D/2), which only the plain-ops rotation takes.
         let (q, k) = if pass.train || cos.rank() == 4 {
-            (
-                rope::apply_differentiable(&q, cos, sin)?,
-                rope::apply_differentiable(&k, cos, sin)?,
-            )
+            match (
+                super::fused::rope(&q, cos, sin),
+                super::fused::rope(&k, cos, sin),
+            ) {
+                (Ok(q), Ok(k)) => (q, k),
+                _ => (
+                    rope::apply_differentiable(&q, cos, sin)?,
+                    rope::apply_differentiable(&k, cos, sin)?,
+                ),
+            }
         } else {
             (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
         };
@@ -350,12 +361,11 @@ impl Llama {
         let k = repeat_kv(&k, group)?; // (B, Hq, S, D)
         let v = repeat_kv(&v, group)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?; // (B, Hq, T, S)
-        let scores = scores.broadcast_add(mask)?;
+        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?; // (B, Hq, T, S)
         let probs = if pass.train {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            super::fused::masked_softmax(&scores, scale, mask)?
         } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
+            candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
         };
         let out = probs.matmul(&v.contiguous()?)?; // (B, Hq, T, D)
         let out = out.transpose(1, 2)?.reshape((b, t, hq * d))?; // (B, T, Hq·D)

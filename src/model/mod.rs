@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod frozen;
+pub mod fused;
 pub mod gguf;
 pub mod linear;
 pub mod llama;

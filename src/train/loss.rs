@@ -9,9 +9,7 @@ use crate::error::Result;
 /// Summed negative log-likelihood of `targets` (N,) under `logits` (N, V), as a differentiable
 /// scalar, and how many argmax predictions were right.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
-    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, V)
-    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
-    let loss = picked.sum_all()?.neg()?;
+    let loss = crate::model::fused::cross_entropy(logits, targets)?.sum_all()?; // (N,) → ()
     let predicted = logits.detach().argmax(D::Minus1)?; // (N,)
     let correct = predicted
         .eq(&targets.to_dtype(predicted.dtype())?)?

@@ -126,3 +126,37 @@ fn repl_errors_show_line_and_caret_and_keep_the_session() {
     p.send_line(":quit").unwrap();
     p.exp_eof().unwrap();
 }
+
+#[test]
+fn ctrl_c_during_training_keeps_a_checkpoint_and_the_session() {
+    let (mut p, home) = start();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+    let out = home.path().join("run");
+    p.send_line(&format!(
+        "let cfg = #{{ out: \"{}\", max_steps: 40, batch_size: 2, gradient_accumulation_steps: 1, logging_steps: 1, lr: 1e-3 }}; print(\"cfg-ready\");",
+        out.display()
+    ))
+    .unwrap();
+    p.exp_string("cfg-ready").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line(&format!(
+        "let m = load_model(\"tiny\"); let ds = dataset(\"identity\", #{{ dir: \"{data}\" }}); print(\"data-ready\");"
+    ))
+    .unwrap();
+    p.exp_string("data-ready").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line("let run = sft(m, ds, cfg);").unwrap();
+    p.exp_string("step 3/").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("interrupted: checkpoint").unwrap();
+    p.exp_string("cancelled (Ctrl-C)").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    // The session survives, and the checkpoint resumes.
+    p.send_line("cfg.resume = true; let run = sft(m, ds, cfg); run.steps")
+        .unwrap();
+    p.exp_string("resuming from").unwrap();
+    p.exp_string("=> 40").unwrap();
+    p.exp_string(PROMPT).unwrap();
+    p.send_line(":quit").unwrap();
+    p.exp_eof().unwrap();
+}

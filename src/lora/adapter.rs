@@ -155,8 +155,9 @@ impl Adapter {
                 .collect();
             h = (h * Tensor::from_vec(mask, (rows, inp), x.device())?)?;
         }
-        let low = h.matmul(&pair.a.as_tensor().t()?)?; // (M, r)
-        let out = (low.matmul(&pair.b.as_tensor().t()?)? * self.config.scale())?; // (M, out)
+        // The scale goes on the narrow (M, r) product, the cheapest place for it.
+        let low = (h.matmul(&pair.a.as_tensor().t()?)? * self.config.scale())?; // (M, r)
+        let out = low.matmul(&pair.b.as_tensor().t()?)?; // (M, out)
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank ≥ 1") = out.dim(1)?;
         Ok(out.reshape(out_dims)?.to_dtype(x.dtype())?)

@@ -357,31 +357,28 @@ impl Llama {
         if !pass.train {
             *cache = Some((k.clone(), v.clone()));
         }
+        // Grouped-query attention without copying keys and values per query head: the `group`
+        // query heads sharing a key/value head are stacked along the time axis,
+        // (B, Hq, T, D) → (B, Hkv, group·T, D), and multiplied with that head at once.
         let group = hq / hkv;
-        let k = repeat_kv(&k, group)?; // (B, Hq, S, D)
-        let v = repeat_kv(&v, group)?;
+        let s_len = k.dim(2)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?; // (B, Hq, T, S)
+        let q = q.contiguous()?.reshape((b, hkv, group * t, d))?;
+        let scores = q
+            .matmul(&k.t()?.contiguous()?)? // (B, Hkv, group·T, S)
+            .reshape((b, hq, t, s_len))?; // (B, Hq, T, S)
         let probs = if pass.train {
             super::fused::masked_softmax(&scores, scale, mask)?
         } else {
             candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
         };
-        let out = probs.matmul(&v.contiguous()?)?; // (B, Hq, T, D)
+        let out = probs
+            .reshape((b, hkv, group * t, s_len))?
+            .matmul(&v.contiguous()?)? // (B, Hkv, group·T, D)
+            .reshape((b, hq, t, d))?; // (B, Hq, T, D)
         let out = out.transpose(1, 2)?.reshape((b, t, hq * d))?; // (B, T, Hq·D)
         self.project(layer, Target::O, &out, pass)
     }
-}
-
-/// Repeat each key/value head `n` times: (B, Hkv, S, D) → (B, Hkv·n, S, D).
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, h, n, s, d))?
-        .reshape((b, h * n, s, d))?)
 }
 
 /// Additive mask (B|1, 1, T, S): 0 where query i may see key j (j ≤ past + i, and j not padding),

@@ -125,3 +125,137 @@ pub fn quantized(x: &Tensor, matmul: &Arc<QMatMul>, shape: &Shape) -> candle_cor
         shape: shape.clone(),
     })
 }
+
+/// `x Wᵀ + s·(x Aᵀ) Bᵀ`: a frozen dense weight plus its LoRA update in one op, so the update
+/// adds no (M, N) temporaries and no extra graph nodes; the backward pass returns the gradients
+/// of x, A and B (never of W).
+struct DenseLora {
+    w: Tensor,
+    scale: f64,
+}
+
+impl candle_core::CustomOp3 for DenseLora {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = x_layout.shape().dims2()?;
+        let (r, _) = a_layout.shape().dims2()?;
+        let (n, _) = b_layout.shape().dims2()?;
+        let (w_storage, w_layout) = self.w.storage_and_layout();
+        let Storage::Cpu(w) = &*w_storage else {
+            candle_core::bail!("frozen-matmul-lora: the weight is not on the CPU")
+        };
+        let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?; // (M, N)
+        let low = x.matmul(a, (1, m, r, k), x_layout, &a_layout.transpose(0, 1)?)?; // (M, r)
+        let low_layout = Layout::contiguous((m, r));
+        let delta = low.matmul(b, (1, m, n, r), &low_layout, &b_layout.transpose(0, 1)?)?;
+        let (CpuStorage::F32(mut y), CpuStorage::F32(delta)) = (y, delta) else {
+            candle_core::bail!("frozen-matmul-lora: f32 only")
+        };
+        let s = self.scale as f32;
+        for (y, d) in y.iter_mut().zip(&delta) {
+            *y += s * d;
+        }
+        Ok((CpuStorage::F32(y), (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let gb = (grad.matmul(&b)? * self.scale)?; // (M, r)
+        let dx = (grad.matmul(&self.w)? + gb.matmul(&a)?)?; // (M, K)
+        let da = gb.t()?.matmul(&x)?; // (r, K)
+        let low = (x.matmul(&a.t()?)? * self.scale)?; // (M, r)
+        let db = grad.t()?.matmul(&low)?; // (N, r)
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// `x Wᵀ + scale·(x Aᵀ) Bᵀ` for a frozen dense f32 `w` (N, K) on the CPU; x (M, K), a (r, K),
+/// b (N, r). None when the fused op does not apply (another device or dtype).
+pub fn dense_lora(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    use candle_core::DType::F32;
+    if !x.device().is_cpu() || [x, w, a, b].iter().any(|t| t.dtype() != F32) {
+        return Ok(None);
+    }
+    let op = DenseLora {
+        w: w.clone(),
+        scale,
+    };
+    Ok(Some(x.contiguous()?.apply_op3(a, b, op)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_lora_matches_the_composed_layer_with_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 0.5, (5, 8), &dev).unwrap();
+        let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (3, 8), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (5, 3), &dev).unwrap()).unwrap();
+        let fused = dense_lora(&x, &w, &a, &b, 2.0).unwrap().unwrap();
+        let low = (x.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
+        let reference =
+            (x.matmul(&w.t().unwrap()).unwrap() + low.matmul(&b.t().unwrap()).unwrap()).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let c = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let gf = (&fused * &c)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = (&reference * &c)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &a, &b] {
+            let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+        // The dense frozen product alone: the same values, and only x gets a gradient.
+        let y = dense(&x, &w).unwrap();
+        assert!(max_diff(&y, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-5);
+    }
+}

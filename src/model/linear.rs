@@ -132,6 +132,33 @@ impl Linear {
         })
     }
 
+    /// [`Linear::forward_frozen`] plus a LoRA update `scale·(x Aᵀ) Bᵀ`, fused when the weight is
+    /// dense f32 on the CPU (None otherwise: the caller adds the update itself).
+    pub fn forward_frozen_lora(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(None);
+        };
+        let dims = x.dims().to_vec();
+        let (n, k) = self.dims();
+        let x2 = x.reshape((x.elem_count() / k, k))?;
+        let Some(y) = super::frozen::dense_lora(&x2, w, a, b, scale)? else {
+            return Ok(None);
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank ≥ 1") = n;
+        let y = y.reshape(out_dims)?;
+        Ok(Some(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }))
+    }
+
     /// (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {

@@ -176,6 +176,21 @@ impl Llama {
     /// One projection of block `layer`, plus its LoRA update when the pass has one.
     fn project(&self, layer: usize, target: Target, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let lin = self.blocks[layer].linear(target);
+        // Training a dense base without dropout: the base product and the update in one op.
+        if pass.train && pass.dropout.is_none_or(|d| d.p == 0.0) {
+            if let Some((adapter, pair)) =
+                pass.adapter.and_then(|a| Some((a, a.pair(layer, target)?)))
+            {
+                if let Some(y) = lin.forward_frozen_lora(
+                    x,
+                    pair.a.as_tensor(),
+                    pair.b.as_tensor(),
+                    adapter.config.scale(),
+                )? {
+                    return Ok(y);
+                }
+            }
+        }
         let y = if pass.train {
             lin.forward_frozen(x)?
         } else {

@@ -456,3 +456,31 @@ fn early_stopping_keeps_the_best_checkpoint() {
         .unwrap();
     assert_eq!(max_diff(&x, &y), 0.0);
 }
+
+#[test]
+fn merging_folds_the_adapter_into_the_weights() {
+    let m = tiny();
+    let adapter = Adapter::new(&m.llama, LoraConfig::default(), 1, "tiny").unwrap();
+    perturb(&adapter, 9);
+    let pass = Pass {
+        adapter: Some(&adapter),
+        ..Default::default()
+    };
+    let adapted = m
+        .llama
+        .forward_with(&ids(), None, None, Logits::All, pass)
+        .unwrap();
+    let merged = tunelab::lora::merge::merge(&m, &adapter).unwrap();
+    let folded = merged
+        .llama
+        .forward(&ids(), None, None, Logits::All)
+        .unwrap();
+    let d = max_diff(&adapted, &folded);
+    assert!(d < 1e-4, "merged logits differ by {d}");
+    let base = m.llama.forward(&ids(), None, None, Logits::All).unwrap();
+    assert!(
+        max_diff(&base, &adapted) > 1e-3,
+        "the base must be unchanged and differ"
+    );
+    assert!(merged.source.contains("merged"));
+}

@@ -57,6 +57,31 @@ mod core_api {
         map
     }
 
+    /// A new empty folder under the system's temporary directory (for scratch runs and exports
+    /// in tests and experiments); it is not removed automatically.
+    #[rhai_fn(return_raw)]
+    pub fn temp_dir() -> ScriptResult<String> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        loop {
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "tunelab-{}-{}-{n}",
+                std::process::id(),
+                crate::clock::stamp()
+            ));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(crate::script::errors::runtime(format!(
+                        "temp_dir: {}: {e}",
+                        dir.display()
+                    )))
+                }
+            }
+        }
+    }
+
     /// The whole text of the file at `path` (UTF-8).
     #[rhai_fn(return_raw)]
     pub fn read_text(path: &str) -> ScriptResult<String> {

@@ -364,6 +364,16 @@ pub mod train_api {
         crate::lora::peft::save(adapter, Path::new(dir)).script()
     }
 
+    /// A new model with the adapter folded into its weights (W + alpha/r·B·A); the base is
+    /// unchanged. Quantized projections that the adapter touches become dense f32.
+    #[rhai_fn(return_raw)]
+    pub fn merge(
+        model: crate::model::Model,
+        adapter: Adapter,
+    ) -> ScriptResult<crate::model::Model> {
+        crate::lora::merge::merge(&model, &adapter).script()
+    }
+
     /// Rank, alpha, targets and size of the adapter.
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn adapter_to_string(adapter: &mut Adapter) -> String {

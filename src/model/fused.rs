@@ -107,15 +107,32 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor>
     x.contiguous()?.apply_op1(RmsNorm { weight, eps })
 }
 
+/// Which row of a per-position table (T rows, or B·T with one block per batch entry) serves row
+/// `row` of a (B, H, T, ·) tensor.
+#[derive(Clone, Copy)]
+struct TableRows {
+    t: usize,
+    heads: usize,
+    per_batch: bool,
+}
+
+impl TableRows {
+    fn of(&self, row: usize) -> usize {
+        let t = row % self.t;
+        if self.per_batch {
+            row / (self.t * self.heads) * self.t + t
+        } else {
+            t
+        }
+    }
+}
+
 /// `softmax(scores · scale + mask)` over the last dimension. scores (B, H, T, S); mask (Bm, 1, T,
 /// S) with Bm 1 or B.
 struct MaskedSoftmax {
     scale: f32,
     mask: Vec<f32>,
-    /// Rows of the mask per batch entry (T) and whether it has one block per batch entry.
-    t: usize,
-    per_batch: bool,
-    heads: usize,
+    rows: TableRows,
 }
 
 impl CustomOp1 for MaskedSoftmax {
@@ -131,9 +148,7 @@ impl CustomOp1 for MaskedSoftmax {
             .zip(x.par_chunks(cols))
             .enumerate()
             .for_each(|(row, (y, x))| {
-                let t = row % self.t;
-                let b = row / (self.t * self.heads);
-                let m = if self.per_batch { b * self.t + t } else { t };
+                let m = self.rows.of(row);
                 let mask = &self.mask[m * cols..(m + 1) * cols];
                 let mut max = f32::NEG_INFINITY;
                 for ((y, x), m) in y.iter_mut().zip(x).zip(mask) {
@@ -212,9 +227,11 @@ pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> candle_core
     scores.contiguous()?.apply_op1(MaskedSoftmax {
         scale: scale as f32,
         mask,
-        t,
-        per_batch: bm == b && b > 1,
-        heads: h,
+        rows: TableRows {
+            t,
+            heads: h,
+            per_batch: bm == b && b > 1,
+        },
     })
 }
 
@@ -222,9 +239,7 @@ pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> candle_core
 struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
-    t: usize,
-    heads: usize,
-    per_batch: bool,
+    rows: TableRows,
     /// The backward pass rotates by the opposite angle.
     inverse: bool,
 }
@@ -244,9 +259,7 @@ impl CustomOp1 for Rope {
             .zip(x.par_chunks(d))
             .enumerate()
             .for_each(|(row, (y, x))| {
-                let t = row % self.t;
-                let b = row / (self.t * self.heads);
-                let r = if self.per_batch { b * self.t + t } else { t };
+                let r = self.rows.of(row);
                 let (cos, sin) = (
                     &self.cos[r * half..(r + 1) * half],
                     &self.sin[r * half..(r + 1) * half],
@@ -264,9 +277,7 @@ impl CustomOp1 for Rope {
         let back = Rope {
             cos: self.cos.clone(),
             sin: self.sin.clone(),
-            t: self.t,
-            heads: self.heads,
-            per_batch: self.per_batch,
+            rows: self.rows,
             inverse: !self.inverse,
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
@@ -291,9 +302,11 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tenso
     x.contiguous()?.apply_op1(Rope {
         cos: f(cos)?,
         sin: f(sin)?,
-        t,
-        heads: h,
-        per_batch: rows == b * t && b > 1,
+        rows: TableRows {
+            t,
+            heads: h,
+            per_batch: rows == b * t && b > 1,
+        },
         inverse: false,
     })
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 
-use super::batch::{epoch_order, stack, Item};
+use super::batch::{epoch_order, stack, Batch, Item};
 use super::checkpoint::{self, TrainerState};
 use super::config::SftConfig;
 use super::log::{format_duration, round, TrainerLog};
@@ -256,14 +256,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             if batch.num_targets == 0 {
                 continue;
             }
-            let logits = model.llama.forward_train(
-                &batch.ids,
-                &batch.positions,
-                batch.segments.as_deref(),
-                &batch.rows,
-                pass,
-            )?;
-            let (loss_sum, _) = cross_entropy_sum(&logits, &batch.targets)?;
+            let (loss_sum, _) = batch_loss(model, &batch, pass)?;
             let loss = (loss_sum / step_targets as f64)?;
             step_loss += loss.to_scalar::<f32>()? as f64;
             let store = loss.backward()?;
@@ -488,6 +481,18 @@ fn interrupted(
     Error::Cancelled
 }
 
+/// Summed token loss of a batch (differentiable when `pass.train`) and its correct predictions.
+fn batch_loss(model: &Model, batch: &Batch, pass: Pass) -> Result<(Tensor, usize)> {
+    let logits = model.llama.forward_train(
+        &batch.ids,
+        &batch.positions,
+        batch.segments.as_deref(),
+        &batch.rows,
+        pass,
+    )?; // (N, V)
+    cross_entropy_sum(&logits, &batch.targets)
+}
+
 /// Mean token loss and accuracy of the adapted model on the evaluation items.
 pub fn evaluate(
     model: &Model,
@@ -509,14 +514,7 @@ pub fn evaluate(
         if batch.num_targets == 0 {
             continue;
         }
-        let logits = model.llama.forward_train(
-            &batch.ids,
-            &batch.positions,
-            batch.segments.as_deref(),
-            &batch.rows,
-            pass,
-        )?;
-        let (loss, ok) = cross_entropy_sum(&logits.detach(), &batch.targets)?;
+        let (loss, ok) = batch_loss(model, &batch, pass)?;
         sum += loss.to_scalar::<f32>()? as f64;
         correct += ok;
         n += batch.num_targets;

@@ -484,3 +484,52 @@ fn merging_folds_the_adapter_into_the_weights() {
     );
     assert!(merged.source.contains("merged"));
 }
+
+#[test]
+fn neat_packing_keeps_examples_apart() {
+    use tunelab::data::encode::{pack, Encoded, IGNORE};
+    use tunelab::train::batch::{stack, Item};
+    let m = tiny();
+    let e = |ids: Vec<u32>| Encoded {
+        labels: ids
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i < 2 { IGNORE } else { t as i32 })
+            .collect(),
+        input_ids: ids,
+    };
+    let (a, b) = (e(vec![5, 17, 300, 41, 9, 77]), e(vec![8, 600, 12, 13, 900]));
+    let logits_of = |items: &[&Item]| {
+        let batch = stack(items, 0, &Device::Cpu).unwrap();
+        m.llama
+            .forward_train(
+                &batch.ids,
+                &batch.positions,
+                batch.segments.as_deref(),
+                &batch.rows,
+                Pass::default(),
+            )
+            .unwrap()
+    };
+    let separate = Tensor::cat(
+        &[
+            logits_of(&[&Item::from(a.clone())]),
+            logits_of(&[&Item::from(b.clone())]),
+        ],
+        0,
+    )
+    .unwrap();
+    let (rows, _) = pack(vec![a.clone(), b.clone()], 16, 0, true);
+    let packed = logits_of(&[&Item::packed(rows[0].clone(), true)]);
+    // The knapsack takes the longer example (a) first, so the rows line up with [a, b].
+    let d = max_diff(&separate, &packed);
+    assert!(d < 1e-4, "packed logits differ from separate ones by {d}");
+    // Plain packing lets the second example see the first, so its logits change.
+    let (rows, _) = pack(vec![a, b], 16, 0, false);
+    let plain = logits_of(&[&Item::packed(rows[0].clone(), false)]);
+    let d2 = max_diff(&separate, &plain);
+    assert!(
+        d2 > 1e-4,
+        "plain packing should let examples attend to each other"
+    );
+}

@@ -505,18 +505,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::max_abs_diff as max_diff;
 
     /// A fixed non-trivial upstream gradient: d(Σ y∘c)/dy = c.
     fn weighted_sum(y: &Tensor, seed: f64) -> Tensor {

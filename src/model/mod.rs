@@ -233,3 +233,14 @@ pub fn load(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
         "\"{path_or_preset}\" is not a model: give a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file, or \"tiny\""
     )))
 }
+
+/// Largest absolute difference between two tensors of one shape (for tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

@@ -1,5 +1,5 @@
-//! Script API, area "train": `sft`, runs, adapters, curves. Thin bindings over
-//! [`crate::train`], [`crate::lora`] and [`crate::curves`].
+//! Script API, area "train": `sft`, runs, adapters. Thin bindings over [`crate::train`] and
+//! [`crate::lora`].
 
 use rhai::plugin::*;
 use rhai::{FnPtr, Map, INT};
@@ -175,7 +175,7 @@ fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
 pub mod train_api {
     use std::path::Path;
 
-    use crate::curves::Curve as CoreCurve;
+    use crate::curves::Curve;
     use crate::script::engine::host;
     use crate::train::{Hooks, Run as CoreRun, StopReason};
 
@@ -183,8 +183,6 @@ pub mod train_api {
     pub type Run = CoreRun;
     /// A LoRA adapter: `save(dir)`; use it with `chat(model, #{ adapter })`.
     pub type Adapter = super::Adapter;
-    /// A series of (step, value) points: `len()`, `steps`, `values`, `min()`, `last()`.
-    pub type Curve = CoreCurve;
 
     /// LoRA supervised fine-tuning with LLaMA-Factory's settings (see the README for every key):
     /// `lr`, `epochs`, `batch_size`, `gradient_accumulation_steps`, `cutoff_len`, `template`,
@@ -292,19 +290,19 @@ pub mod train_api {
     /// The training loss curve (one point per logging step).
     #[rhai_fn(global, get = "loss", pure)]
     pub fn run_loss(run: &mut Run) -> Curve {
-        CoreCurve::new("loss", &run.loss)
+        Curve::new("loss", &run.loss)
     }
 
     /// The evaluation loss curve (empty without evaluation data).
     #[rhai_fn(global, get = "eval_loss", pure)]
     pub fn run_eval_loss(run: &mut Run) -> Curve {
-        CoreCurve::new("eval_loss", &run.eval_loss)
+        Curve::new("eval_loss", &run.eval_loss)
     }
 
     /// The token accuracy on the evaluation data, per evaluation.
     #[rhai_fn(global, get = "eval_accuracy", pure)]
     pub fn run_eval_accuracy(run: &mut Run) -> Curve {
-        CoreCurve::new("eval_accuracy", &run.eval_accuracy)
+        Curve::new("eval_accuracy", &run.eval_accuracy)
     }
 
     /// The trained adapter (the best checkpoint's after early stopping).
@@ -378,41 +376,5 @@ pub mod train_api {
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn adapter_to_string(adapter: &mut Adapter) -> String {
         adapter.to_string()
-    }
-
-    /// Number of points.
-    #[rhai_fn(global, name = "len", pure)]
-    pub fn curve_len(c: &mut Curve) -> INT {
-        c.len() as INT
-    }
-
-    /// The steps of the points.
-    #[rhai_fn(global, get = "steps", pure)]
-    pub fn curve_steps(c: &mut Curve) -> rhai::Array {
-        c.steps.iter().map(|&s| Dynamic::from(s as INT)).collect()
-    }
-
-    /// The values of the points.
-    #[rhai_fn(global, get = "values", pure)]
-    pub fn curve_values(c: &mut Curve) -> rhai::Array {
-        c.values.iter().map(|&v| Dynamic::from(v)).collect()
-    }
-
-    /// The smallest value (() when empty).
-    #[rhai_fn(global, name = "min", pure)]
-    pub fn curve_min(c: &mut Curve) -> Dynamic {
-        c.min().map_or(Dynamic::UNIT, |(_, v)| Dynamic::from(v))
-    }
-
-    /// The last value (() when empty).
-    #[rhai_fn(global, name = "last", pure)]
-    pub fn curve_last(c: &mut Curve) -> Dynamic {
-        c.last().map_or(Dynamic::UNIT, |(_, v)| Dynamic::from(v))
-    }
-
-    /// Name, length, first, last and minimum.
-    #[rhai_fn(global, name = "to_string", pure)]
-    pub fn curve_to_string(c: &mut Curve) -> String {
-        c.to_string()
     }
 }

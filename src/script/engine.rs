@@ -11,7 +11,7 @@ use crate::cancel::CancelToken;
 use crate::output::Output;
 
 use super::resolver::ScriptResolver;
-use super::{api_core, api_data, api_model, api_train};
+use super::{api_core, api_curves, api_data, api_model, api_train};
 
 /// What the scripts of one engine share with the native code they call.
 #[derive(Clone, Debug)]
@@ -76,6 +76,7 @@ pub fn api_modules() -> Vec<AreaModule> {
         (api_data::AREA, api_data::module()),
         (api_model::AREA, api_model::module()),
         (api_train::AREA, api_train::module()),
+        (api_curves::AREA, api_curves::module()),
     ]
 }
 

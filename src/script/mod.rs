@@ -9,6 +9,7 @@
 //! - every exposed function has a doc comment (a test checks it), which feeds `:help`.
 
 pub mod api_core;
+pub mod api_curves;
 pub mod api_data;
 pub mod api_model;
 pub mod api_train;

@@ -1,0 +1,161 @@
+//! Script API, area "curves": curve objects from runs, logs, CSV files and arrays, and their
+//! queries and smoothing. Thin bindings over [`crate::curves`].
+
+use rhai::plugin::*;
+
+/// The area name `:help` groups these functions under.
+pub const AREA: &str = "curves";
+
+/// The compiled module of this area.
+pub fn module() -> rhai::Module {
+    exported_module!(curves_api)
+}
+
+#[export_module]
+pub mod curves_api {
+    use std::path::Path;
+
+    use rhai::{Array, INT};
+
+    use crate::curves::{smooth, sources, Curve as CoreCurve};
+    use crate::script::errors::{runtime, IntoScript, ScriptResult};
+
+    /// A series of (step, value) points: `len()`, `steps`, `values`, `min()`, `argmin()`,
+    /// `last()`, `slice(from, to)`, `smooth()`, `ema(weight)`.
+    pub type Curve = CoreCurve;
+
+    fn from_file(path: &str, key: Option<&str>) -> ScriptResult<Curve> {
+        let p = Path::new(path);
+        if path.ends_with(".csv") {
+            sources::from_csv(p, key).script()
+        } else {
+            sources::from_trainer_log(p, key.unwrap_or("loss")).script()
+        }
+    }
+
+    /// The training loss of a `trainer_log.jsonl` (tunelab's or LLaMA-Factory's), or the values
+    /// of a CSV of step,value.
+    #[rhai_fn(return_raw)]
+    pub fn curve(path: &str) -> ScriptResult<Curve> {
+        from_file(path, None)
+    }
+
+    /// The series `key` (e.g. "eval_loss", "lr") of a trainer log or a CSV with a header.
+    #[rhai_fn(name = "curve", return_raw)]
+    pub fn curve_key(path: &str, key: &str) -> ScriptResult<Curve> {
+        from_file(path, Some(key))
+    }
+
+    /// A curve from numbers (steps 1, 2, 3, …) or from [step, value] pairs.
+    #[rhai_fn(name = "curve", return_raw)]
+    pub fn curve_array(points: Array) -> ScriptResult<Curve> {
+        let number = |v: &Dynamic, i: usize| -> ScriptResult<f64> {
+            v.as_float()
+                .or_else(|_| v.as_int().map(|n| n as f64))
+                .map_err(|_| {
+                    runtime(format!(
+                        "curve: point {i}: expected a number or [step, value]"
+                    ))
+                })
+        };
+        let mut pairs = Vec::with_capacity(points.len());
+        let mut plain = Vec::with_capacity(points.len());
+        for (i, p) in points.iter().enumerate() {
+            if p.is_array() {
+                let pair = p.clone().into_array().unwrap_or_default();
+                if pair.len() != 2 {
+                    return Err(runtime(format!("curve: point {i}: expected [step, value]")));
+                }
+                pairs.push((number(&pair[0], i)?.max(0.0) as usize, number(&pair[1], i)?));
+            } else {
+                plain.push(number(p, i)?);
+            }
+        }
+        if !pairs.is_empty() && !plain.is_empty() {
+            return Err(runtime(
+                "curve: mix of numbers and [step, value] pairs; use one kind",
+            ));
+        }
+        Ok(if pairs.is_empty() {
+            sources::from_values("values", &plain)
+        } else {
+            CoreCurve::new("values", &pairs)
+        })
+    }
+
+    /// Number of points.
+    #[rhai_fn(global, name = "len", pure)]
+    pub fn len(c: &mut Curve) -> INT {
+        c.len() as INT
+    }
+
+    /// The steps of the points.
+    #[rhai_fn(global, get = "steps", pure)]
+    pub fn steps(c: &mut Curve) -> Array {
+        c.steps.iter().map(|&s| Dynamic::from(s as INT)).collect()
+    }
+
+    /// The values of the points.
+    #[rhai_fn(global, get = "values", pure)]
+    pub fn values(c: &mut Curve) -> Array {
+        c.values.iter().map(|&v| Dynamic::from(v)).collect()
+    }
+
+    /// What the values are (`loss`, `eval_loss`, …).
+    #[rhai_fn(global, get = "name", pure)]
+    pub fn name(c: &mut Curve) -> String {
+        c.name.clone()
+    }
+
+    /// The smallest value (() when empty).
+    #[rhai_fn(global, name = "min", pure)]
+    pub fn min(c: &mut Curve) -> Dynamic {
+        c.min().map_or(Dynamic::UNIT, |(_, v)| Dynamic::from(v))
+    }
+
+    /// The step of the smallest value (() when empty).
+    #[rhai_fn(global, name = "argmin", pure)]
+    pub fn argmin(c: &mut Curve) -> Dynamic {
+        c.argmin()
+            .map_or(Dynamic::UNIT, |s| Dynamic::from(s as INT))
+    }
+
+    /// The last value (() when empty).
+    #[rhai_fn(global, name = "last", pure)]
+    pub fn last(c: &mut Curve) -> Dynamic {
+        c.last().map_or(Dynamic::UNIT, |(_, v)| Dynamic::from(v))
+    }
+
+    /// The points with from ≤ step ≤ to.
+    #[rhai_fn(global, name = "slice", pure)]
+    pub fn slice(c: &mut Curve, from: INT, to: INT) -> Curve {
+        c.slice(from.max(0) as usize, to.max(0) as usize)
+    }
+
+    /// LLaMA-Factory's smoothing (weight 1.8·(sigmoid(0.05·N) − 0.5), as its loss plots).
+    #[rhai_fn(global, name = "smooth", pure)]
+    pub fn smoothed(c: &mut Curve) -> Curve {
+        c.with_values(
+            &format!("{} (smoothed)", c.name),
+            smooth::llamafactory(&c.values),
+        )
+    }
+
+    /// TensorBoard's debiased exponential moving average with `weight` in [0, 1).
+    #[rhai_fn(global, name = "ema", return_raw, pure)]
+    pub fn ema(c: &mut Curve, weight: f64) -> ScriptResult<Curve> {
+        if !(0.0..1.0).contains(&weight) {
+            return Err(runtime(format!("ema: weight {weight} must be in [0, 1)")));
+        }
+        Ok(c.with_values(
+            &format!("{} (ema {weight})", c.name),
+            smooth::ema(&c.values, weight),
+        ))
+    }
+
+    /// Name, length, first, last and minimum.
+    #[rhai_fn(global, name = "to_string", pure)]
+    pub fn to_string(c: &mut Curve) -> String {
+        c.to_string()
+    }
+}

@@ -367,6 +367,10 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         }
     }
     progress.finish();
+    if !state.loss_history.is_empty() {
+        let curve = crate::curves::Curve::new("loss", &state.loss_history);
+        progress.line(&curve.to_string());
+    }
 
     // The run's adapter at the top of the folder (LLaMA-Factory's layout); after early stopping
     // the best checkpoint's.

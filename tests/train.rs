@@ -58,6 +58,17 @@ fn ids() -> Tensor {
     .unwrap()
 }
 
+/// Inference logits of `m` on [`ids`] with `adapter` applied.
+fn adapted(m: &Model, adapter: &Adapter, which: Logits) -> Tensor {
+    let pass = Pass {
+        adapter: Some(adapter),
+        ..Default::default()
+    };
+    m.llama
+        .forward_with(&ids(), None, None, which, pass)
+        .unwrap()
+}
+
 /// A random non-zero B so the adapter matters.
 fn perturb(adapter: &Adapter, seed: u64) {
     let mut rng = Rng::new(seed);
@@ -78,26 +89,16 @@ fn a_fresh_adapter_changes_nothing_and_training_forward_matches_inference() {
     let m = tiny();
     let adapter = Adapter::new(&m.llama, LoraConfig::default(), 1, "tiny").unwrap();
     let base = m.llama.forward(&ids(), None, None, Logits::All).unwrap();
-    let pass = Pass {
-        adapter: Some(&adapter),
-        ..Default::default()
-    };
-    let adapted = m
-        .llama
-        .forward_with(&ids(), None, None, Logits::All, pass)
-        .unwrap();
+    let with_adapter = adapted(&m, &adapter, Logits::All);
     assert_eq!(
-        max_diff(&base, &adapted),
+        max_diff(&base, &with_adapter),
         0.0,
         "B = 0 must leave the logits unchanged"
     );
 
     // The differentiable training pass computes the same logits (for every position).
     perturb(&adapter, 3);
-    let adapted = m
-        .llama
-        .forward_with(&ids(), None, None, Logits::All, pass)
-        .unwrap();
+    let with_adapter = adapted(&m, &adapter, Logits::All);
     let positions: Vec<u32> = (0..2).flat_map(|_| 0..8u32).collect();
     let rows = Tensor::arange(0u32, 16, &Device::Cpu).unwrap();
     let train_pass = Pass {
@@ -109,10 +110,10 @@ fn a_fresh_adapter_changes_nothing_and_training_forward_matches_inference() {
         .llama
         .forward_train(&ids(), &positions, None, &rows, train_pass)
         .unwrap();
-    let d = max_diff(&adapted.reshape((16, ())).unwrap(), &trained);
+    let d = max_diff(&with_adapter.reshape((16, ())).unwrap(), &trained);
     assert!(d < 1e-4, "training forward differs from inference by {d}");
     assert!(
-        max_diff(&base, &adapted) > 1e-3,
+        max_diff(&base, &with_adapter) > 1e-3,
         "a non-zero B must change the logits"
     );
 }
@@ -305,32 +306,8 @@ fn a_tiny_run_lowers_the_loss_and_writes_llamafactory_files() {
     // The saved adapter reloads and gives the same logits.
     let m = tiny();
     let back = tunelab::lora::peft::load(&run.out, &m.llama).unwrap();
-    let a = m
-        .llama
-        .forward_with(
-            &ids(),
-            None,
-            None,
-            Logits::Last,
-            Pass {
-                adapter: Some(&run.adapter),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let b = m
-        .llama
-        .forward_with(
-            &ids(),
-            None,
-            None,
-            Logits::Last,
-            Pass {
-                adapter: Some(&back),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let a = adapted(&m, &run.adapter, Logits::Last);
+    let b = adapted(&m, &back, Logits::Last);
     assert_eq!(max_diff(&a, &b), 0.0);
     // The same folder is not overwritten without resume.
     let again = sft(
@@ -442,18 +419,8 @@ fn early_stopping_keeps_the_best_checkpoint() {
     let m = tiny();
     let saved =
         tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{best}")), &m.llama).unwrap();
-    let pass = |a| Pass {
-        adapter: Some(a),
-        ..Default::default()
-    };
-    let x = m
-        .llama
-        .forward_with(&ids(), None, None, Logits::Last, pass(&run.adapter))
-        .unwrap();
-    let y = m
-        .llama
-        .forward_with(&ids(), None, None, Logits::Last, pass(&saved))
-        .unwrap();
+    let x = adapted(&m, &run.adapter, Logits::Last);
+    let y = adapted(&m, &saved, Logits::Last);
     assert_eq!(max_diff(&x, &y), 0.0);
 }
 
@@ -462,24 +429,17 @@ fn merging_folds_the_adapter_into_the_weights() {
     let m = tiny();
     let adapter = Adapter::new(&m.llama, LoraConfig::default(), 1, "tiny").unwrap();
     perturb(&adapter, 9);
-    let pass = Pass {
-        adapter: Some(&adapter),
-        ..Default::default()
-    };
-    let adapted = m
-        .llama
-        .forward_with(&ids(), None, None, Logits::All, pass)
-        .unwrap();
+    let with_adapter = adapted(&m, &adapter, Logits::All);
     let merged = tunelab::lora::merge::merge(&m, &adapter).unwrap();
     let folded = merged
         .llama
         .forward(&ids(), None, None, Logits::All)
         .unwrap();
-    let d = max_diff(&adapted, &folded);
+    let d = max_diff(&with_adapter, &folded);
     assert!(d < 1e-4, "merged logits differ by {d}");
     let base = m.llama.forward(&ids(), None, None, Logits::All).unwrap();
     assert!(
-        max_diff(&base, &adapted) > 1e-3,
+        max_diff(&base, &with_adapter) > 1e-3,
         "the base must be unchanged and differ"
     );
     assert!(merged.source.contains("merged"));

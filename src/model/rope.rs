@@ -94,6 +94,7 @@ pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
 
     /// The reference: rotate-half written out with plain ops.
     fn reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
@@ -114,42 +115,16 @@ mod tests {
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / 8.0))
             .collect();
         let (cos, sin) = tables(&inv, 7, 5, DType::F32, &dev).unwrap();
-        let diff = (apply(&x, &cos, &sin).unwrap() - reference(&x, &cos, &sin))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&apply(&x, &cos, &sin).unwrap(), &reference(&x, &cos, &sin));
         assert!(diff < 1e-5, "max diff {diff}");
-        let diff2 = (apply_differentiable(&x, &cos, &sin).unwrap() - reference(&x, &cos, &sin))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff2 = max_abs_diff(
+            &apply_differentiable(&x, &cos, &sin).unwrap(),
+            &reference(&x, &cos, &sin),
+        );
         assert!(diff2 < 1e-5, "differentiable: max diff {diff2}");
         let positions: Vec<u32> = (7..12).collect();
         let (c2, s2) = tables_at(&inv, &positions, DType::F32, &dev).unwrap();
-        let same = (c2 - &cos)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            + (s2 - &sin)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+        let same = max_abs_diff(&c2, &cos) + max_abs_diff(&s2, &sin);
         assert!(same < 1e-6);
     }
 }

@@ -1,12 +1,15 @@
 //! Loss curves: series of (step, value) points from runs, LLaMA-Factory / tunelab
 //! `trainer_log.jsonl` files, CSV files and arrays; LLaMA-Factory's smoothing and TensorBoard's EMA.
-//! (Plots and the diagnosis come next: issue 6.)
 //!
 //! - [`curve`]: the `Curve` type and its queries (min, argmin, last, slice).
 //! - [`smooth`]: LLaMA-Factory's `smooth()` and TensorBoard's debiased EMA.
 //! - [`sources`]: reading curves from files and arrays.
+//! - [`plot`]: PNG/SVG charts (original faint + smoothed solid, legend, best-eval marker).
+//! - [`fonts`]: the bundled Latin font and the located CJK fallback for plot text.
 
 pub mod curve;
+pub mod fonts;
+pub mod plot;
 pub mod smooth;
 pub mod sources;
 

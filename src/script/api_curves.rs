@@ -11,17 +11,27 @@ pub fn module() -> rhai::Module {
     exported_module!(curves_api)
 }
 
+use std::path::Path;
+
+use rhai::{Map, NativeCallContext};
+
+use crate::curves::plot::{self, PlotOptions};
+use crate::curves::Curve;
+use crate::script::engine::host;
+use crate::script::errors::{runtime, IntoScript, ScriptResult};
+use crate::script::options::Options;
+
 #[export_module]
 pub mod curves_api {
     use std::path::Path;
 
-    use rhai::{Array, INT};
+    use rhai::{Array, Map, NativeCallContext, INT};
 
     use crate::curves::{smooth, sources, Curve as CoreCurve};
     use crate::script::errors::{runtime, IntoScript, ScriptResult};
 
     /// A series of (step, value) points: `len()`, `steps`, `values`, `min()`, `argmin()`,
-    /// `last()`, `slice(from, to)`, `smooth()`, `ema(weight)`.
+    /// `last()`, `slice(from, to)`, `smooth()`, `ema(weight)`, `plot(path[, opts])`.
     pub type Curve = CoreCurve;
 
     fn from_file(path: &str, key: Option<&str>) -> ScriptResult<Curve> {
@@ -153,9 +163,97 @@ pub mod curves_api {
         ))
     }
 
+    /// Draws the curve (original faint, smoothed solid) into a `.png` or `.svg` file.
+    #[rhai_fn(global, name = "plot", return_raw, pure)]
+    pub fn plot_one(ctx: NativeCallContext, c: &mut Curve, path: &str) -> ScriptResult<()> {
+        super::draw(&ctx, &[c.clone()], path, Map::new())
+    }
+
+    /// Draws the curve with options `title`, `labels`, `log_y`, `smooth`, `width`, `height`,
+    /// `y_label`.
+    #[rhai_fn(global, name = "plot", return_raw, pure)]
+    pub fn plot_one_with(
+        ctx: NativeCallContext,
+        c: &mut Curve,
+        path: &str,
+        opts: Map,
+    ) -> ScriptResult<()> {
+        super::draw(&ctx, &[c.clone()], path, opts)
+    }
+
+    /// Draws several curves on one chart with a legend (train and eval, or several runs).
+    #[rhai_fn(name = "plot", return_raw)]
+    pub fn plot_many(ctx: NativeCallContext, curves: Array, path: &str) -> ScriptResult<()> {
+        plot_many_with(ctx, curves, path, Map::new())
+    }
+
+    /// Draws several curves on one chart: options `labels` (legend names), `title`, `log_y`,
+    /// `smooth`, `width`, `height`, `y_label`.
+    #[rhai_fn(name = "plot", return_raw)]
+    pub fn plot_many_with(
+        ctx: NativeCallContext,
+        curves: Array,
+        path: &str,
+        opts: Map,
+    ) -> ScriptResult<()> {
+        let curves = curves
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let kind = c.type_name();
+                c.try_cast::<Curve>()
+                    .ok_or_else(|| runtime(format!("plot: item {i} is {kind}, not a curve")))
+            })
+            .collect::<ScriptResult<Vec<Curve>>>()?;
+        super::draw(&ctx, &curves, path, opts)
+    }
+
     /// Name, length, first, last and minimum.
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn to_string(c: &mut Curve) -> String {
         c.to_string()
     }
+}
+
+/// Draws `curves` into `path` with a script option map; warnings go to the script output.
+fn draw(ctx: &NativeCallContext, curves: &[Curve], path: &str, opts: Map) -> ScriptResult<()> {
+    let o = Options::new(
+        "plot options",
+        opts,
+        &[
+            "title", "labels", "log_y", "smooth", "width", "height", "y_label",
+        ],
+    )?;
+    let defaults = PlotOptions::default();
+    let size = |key: &str, default: u32| -> ScriptResult<u32> {
+        match o.int(key)? {
+            None => Ok(default),
+            Some(n) if (100..=8000).contains(&n) => Ok(n as u32),
+            Some(n) => Err(runtime(format!(
+                "plot options: key \"{key}\": {n} pixels is out of range 100..8000"
+            ))),
+        }
+    };
+    let labels = o
+        .array("labels")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.to_string())
+        .collect();
+    let popts = PlotOptions {
+        title: o.string("title")?,
+        labels,
+        log_y: o.bool("log_y")?.unwrap_or(false),
+        smooth: o.bool("smooth")?.unwrap_or(true),
+        width: size("width", defaults.width)?,
+        height: size("height", defaults.height)?,
+        y_label: o.string("y_label")?,
+    };
+    let refs: Vec<&Curve> = curves.iter().collect();
+    let warnings = plot::plot(&refs, Path::new(path), &popts).script()?;
+    let out = host(ctx).output;
+    for w in warnings {
+        out.line(&format!("warning: {w}"));
+    }
+    Ok(())
 }

@@ -166,7 +166,7 @@ pub mod curves_api {
     /// Draws the curve (original faint, smoothed solid) into a `.png` or `.svg` file.
     #[rhai_fn(global, name = "plot", return_raw, pure)]
     pub fn plot_one(ctx: NativeCallContext, c: &mut Curve, path: &str) -> ScriptResult<()> {
-        super::draw(&ctx, &[c.clone()], path, Map::new())
+        super::draw(&ctx, std::slice::from_ref(c), path, Map::new())
     }
 
     /// Draws the curve with options `title`, `labels`, `log_y`, `smooth`, `width`, `height`,
@@ -178,7 +178,7 @@ pub mod curves_api {
         path: &str,
         opts: Map,
     ) -> ScriptResult<()> {
-        super::draw(&ctx, &[c.clone()], path, opts)
+        super::draw(&ctx, std::slice::from_ref(c), path, opts)
     }
 
     /// Draws several curves on one chart with a legend (train and eval, or several runs).

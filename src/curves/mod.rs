@@ -4,13 +4,18 @@
 //! - [`curve`]: the `Curve` type and its queries (min, argmin, last, slice).
 //! - [`smooth`]: LLaMA-Factory's `smooth()` and TensorBoard's debiased EMA.
 //! - [`sources`]: reading curves from files and arrays.
+//! - [`diagnose`]: the verdict on a curve (converging … overfitting … diverged) with evidence.
+//! - [`stats`]: the robust statistics the diagnosis reads curves with.
 //! - [`plot`]: PNG/SVG charts (original faint + smoothed solid, legend, best-eval marker).
 //! - [`fonts`]: the bundled Latin font and the located CJK fallback for plot text.
 
 pub mod curve;
+pub mod diagnose;
 pub mod fonts;
 pub mod plot;
 pub mod smooth;
 pub mod sources;
+pub mod stats;
 
 pub use curve::Curve;
+pub use diagnose::{diagnose, Diagnosis, Verdict};

@@ -29,6 +29,9 @@ use super::Curve;
 pub const MIN_POINTS: usize = 6;
 /// Share of the points at each end whose median is the start/end level (robust to a noisy point).
 pub const EDGE_FRACTION: f64 = 0.10;
+/// Share of the points at the start whose median may stand for the start level instead, when it is
+/// higher: catches a drop within the first few steps, which the first tenth's median would hide.
+pub const EARLY_FRACTION: f64 = 0.02;
 /// Share of the points, at the end, tested for "still falling" (the last quarter of training).
 pub const TAIL_FRACTION: f64 = 0.25;
 /// Ending above the start level by more than this is divergence: training made the model worse.
@@ -61,8 +64,15 @@ pub const CLEAR_DROP: f64 = 0.05;
 pub const STILL_FALLING_REL: f64 = 0.03;
 /// ...and by ≥ 10% of the whole decrease (its slope ≥ 40% of the run's average slope)...
 pub const STILL_FALLING_SHARE: f64 = 0.10;
-/// ...with a least-squares slope this many standard errors below zero (not a noise artefact).
-pub const STILL_FALLING_T: f64 = 3.0;
+/// ...with a least-squares slope this many standard errors below zero (not a noise artefact;
+/// with the two conditions above a flat noisy tail passes all three well under 1% of the time).
+pub const STILL_FALLING_T: f64 = 2.0;
+/// A change of level (start → end) counts only when it exceeds this many standard errors of the
+/// difference of two edge medians (each median's error is 1.25σ/√points).
+pub const LEVEL_CHANGE_SIGMAS: f64 = 3.0;
+/// A jump of the trend counts only when it exceeds this many standard errors of a rolling median
+/// (the range of many noisy medians reaches ±2.5 SE by chance).
+pub const JUMP_SIGMAS: f64 = 6.0;
 /// A decrease of ≥ 25% of the start level is substantial: LoRA SFT typically cuts the loss by a
 /// third to a half; a smaller drop that has stopped is a plateau at a high level.
 pub const SUBSTANTIAL_DROP: f64 = 0.25;
@@ -231,6 +241,12 @@ struct TrainReading {
     trend: Vec<f64>,
     start: f64,
     end: f64,
+    /// Points in the end median and in the start median; half-width of the rolling median.
+    edge: usize,
+    start_points: usize,
+    /// The lowest reading of the start: the first point or either early median.
+    start_low: f64,
+    half: usize,
     /// σ of value/trend − 1.
     noise_rel: f64,
     /// (step, value, trend) of each spike.
@@ -243,24 +259,46 @@ impl TrainReading {
     fn new(steps: Vec<f64>, values: Vec<f64>) -> TrainReading {
         let n = values.len();
         let edge = ((n as f64 * EDGE_FRACTION).ceil() as usize).max(3).min(n);
-        let start = median(&values[..edge]);
+        // The start is the higher of the medians of the first tenth and of the first 2% (at
+        // least 3 points): a loss that drops within the first few steps (common in LoRA) still
+        // counts its drop. `start_points` is how many points the chosen median saw.
+        let early = ((n as f64 * EARLY_FRACTION).ceil() as usize).max(3).min(n);
+        let (head, first) = (median(&values[..edge]), median(&values[..early]));
+        let start_low = values[0].min(head).min(first);
+        let (start, start_points) = if first > head {
+            (first, early)
+        } else {
+            (head, edge)
+        };
         let end = median(&values[n - edge..]);
-        let trend = rolling_median(&values, (n / 20).max(2));
+        let half = (n / 20).max(2);
+        let trend = rolling_median(&values, half);
         let rel: Vec<f64> = values
             .iter()
             .zip(&trend)
             .map(|(v, t)| v / t.abs().max(1e-12) - 1.0)
             .collect();
-        let noise_rel = robust_sigma(&rel);
+        // Noise from second differences (each carries σ·√6 of independent noise and cancels a
+        // locally straight trend), relative to the trend: unlike residuals from the rolling
+        // median, which follows the noise when the window is short, it holds for short runs.
+        let second: Vec<f64> = (1..n.saturating_sub(1))
+            .map(|i| (values[i + 1] - 2.0 * values[i] + values[i - 1]) / trend[i].abs().max(1e-12))
+            .collect();
+        let noise_rel = if second.is_empty() {
+            0.0
+        } else {
+            robust_sigma(&second) / 6f64.sqrt()
+        };
         let spikes = rel
             .iter()
             .enumerate()
             .filter(|(_, &r)| r > SPIKE_REL && r > SPIKE_SIGMAS * noise_rel)
             .map(|(i, _)| (steps[i], values[i], trend[i]))
             .collect();
+        // Jumps are read where the rolling window is whole (at the ends it shrinks to one point).
         let mut running_min = f64::INFINITY;
         let mut jump = (0.0, steps[0]);
-        for (i, &t) in trend.iter().enumerate() {
+        for (i, &t) in trend.iter().enumerate().take(n - half.min(n)).skip(half) {
             running_min = running_min.min(t);
             let rise = t / running_min.max(1e-12) - 1.0;
             if rise > jump.0 {
@@ -273,10 +311,24 @@ impl TrainReading {
             trend,
             start,
             end,
+            edge,
+            start_points,
+            start_low,
+            half,
             noise_rel,
             spikes,
             jump,
         }
+    }
+
+    /// Standard error of the difference of the start and end levels (two medians).
+    fn level_change_se(&self) -> f64 {
+        1.25 * self.noise_abs() * (1.0 / self.edge as f64 + 1.0 / self.start_points as f64).sqrt()
+    }
+
+    /// Relative standard error of one rolling-median trend value.
+    fn trend_se_rel(&self) -> f64 {
+        1.25 * self.noise_rel / ((2 * self.half + 1) as f64).sqrt()
     }
 
     fn drop_abs(&self) -> f64 {
@@ -340,6 +392,9 @@ struct EvalReading {
     rise: f64,
     noise_rel: f64,
     last: f64,
+    /// Fall over the last three evaluations relative to the last, and its share of the whole
+    /// eval decrease; `None` unless each of them is lower than the one before.
+    tail_fall: Option<(f64, f64)>,
 }
 
 impl EvalReading {
@@ -358,13 +413,27 @@ impl EvalReading {
         } else {
             median(tail) / best.abs().max(1e-12) - 1.0
         };
-        let rel_diffs: Vec<f64> = values
-            .windows(2)
-            .map(|w| (w[1] - w[0]) / w[0].abs().max(1e-12))
+        // Second differences cancel a locally straight trend; for independent noise of σ each
+        // has σ·√6. The median-based σ ignores the few bends of the curve itself.
+        let second: Vec<f64> = values
+            .windows(3)
+            .map(|w| (w[2] - 2.0 * w[1] + w[0]) / w[1].abs().max(1e-12))
             .collect();
-        // Differences of neighbours carry the noise of two points, and the trend: a high bound.
-        let noise_rel = robust_sigma(&rel_diffs) / std::f64::consts::SQRT_2;
+        let noise_rel = if second.is_empty() {
+            0.0
+        } else {
+            robust_sigma(&second) / 6f64.sqrt()
+        };
+        let k = values.len();
+        let last3 = &values[k - 3..];
+        let monotone = last3.windows(2).all(|w| w[1] < w[0]);
+        let whole = values[0] - values[k - 1];
+        let tail_fall = (monotone && whole > 0.0).then(|| {
+            let fall = last3[0] - last3[2];
+            (fall / last3[2].abs().max(1e-12), fall / whole)
+        });
         Some(EvalReading {
+            tail_fall,
             n: values.len(),
             best_step: steps[i],
             best,
@@ -372,6 +441,17 @@ impl EvalReading {
             rise,
             noise_rel,
             last: *values.last()?,
+        })
+    }
+
+    /// Still clearly falling at the end: the last three evaluations each lower, by the same
+    /// margins as the train tail test (eval loss is an average over the whole validation set, so
+    /// three falling points in a row are rarely noise).
+    fn still_falling(&self) -> bool {
+        self.tail_fall.is_some_and(|(rel, share)| {
+            rel >= STILL_FALLING_REL
+                && share >= STILL_FALLING_SHARE
+                && rel >= OVERFIT_NOISE_SIGMAS * self.noise_rel
         })
     }
 
@@ -423,14 +503,22 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
     }
 
     let t = TrainReading::new(steps, values);
-    let rise = -t.drop_rel();
-    if rise > DIVERGED_RISE {
+    // Divergence is judged against the lowest reading of the start (the first point or the
+    // early medians): in a blow-up the early medians already contain the explosion.
+    let rise_abs = t.end - t.start_low;
+    let rise = rise_abs / t.start_low.abs().max(1e-12);
+    let rise_se = 1.25 * t.noise_abs() * (1.0 + 1.0 / t.edge as f64).sqrt();
+    if rise > DIVERGED_RISE && rise_abs > LEVEL_CHANGE_SIGMAS * rise_se {
         return make(
             Verdict::Diverged,
             margin(rise, DIVERGED_RISE),
             format!("diverged: train loss {} above its start", pct(rise)),
             format!(
-                "{}: training made the model worse than where it started",
+                "train loss ended at {} (median of the last tenth), {} above its start {}: \
+                 training made the model worse; {}",
+                num(t.end),
+                pct(rise),
+                num(t.start_low),
                 t.summary()
             ),
         );
@@ -462,7 +550,11 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
                         e.best_step,
                         e.after,
                         num(e.last),
-                        if train_change <= 0.0 { "fell" } else { "stayed flat," },
+                        if train_change <= 0.0 {
+                            "fell"
+                        } else {
+                            "stayed flat,"
+                        },
                         pct(train_change.abs()),
                         num(t.end)
                     ),
@@ -473,9 +565,12 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
         }
     }
 
-    let eval_note = eval_points
+    let eval_reading = eval_points
         .as_ref()
-        .and_then(|(s, v, _)| EvalReading::new(s, v).map(|e| (e, v[0])))
+        .and_then(|(s, v, _)| EvalReading::new(s, v));
+    let eval_note = eval_reading
+        .as_ref()
+        .zip(eval_points.as_ref().map(|p| p.1[0]))
         .map(|(e, first)| {
             format!(
                 "; eval loss {} → {} over {} evaluations (lowest {} at step {})",
@@ -489,7 +584,10 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
         .unwrap_or_default();
 
     let (drop_rel, drop_abs) = (t.drop_rel(), t.drop_abs());
-    if drop_rel < CLEAR_DROP || drop_abs < t.noise_abs() {
+    if drop_rel < CLEAR_DROP
+        || drop_abs < t.noise_abs()
+        || drop_abs < LEVEL_CHANGE_SIGMAS * t.level_change_se()
+    {
         let confidence = if drop_rel < CLEAR_DROP {
             margin(drop_rel.max(0.0), CLEAR_DROP)
         } else {
@@ -514,12 +612,37 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
         tstat
     );
     if tail_rel >= STILL_FALLING_REL && share >= STILL_FALLING_SHARE && tstat <= -STILL_FALLING_T {
-        let confidence = margin(tail_rel, STILL_FALLING_REL).min(margin(share, STILL_FALLING_SHARE));
+        let confidence =
+            margin(tail_rel, STILL_FALLING_REL).min(margin(share, STILL_FALLING_SHARE));
         return make(
             Verdict::Converging,
             confidence,
-            format!("converging: still falling ({} in the last quarter)", pct(tail_rel)),
+            format!(
+                "converging: still falling ({} in the last quarter)",
+                pct(tail_rel)
+            ),
             format!("{}; {tail_text}{eval_note}", t.summary()),
+        );
+    }
+    if let Some((rel, eval_share)) = eval_reading
+        .as_ref()
+        .filter(|e| e.still_falling())
+        .and_then(|e| e.tail_fall)
+    {
+        return make(
+            Verdict::Converging,
+            margin(rel, STILL_FALLING_REL).min(margin(eval_share, STILL_FALLING_SHARE)),
+            format!(
+                "converging: eval loss still falling ({} over the last 3 evaluations)",
+                pct(rel)
+            ),
+            format!(
+                "{}; eval loss fell {} more over its last 3 evaluations, each lower than the one \
+                 before ({} of its whole decrease){eval_note}",
+                t.summary(),
+                pct(rel),
+                pct(eval_share)
+            ),
         );
     }
     let flatness = if tstat > -STILL_FALLING_T {
@@ -543,7 +666,11 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
     make(
         Verdict::Underfitting,
         flatness.min(margin(drop_rel, SUBSTANTIAL_DROP)),
-        format!("underfitting: plateau at {} after a {} decrease", num(t.end), pct(drop_rel)),
+        format!(
+            "underfitting: plateau at {} after a {} decrease",
+            num(t.end),
+            pct(drop_rel)
+        ),
         format!(
             "{}, under the {} a run usually achieves; {tail_text}: a plateau at a high \
              level{eval_note}",
@@ -578,7 +705,7 @@ fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
         ));
     }
     let (jump, step) = t.jump;
-    if jump > JUMP_REL {
+    if jump > JUMP_REL && jump > JUMP_SIGMAS * t.trend_se_rel() {
         return Some((
             margin(jump, JUMP_REL),
             format!("unstable: loss jumped +{} at step {step}", pct(jump)),
@@ -589,12 +716,14 @@ fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
             ),
         ));
     }
-    if t.noise_rel > OSCILLATION_REL && t.noise_abs() > t.drop_abs() {
+    let drop_hidden =
+        t.noise_abs() > t.drop_abs() || t.drop_abs() < LEVEL_CHANGE_SIGMAS * t.level_change_se();
+    if t.noise_rel > OSCILLATION_REL && drop_hidden {
         return Some((
             margin(t.noise_rel, OSCILLATION_REL),
             format!("unstable: loss oscillates ±{}", pct(t.noise_rel)),
             format!(
-                "the loss oscillates ±{} of its level, more than its whole decrease ({}); {}",
+                "the loss oscillates ±{} of its level, hiding its decrease ({}); {}",
                 pct(t.noise_rel),
                 num(t.drop_abs()),
                 t.summary()

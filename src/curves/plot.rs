@@ -337,6 +337,34 @@ fn draw<DB: DrawingBackend>(
     }
 }
 
+/// The corner whose legend-sized box (40% of the width, 30% of the height) covers the fewest
+/// points, preferring the upper right (matplotlib's `loc="best"` in spirit).
+fn legend_corner(chart: &Chart) -> SeriesLabelPosition {
+    let (x0, x1) = chart.x_range;
+    let (y0, y1) = chart.y_range;
+    let points = chart
+        .series
+        .iter()
+        .flat_map(|s| s.original.iter().chain(&s.smoothed))
+        .map(|&(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)));
+    let corners = [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ];
+    let mut counts = [0usize; 4];
+    for (x, y) in points {
+        for (i, &(_, right, upper)) in corners.iter().enumerate() {
+            let in_x = if right { x > 0.6 } else { x < 0.4 };
+            let in_y = if upper { y > 0.7 } else { y < 0.3 };
+            counts[i] += usize::from(in_x && in_y);
+        }
+    }
+    let best = (0..4).min_by_key(|&i| (counts[i], i)).unwrap_or(0);
+    corners[best].0.clone()
+}
+
 /// The y axis: linear with plotters' ticks, or with ticks at chosen positions (the log axis,
 /// drawn over log10 values).
 struct YAxis {
@@ -492,7 +520,7 @@ fn draw_with<DB: DrawingBackend>(
         }
     }
     ctx.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_corner(chart))
         .legend_area_size(48)
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(0xbb, 0xbb, 0xbb))

@@ -45,7 +45,10 @@ pub fn slope_with_t(x: &[f64], y: &[f64]) -> (f64, f64) {
     if n < 3 {
         return (0.0, 0.0);
     }
-    let (mx, my) = (x.iter().sum::<f64>() / n as f64, y.iter().sum::<f64>() / n as f64);
+    let (mx, my) = (
+        x.iter().sum::<f64>() / n as f64,
+        y.iter().sum::<f64>() / n as f64,
+    );
     let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
     if sxx == 0.0 {
         return (0.0, 0.0);

@@ -13,7 +13,7 @@ pub fn module() -> rhai::Module {
 
 use std::path::Path;
 
-use rhai::{Map, NativeCallContext};
+use rhai::{Dynamic, Map, NativeCallContext};
 
 use crate::curves::plot::{self, PlotOptions};
 use crate::curves::Curve;
@@ -208,11 +208,43 @@ pub mod curves_api {
         super::draw(&ctx, &curves, path, opts)
     }
 
+    /// The verdict on a training loss curve: `#{ verdict, confidence, evidence, advice,
+    /// best_step, headline }`; verdict is one of converged, converging, not_converging,
+    /// overfitting, underfitting, unstable, diverged, too_short.
+    #[rhai_fn(name = "diagnose")]
+    pub fn diagnose_train(train: Curve) -> Map {
+        super::diagnosis_map(crate::curves::diagnose(&train, None))
+    }
+
+    /// The verdict on a training loss curve read with its eval loss curve (an empty eval curve
+    /// counts as none): overfitting needs the eval curve; best_step is its lowest point.
+    #[rhai_fn(name = "diagnose")]
+    pub fn diagnose_train_eval(train: Curve, eval: Curve) -> Map {
+        let eval = (!eval.is_empty()).then_some(&eval);
+        super::diagnosis_map(crate::curves::diagnose(&train, eval))
+    }
+
     /// Name, length, first, last and minimum.
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn to_string(c: &mut Curve) -> String {
         c.to_string()
     }
+}
+
+/// A diagnosis as the script map of the DESIGN contract (+ `headline`, a one-line summary).
+fn diagnosis_map(d: crate::curves::Diagnosis) -> Map {
+    let mut m = Map::new();
+    m.insert("verdict".into(), d.verdict.name().into());
+    m.insert("confidence".into(), Dynamic::from(d.confidence));
+    m.insert("evidence".into(), d.evidence.into());
+    m.insert("advice".into(), d.advice.into());
+    m.insert(
+        "best_step".into(),
+        d.best_step
+            .map_or(Dynamic::UNIT, |s| Dynamic::from(s as rhai::INT)),
+    );
+    m.insert("headline".into(), d.headline.into());
+    m
 }
 
 /// Draws `curves` into `path` with a script option map; warnings go to the script output.

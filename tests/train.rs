@@ -424,6 +424,51 @@ fn early_stopping_keeps_the_best_checkpoint() {
     assert_eq!(max_diff(&x, &y), 0.0);
 }
 
+/// The acceptance run: tiny data, many epochs, validation on. The diagnosis calls it
+/// overfitting at the eval minimum, warns live, and early stopping keeps that step's adapter.
+#[test]
+fn an_overfitting_run_is_diagnosed_and_early_stopping_keeps_its_best_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shipped("instruct_en").shuffle(3).take(24);
+    let cfg = SftConfig {
+        learning_rate: 1e-2,
+        num_train_epochs: 40.0,
+        val_size: 0.25,
+        eval_steps: Some(10),
+        logging_steps: 1,
+        early_stopping_patience: Some(3),
+        ..tiny_cfg(dir.path().join("overfit"))
+    };
+    let cancel = CancelToken::new();
+    let out = Output::capture();
+    let run = sft(&tiny(), &data, &cfg, quiet_hooks(&cancel, &out)).unwrap();
+    let printed = out.captured();
+    let d = &run.diagnosis;
+    assert_eq!(
+        d.verdict,
+        tunelab::curves::Verdict::Overfitting,
+        "{d}\n{printed}"
+    );
+    assert_eq!(d.best_step, run.best_step, "{d}");
+    let best = run.best_step.unwrap();
+    assert!(
+        printed.contains(&format!("warning: overfitting since step {best}")),
+        "{printed}"
+    );
+    assert_eq!(run.stopped, tunelab::train::StopReason::EarlyStopped);
+    let m = tiny();
+    let saved =
+        tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{best}")), &m.llama).unwrap();
+    let x = adapted(&m, &run.adapter, Logits::Last);
+    let y = adapted(&m, &saved, Logits::Last);
+    assert_eq!(max_diff(&x, &y), 0.0);
+    // LLaMA-Factory's plots are in the run folder.
+    for f in ["training_loss.png", "training_eval_loss.png"] {
+        assert!(run.out.join(f).is_file(), "{f} missing");
+    }
+    assert!(format!("{run}").contains("verdict: overfitting"), "{run}");
+}
+
 #[test]
 fn merging_folds_the_adapter_into_the_weights() {
     let m = tiny();

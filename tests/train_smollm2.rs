@@ -126,3 +126,55 @@ fn a_short_run_on_the_chinese_set_learns_its_answers() {
         );
     }
 }
+
+/// The acceptance run for instability: LoRA on SmolLM2 at lr 0.1 (a thousand times the
+/// usual) is read as unstable or diverged, and the run summary says so.
+#[test]
+fn a_run_at_learning_rate_0_1_is_called_unstable_or_diverged() {
+    let Some(path) = smollm2() else { return };
+    let m = model::load(path.to_str().unwrap(), &Default::default()).unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let data = load(
+        "identity",
+        &LoadOptions {
+            dir,
+            ..Default::default()
+        },
+        &CancelToken::new(),
+    )
+    .unwrap()
+    .take(20);
+    let out = tempfile::tempdir().unwrap();
+    let cfg = SftConfig {
+        template: "chatml".into(),
+        learning_rate: 0.1,
+        max_steps: Some(10),
+        batch_size: 2,
+        gradient_accumulation_steps: 1,
+        cutoff_len: 96,
+        logging_steps: 1,
+        save_steps: 100,
+        plot_loss: false,
+        out: Some(out.path().join("run")),
+        ..Default::default()
+    };
+    let cancel = CancelToken::new();
+    let sink = Output::capture();
+    let hooks = Hooks {
+        on_log: None,
+        cancel: &cancel,
+        output: &sink,
+        progress_bar: false,
+    };
+    let run = sft(&m, &data, &cfg, hooks).unwrap();
+    let d = &run.diagnosis;
+    eprintln!("lr 0.1 losses {:?}\n{d}", run.loss);
+    assert!(
+        matches!(
+            d.verdict,
+            tunelab::curves::Verdict::Unstable | tunelab::curves::Verdict::Diverged
+        ),
+        "{d}"
+    );
+    assert!(format!("{run}").contains(&format!("verdict: {}", d.verdict.name())));
+}

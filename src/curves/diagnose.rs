@@ -247,6 +247,9 @@ struct TrainReading {
     /// The lowest reading of the start: the first point or either early median.
     start_low: f64,
     half: usize,
+    /// σ of the noise relative to the trend, over the run and over its second half (the
+    /// smaller of the two).
+    noise_end_rel: f64,
     /// σ of value/trend − 1.
     noise_rel: f64,
     /// (step, value, trend) of each spike.
@@ -284,11 +287,17 @@ impl TrainReading {
         let second: Vec<f64> = (1..n.saturating_sub(1))
             .map(|i| (values[i + 1] - 2.0 * values[i] + values[i - 1]) / trend[i].abs().max(1e-12))
             .collect();
-        let noise_rel = if second.is_empty() {
-            0.0
-        } else {
-            robust_sigma(&second) / 6f64.sqrt()
+        let sigma = |d: &[f64]| {
+            if d.is_empty() {
+                0.0
+            } else {
+                robust_sigma(d) / 6f64.sqrt()
+            }
         };
+        let noise_rel = sigma(&second);
+        // The second half alone: in a short run a blow-up's own bends inflate the whole-run
+        // estimate; the settled end is what the end level is measured against.
+        let noise_end_rel = noise_rel.min(sigma(&second[second.len() / 2..]));
         let spikes = rel
             .iter()
             .enumerate()
@@ -316,6 +325,7 @@ impl TrainReading {
             start_low,
             half,
             noise_rel,
+            noise_end_rel,
             spikes,
             jump,
         }
@@ -507,7 +517,7 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
     // early medians): in a blow-up the early medians already contain the explosion.
     let rise_abs = t.end - t.start_low;
     let rise = rise_abs / t.start_low.abs().max(1e-12);
-    let rise_se = 1.25 * t.noise_abs() * (1.0 + 1.0 / t.edge as f64).sqrt();
+    let rise_se = 1.25 * t.noise_end_rel * t.end.abs() * (1.0 + 1.0 / t.edge as f64).sqrt();
     if rise > DIVERGED_RISE && rise_abs > LEVEL_CHANGE_SIGMAS * rise_se {
         return make(
             Verdict::Diverged,

@@ -232,7 +232,7 @@ pub mod curves_api {
 }
 
 /// A diagnosis as the script map of the DESIGN contract (+ `headline`, a one-line summary).
-fn diagnosis_map(d: crate::curves::Diagnosis) -> Map {
+pub(crate) fn diagnosis_map(d: crate::curves::Diagnosis) -> Map {
     let mut m = Map::new();
     m.insert("verdict".into(), d.verdict.name().into());
     m.insert("confidence".into(), Dynamic::from(d.confidence));

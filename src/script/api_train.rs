@@ -55,6 +55,7 @@ const SFT_KEYS: &[&str] = &[
     "lora",
     "on_log",
     "early_stopping_patience",
+    "plot_loss",
     "progress",
 ];
 
@@ -155,6 +156,7 @@ fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
             None => LoraConfig::default(),
         },
         early_stopping_patience: count(&o, "early_stopping_patience")?,
+        plot_loss: o.bool("plot_loss")?.unwrap_or(true),
     };
     if let Some(v) = o.value("eval_dataset") {
         c.eval_dataset = Some(v.try_cast::<crate::data::Dataset>().ok_or_else(|| {
@@ -327,6 +329,20 @@ pub mod train_api {
     #[rhai_fn(global, get = "tokens_per_sec", pure)]
     pub fn run_tokens_per_sec(run: &mut Run) -> f64 {
         run.tokens_per_sec
+    }
+
+    /// The verdict on the run's loss curves at its end, as `diagnose(run.loss, run.eval_loss)`:
+    /// `#{ verdict, confidence, evidence, advice, best_step, headline }`.
+    #[rhai_fn(global, get = "diagnosis", pure)]
+    pub fn run_diagnosis(run: &mut Run) -> Map {
+        crate::script::api_curves::diagnosis_map(run.diagnosis.clone())
+    }
+
+    /// The step of the lowest eval loss (() without validation).
+    #[rhai_fn(global, get = "best_step", pure)]
+    pub fn run_best_step(run: &mut Run) -> Dynamic {
+        run.best_step
+            .map_or(Dynamic::UNIT, |s| Dynamic::from(s as rhai::INT))
     }
 
     /// How the run ended: "finished", "stopped" (on_log returned false) or "early_stopped".

@@ -53,6 +53,9 @@ pub struct SftConfig {
     pub lora: LoraConfig,
     /// Stop when the eval loss has not improved for this many evaluations.
     pub early_stopping_patience: Option<usize>,
+    /// Draw training_loss.png (and training_eval_loss.png) into the run folder at the end, as
+    /// LLaMA-Factory's `plot_loss` (on in its Web UI).
+    pub plot_loss: bool,
 }
 
 impl Default for SftConfig {
@@ -89,6 +92,7 @@ impl Default for SftConfig {
             group_by_length: false,
             lora: LoraConfig::default(),
             early_stopping_patience: None,
+            plot_loss: true,
         }
     }
 }
@@ -190,6 +194,7 @@ impl SftConfig {
             "lora_target": self.lora.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(","),
             "use_rslora": self.lora.rslora,
             "early_stopping_steps": self.early_stopping_patience,
+            "plot_loss": self.plot_loss,
         })
     }
 

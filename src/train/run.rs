@@ -38,6 +38,8 @@ pub struct Run {
     /// Training items (examples, or packed rows) and examples dropped with nothing to learn.
     pub num_items: usize,
     pub dropped: usize,
+    /// The verdict on the loss curves at the end (see [`crate::curves::diagnose`]).
+    pub diagnosis: crate::curves::Diagnosis,
 }
 
 impl std::fmt::Display for Run {
@@ -68,8 +70,12 @@ impl std::fmt::Display for Run {
         }
         write!(
             f,
-            ", {:.0} tokens/s, {:.1} s; adapter: {}",
-            self.tokens_per_sec, self.elapsed, self.adapter
+            ", {:.0} tokens/s, {:.1} s; verdict: {} ({:.2}); adapter: {}",
+            self.tokens_per_sec,
+            self.elapsed,
+            self.diagnosis.verdict.name(),
+            self.diagnosis.confidence,
+            self.adapter
         )
     }
 }

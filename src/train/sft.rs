@@ -27,6 +27,8 @@ use super::prepare::{prepare, Prepared};
 use super::progress::Progress;
 use super::run::{Run, StopReason};
 use crate::cancel::CancelToken;
+use crate::curves::plot::PlotOptions;
+use crate::curves::{Curve, Verdict};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, Dropout};
@@ -198,6 +200,8 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     let elapsed_before = state.elapsed;
     let mut last_saved = state.global_step;
     let mut stopped = StopReason::Finished;
+    // The last problem the live diagnosis warned about (each is said once).
+    let mut warned: Option<Verdict> = None;
     let device = model.llama.device.clone();
 
     while state.global_step < plan.total_steps {
@@ -343,6 +347,14 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 state.evals_without_improvement += 1;
             }
             keep_going &= emit(&log, &mut hooks, &event)?;
+            // The curves so far, read as a practitioner would at each evaluation: warn once per
+            // new problem (overfitting, instability, divergence).
+            if let Some(d) = live_warning(&state) {
+                if warned != Some(d.verdict) {
+                    progress.line(&format!("warning: {} ({})", d.headline, d.advice));
+                    warned = Some(d.verdict);
+                }
+            }
             if let Some(patience) = cfg.early_stopping_patience {
                 if state.evals_without_improvement >= patience && !last {
                     progress.line(&format!(
@@ -367,9 +379,17 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         }
     }
     progress.finish();
-    if !state.loss_history.is_empty() {
-        let curve = crate::curves::Curve::new("loss", &state.loss_history);
-        progress.line(&curve.to_string());
+    let (train_curve, eval_curve) = curves_of(&state);
+    if !train_curve.is_empty() {
+        progress.line(&train_curve.to_string());
+    }
+    let diagnosis =
+        crate::curves::diagnose(&train_curve, Some(&eval_curve).filter(|c| !c.is_empty()));
+    progress.line(&format!("diagnosis: {diagnosis}"));
+    if cfg.plot_loss {
+        for warning in plot_run(&out, &state) {
+            progress.line(&format!("warning: {warning}"));
+        }
     }
 
     // The run's adapter at the top of the folder (LLaMA-Factory's layout); after early stopping
@@ -400,7 +420,54 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         template: data.template.name.to_string(),
         num_items: data.train.len(),
         dropped: data.dropped,
+        diagnosis,
     })
+}
+
+/// The training and eval loss curves logged so far.
+fn curves_of(state: &TrainerState) -> (Curve, Curve) {
+    let eval: Vec<(usize, f64)> = state.eval_history.iter().map(|&(s, l, _)| (s, l)).collect();
+    (
+        Curve::new("loss", &state.loss_history),
+        Curve::new("eval_loss", &eval),
+    )
+}
+
+/// The diagnosis of the curves so far when it calls for attention (overfitting, unstable,
+/// diverged); nothing while they look healthy or are too short to judge.
+fn live_warning(state: &TrainerState) -> Option<crate::curves::Diagnosis> {
+    let (train, eval) = curves_of(state);
+    let d = crate::curves::diagnose(&train, Some(&eval).filter(|c| !c.is_empty()));
+    matches!(
+        d.verdict,
+        Verdict::Overfitting | Verdict::Unstable | Verdict::Diverged
+    )
+    .then_some(d)
+}
+
+/// LLaMA-Factory's `plot_loss`: `training_loss.png`, and with validation
+/// `training_eval_loss.png` and `training_eval_accuracy.png`, titled "training {key} of {out}".
+/// A plot that cannot be drawn is a warning (returned), never a failed run.
+fn plot_run(out: &Path, state: &TrainerState) -> Vec<String> {
+    let accuracy: Vec<(usize, f64)> = state.eval_history.iter().map(|&(s, _, a)| (s, a)).collect();
+    let (loss, eval_loss) = curves_of(state);
+    let eval_accuracy = Curve::new("eval_accuracy", &accuracy);
+    let mut warnings = Vec::new();
+    for curve in [&loss, &eval_loss, &eval_accuracy] {
+        if curve.is_empty() {
+            continue;
+        }
+        let opts = PlotOptions {
+            title: Some(format!("training {} of {}", curve.name, out.display())),
+            ..PlotOptions::default()
+        };
+        let path = out.join(format!("training_{}.png", curve.name));
+        match crate::curves::plot::plot(&[curve], &path, &opts) {
+            Ok(w) => warnings.extend(w),
+            Err(e) => warnings.push(format!("could not draw {}: {e}", path.display())),
+        }
+    }
+    warnings
 }
 
 fn adam_params(cfg: &SftConfig) -> AdamParams {

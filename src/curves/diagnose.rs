@@ -139,8 +139,8 @@ impl Verdict {
                  and make sure LoRA targets the attention/MLP layers."
             }
             Verdict::Overfitting => {
-                "Use the checkpoint of best_step (early_stopping_steps keeps it), and memorise \
-                 less: fewer epochs, more data, lora dropout 0.05-0.1, or a lower rank or \
+                "Use the checkpoint of best_step (early_stopping_patience keeps it; LLaMA-Factory: \
+                 early_stopping_steps), and memorise less: fewer epochs, more data, lora dropout 0.05-0.1, or a lower rank or \
                  learning rate."
             }
             Verdict::Underfitting => {
@@ -615,12 +615,20 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
     }
 
     let (tail_rel, share, tstat) = t.tail();
-    let tail_text = format!(
-        "over the last quarter it fell {} more ({} of the whole decrease, slope t = {:.1})",
-        pct(tail_rel),
-        pct(share),
-        tstat
-    );
+    let tail_text = if tail_rel >= 0.0 {
+        format!(
+            "over the last quarter it fell a further {} ({} of the whole decrease, slope t = {:.1})",
+            pct(tail_rel),
+            pct(share),
+            tstat
+        )
+    } else {
+        format!(
+            "over the last quarter it rose {} (slope t = {:.1})",
+            pct(-tail_rel),
+            tstat
+        )
+    };
     if tail_rel >= STILL_FALLING_REL && share >= STILL_FALLING_SHARE && tstat <= -STILL_FALLING_T {
         let confidence =
             margin(tail_rel, STILL_FALLING_REL).min(margin(share, STILL_FALLING_SHARE));

@@ -71,9 +71,10 @@ const ORIGINAL_ALPHA: f64 = 0.4;
 /// Curves with at most this many points also get a dot per point (sparse evaluations).
 const DOTS_UP_TO: usize = 40;
 
-/// Whether a curve is an evaluation loss, whose lowest point is "the best checkpoint".
+/// Whether a curve (by name or legend label) is an evaluation loss, whose lowest point is "the
+/// best checkpoint": `eval_loss`, `eval_alpaca_loss`, `B: eval_loss`.
 pub fn is_eval_loss(name: &str) -> bool {
-    name.starts_with("eval") && name.ends_with("loss")
+    name.contains("eval") && name.ends_with("loss")
 }
 
 /// One curve, ready to draw.

@@ -242,6 +242,16 @@ fn quiet_hooks<'a>(cancel: &'a CancelToken, out: &'a Output) -> Hooks<'a> {
     }
 }
 
+/// The run's final adapter is exactly the one saved at `checkpoint-{step}` (same logits).
+fn assert_adapter_is_checkpoint(run: &Run, step: usize) {
+    let m = tiny();
+    let saved =
+        tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{step}")), &m.llama).unwrap();
+    let x = adapted(&m, &run.adapter, Logits::Last);
+    let y = adapted(&m, &saved, Logits::Last);
+    assert_eq!(max_diff(&x, &y), 0.0);
+}
+
 fn tiny_cfg(out: PathBuf) -> SftConfig {
     SftConfig {
         learning_rate: 1e-2,
@@ -416,12 +426,7 @@ fn early_stopping_keeps_the_best_checkpoint() {
     let best_loss = run.eval_loss.iter().find(|(s, _)| *s == best).unwrap().1;
     assert!(run.eval_loss.iter().all(|(_, l)| *l >= best_loss));
     // The run's adapter is the best checkpoint's.
-    let m = tiny();
-    let saved =
-        tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{best}")), &m.llama).unwrap();
-    let x = adapted(&m, &run.adapter, Logits::Last);
-    let y = adapted(&m, &saved, Logits::Last);
-    assert_eq!(max_diff(&x, &y), 0.0);
+    assert_adapter_is_checkpoint(&run, best);
 }
 
 /// The acceptance run: tiny data, many epochs, validation on. The diagnosis calls it
@@ -456,12 +461,7 @@ fn an_overfitting_run_is_diagnosed_and_early_stopping_keeps_its_best_step() {
         "{printed}"
     );
     assert_eq!(run.stopped, tunelab::train::StopReason::EarlyStopped);
-    let m = tiny();
-    let saved =
-        tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{best}")), &m.llama).unwrap();
-    let x = adapted(&m, &run.adapter, Logits::Last);
-    let y = adapted(&m, &saved, Logits::Last);
-    assert_eq!(max_diff(&x, &y), 0.0);
+    assert_adapter_is_checkpoint(&run, best);
     // LLaMA-Factory's plots are in the run folder.
     for f in ["training_loss.png", "training_eval_loss.png"] {
         assert!(run.out.join(f).is_file(), "{f} missing");

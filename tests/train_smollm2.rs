@@ -18,6 +18,34 @@ use tunelab::train::{sft, Hooks, SftConfig};
 mod support;
 use support::smollm2;
 
+/// A dataset shipped in `data/`.
+fn shipped(name: &str) -> tunelab::data::Dataset {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let options = LoadOptions {
+        dir,
+        ..Default::default()
+    };
+    load(name, &options, &CancelToken::new()).unwrap()
+}
+
+/// Trains with the output captured: the run and what it printed.
+fn train(
+    m: &Model,
+    data: &tunelab::data::Dataset,
+    cfg: &SftConfig,
+) -> (tunelab::train::Run, String) {
+    let cancel = CancelToken::new();
+    let sink = Output::capture();
+    let hooks = Hooks {
+        on_log: None,
+        cancel: &cancel,
+        output: &sink,
+        progress_bar: false,
+    };
+    let run = sft(m, data, cfg, hooks).unwrap();
+    (run, sink.captured())
+}
+
 /// Greedy reply to `prompt` with the ChatML template (as trained), with or without an adapter.
 fn answer(m: &Model, adapter: Option<&Adapter>, prompt: &str) -> Vec<u32> {
     let options = GenerateOptions {
@@ -47,17 +75,7 @@ fn overlap(answer: &[u32], reference: &[u32]) -> f64 {
 fn a_short_run_on_the_chinese_set_learns_its_answers() {
     let Some(path) = smollm2() else { return };
     let m = model::load(path.to_str().unwrap(), &Default::default()).unwrap();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let data = load(
-        "instruct_zh",
-        &LoadOptions {
-            dir,
-            ..Default::default()
-        },
-        &CancelToken::new(),
-    )
-    .unwrap()
-    .take(8);
+    let data = shipped("instruct_zh").take(8);
     let pairs: Vec<(String, String)> = [0, 1]
         .iter()
         .map(|&i| {
@@ -90,16 +108,8 @@ fn a_short_run_on_the_chinese_set_learns_its_answers() {
         out: Some(out.path().join("run")),
         ..Default::default()
     };
-    let cancel = CancelToken::new();
-    let sink = Output::capture();
-    let hooks = Hooks {
-        on_log: None,
-        cancel: &cancel,
-        output: &sink,
-        progress_bar: false,
-    };
-    let run = sft(&m, &data, &cfg, hooks).unwrap();
-    eprintln!("{}", sink.captured());
+    let (run, printed) = train(&m, &data, &cfg);
+    eprintln!("{printed}");
     let first = run.loss.first().unwrap().1;
     let last = run.loss.last().unwrap().1;
     assert!(last < first * 0.8, "SmolLM2 loss {first} → {last}");
@@ -133,17 +143,7 @@ fn a_short_run_on_the_chinese_set_learns_its_answers() {
 fn a_run_at_learning_rate_0_1_is_called_unstable_or_diverged() {
     let Some(path) = smollm2() else { return };
     let m = model::load(path.to_str().unwrap(), &Default::default()).unwrap();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let data = load(
-        "identity",
-        &LoadOptions {
-            dir,
-            ..Default::default()
-        },
-        &CancelToken::new(),
-    )
-    .unwrap()
-    .take(20);
+    let data = shipped("identity").take(20);
     let out = tempfile::tempdir().unwrap();
     let cfg = SftConfig {
         template: "chatml".into(),
@@ -158,15 +158,7 @@ fn a_run_at_learning_rate_0_1_is_called_unstable_or_diverged() {
         out: Some(out.path().join("run")),
         ..Default::default()
     };
-    let cancel = CancelToken::new();
-    let sink = Output::capture();
-    let hooks = Hooks {
-        on_log: None,
-        cancel: &cancel,
-        output: &sink,
-        progress_bar: false,
-    };
-    let run = sft(&m, &data, &cfg, hooks).unwrap();
+    let (run, _) = train(&m, &data, &cfg);
     let d = &run.diagnosis;
     eprintln!("lr 0.1 losses {:?}\n{d}", run.loss);
     assert!(

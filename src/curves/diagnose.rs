@@ -10,10 +10,12 @@
 //!    decrease achieved;
 //! 4. **overfitting** (with an eval curve) — the eval loss reached its minimum and then rose
 //!    meaningfully (above [`OVERFIT_RISE`] and above its own noise) over several evaluations while
-//!    the training loss did not rise; `best_step` is the eval minimum;
+//!    the training loss did not rise; or it stalled at its minimum for [`STALL_EVALS`] evaluations
+//!    while the training loss fell [`STALL_TRAIN_FALL`] more; `best_step` is the eval minimum;
 //! 5. **not_converging** — no clear decrease: under [`CLEAR_DROP`], or smaller than the noise;
 //! 6. **converging** — the last quarter still falls clearly (steep enough relative to the level and
-//!    to the whole decrease, and statistically significant);
+//!    to the whole decrease, and statistically significant) and, with an eval curve, the eval loss
+//!    still improves ([`EVAL_PROGRESS`]); or the last three evaluations each fall clearly;
 //! 7. **converged** — fell substantially ([`SUBSTANTIAL_DROP`]) and is now flat;
 //! 8. **underfitting** — flat, after only a small decrease: stuck at a high level.
 //!
@@ -52,6 +54,14 @@ pub const OSCILLATION_REL: f64 = 0.30;
 pub const OVERFIT_RISE: f64 = 0.05;
 /// At least this many evaluations after the minimum ("several evaluations", not one bad point).
 pub const MIN_EVALS_AFTER_MIN: usize = 2;
+/// Eval loss stalled at its minimum for this many later evaluations...
+pub const STALL_EVALS: usize = 3;
+/// ...while the train loss fell this much more since the minimum is the onset of overfitting:
+/// the model keeps fitting the training set and no longer generalises better.
+pub const STALL_TRAIN_FALL: f64 = 0.20;
+/// The eval loss "still improves" when its lowest point in the last third of the evaluations is
+/// at least 1% below its lowest before; otherwise more training cannot help it.
+pub const EVAL_PROGRESS: f64 = 0.01;
 /// An eval curve needs this many points to have a minimum with points after it.
 pub const MIN_EVAL_POINTS: usize = 4;
 /// The rise must also exceed this many eval-noise σ.
@@ -405,6 +415,8 @@ struct EvalReading {
     /// Fall over the last three evaluations relative to the last, and its share of the whole
     /// eval decrease; `None` unless each of them is lower than the one before.
     tail_fall: Option<(f64, f64)>,
+    /// How much lower the last third's lowest point is than the lowest before it (relative).
+    progress: f64,
 }
 
 impl EvalReading {
@@ -442,7 +454,12 @@ impl EvalReading {
             let fall = last3[0] - last3[2];
             (fall / last3[2].abs().max(1e-12), fall / whole)
         });
+        let third = k.div_ceil(3).max(2).min(k - 1);
+        let low = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let before = low(&values[..k - third]);
+        let progress = (before - low(&values[k - third..])) / before.abs().max(1e-12);
         Some(EvalReading {
+            progress,
             tail_fall,
             n: values.len(),
             best_step: steps[i],
@@ -463,6 +480,11 @@ impl EvalReading {
                 && share >= STILL_FALLING_SHARE
                 && rel >= OVERFIT_NOISE_SIGMAS * self.noise_rel
         })
+    }
+
+    /// Whether the eval loss made real progress recently (see [`EVAL_PROGRESS`]).
+    fn improving(&self) -> bool {
+        self.progress >= EVAL_PROGRESS
     }
 
     fn overfits(&self) -> bool {
@@ -572,6 +594,33 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
                 d.best_step = Some(e.best_step as usize);
                 return d;
             }
+            let train_fall = -train_change;
+            if e.after >= STALL_EVALS && train_fall >= STALL_TRAIN_FALL {
+                let mut d = make(
+                    Verdict::Overfitting,
+                    margin(train_fall, STALL_TRAIN_FALL)
+                        .min(margin(e.after as f64, STALL_EVALS as f64 - 1.0)),
+                    format!(
+                        "overfitting since step {}: eval loss stalled while train loss fell {}",
+                        e.best_step,
+                        pct(train_fall)
+                    ),
+                    format!(
+                        "eval loss has not improved on its minimum {} at step {} for {} \
+                         evaluations (last {}, +{}) while train loss fell {} more (to {}): the \
+                         adapter is memorising the training set",
+                        num(e.best),
+                        e.best_step,
+                        e.after,
+                        num(e.last),
+                        pct(e.last / e.best.abs().max(1e-12) - 1.0),
+                        pct(train_fall),
+                        num(t.end)
+                    ),
+                );
+                d.best_step = Some(e.best_step as usize);
+                return d;
+            }
         }
     }
 
@@ -629,7 +678,13 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
             tstat
         )
     };
-    if tail_rel >= STILL_FALLING_REL && share >= STILL_FALLING_SHARE && tstat <= -STILL_FALLING_T {
+    // With an eval curve, "more training helps" also needs the eval loss to be improving.
+    let eval_allows = eval_reading.as_ref().is_none_or(|e| e.improving());
+    if eval_allows
+        && tail_rel >= STILL_FALLING_REL
+        && share >= STILL_FALLING_SHARE
+        && tstat <= -STILL_FALLING_T
+    {
         let confidence =
             margin(tail_rel, STILL_FALLING_REL).min(margin(share, STILL_FALLING_SHARE));
         return make(

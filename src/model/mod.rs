@@ -14,6 +14,7 @@ pub mod llama;
 pub mod perplexity;
 pub mod rope;
 pub mod save;
+pub mod spm;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

@@ -1,4 +1,5 @@
-//! Tokenizers: Hugging Face `tokenizer.json`, the vocabulary inside a GGUF, and the tiny preset's.
+//! Tokenizers: Hugging Face `tokenizer.json`, the vocabulary inside a GGUF (byte-level BPE here,
+//! SentencePiece in [`super::spm`]), and the tiny preset's.
 //!
 //! All three become a `tokenizers::Tokenizer` (the crate candle itself builds on). For GGUF files
 //! candle's converter builds the BPE from `tokenizer.ggml.tokens`/`merges`/`token_type`, but picks
@@ -60,11 +61,20 @@ impl Tokenizer {
         content: &candle_core::quantized::gguf_file::Content,
     ) -> Result<Tokenizer> {
         let kind = file.string("tokenizer.ggml.model").unwrap_or_default();
+        if kind == "llama" {
+            let vocab = super::spm::SpmVocab::from_gguf(file)?;
+            let inner = super::spm::build(&vocab)
+                .map_err(|e| Error::data(file.path(), "SentencePiece vocabulary", e))?;
+            return Ok(Tokenizer::new(
+                inner,
+                format!("{} (GGUF, SentencePiece)", file.path().display()),
+            ));
+        }
         if kind != "gpt2" {
             return Err(Error::data(
                 file.path(),
                 "metadata \"tokenizer.ggml.model\"",
-                format!("\"{kind}\" tokenizers (SentencePiece) in GGUF are not supported yet; load the Hugging Face folder (with tokenizer.json) instead"),
+                format!("\"{kind}\" tokenizers in GGUF are not supported (byte-level BPE \"gpt2\" and SentencePiece \"llama\" are); load the Hugging Face folder (with tokenizer.json) instead"),
             ));
         }
         let mut inner = tokenizers::Tokenizer::from_gguf(content)

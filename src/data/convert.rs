@@ -339,7 +339,7 @@ fn content_text(field: &str, i: usize, tag: &str, v: Value) -> Result<String, Sk
 /// The skip for a turn whose role does not fit: aligned turn `k` (even = user side) had `tag`,
 /// found at `position` in the file's message list.
 fn role_order_skip(k: usize, tag: &str, position: usize) -> Skip {
-    let expected = if k % 2 == 0 {
+    let expected = if k.is_multiple_of(2) {
         "a user turn"
     } else {
         "an assistant turn"
@@ -371,7 +371,7 @@ fn check_order(aligned: &Aligned) -> Result<(), Skip> {
             "no messages besides the system prompt",
         ));
     }
-    if messages.len() % 2 != 0 {
+    if !messages.len().is_multiple_of(2) {
         return Err(Skip::new(
             "message count",
             None,

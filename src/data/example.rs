@@ -111,7 +111,7 @@ impl Example {
                 ));
             }
         }
-        if self.messages.len() % 2 != 0 {
+        if !self.messages.len().is_multiple_of(2) {
             return Some(format!(
                 "{} messages: a conversation must end with an assistant turn (an even count)",
                 self.messages.len()

@@ -77,15 +77,11 @@ pub fn generate(
     let mut new_tokens = 0;
     while new_tokens < opts.max_new_tokens && context.len() < max_total {
         cancel.check()?;
-        let logits = model.llama.forward_with(
+        let logits = model.llama.forward_in_pool(
             &input,
             Some(&mut cache),
-            None,
             Logits::Last,
-            crate::model::Pass {
-                adapter: opts.adapter.as_ref(),
-                ..Default::default()
-            },
+            opts.adapter.as_ref(),
         )?; // (1, 1, V)
         if new_tokens == 0 {
             prompt_seconds = start.elapsed().as_secs_f64();

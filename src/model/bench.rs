@@ -47,16 +47,17 @@ pub fn bench(
         let start = Instant::now();
         let logits = model
             .llama
-            .forward(&input, Some(&mut cache), None, Logits::Last)?;
+            .forward_in_pool(&input, Some(&mut cache), Logits::Last, None)?;
         let mut next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
         pp_rates.push(ids.len() as f64 / start.elapsed().as_secs_f64());
         let start = Instant::now();
         for _ in 0..tg {
             cancel.check()?;
             let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
-            let logits = model
-                .llama
-                .forward(&input, Some(&mut cache), None, Logits::Last)?;
+            let logits =
+                model
+                    .llama
+                    .forward_in_pool(&input, Some(&mut cache), Logits::Last, None)?;
             next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
         }
         tg_rates.push(tg as f64 / start.elapsed().as_secs_f64());

@@ -207,7 +207,7 @@ pub fn unpermute_rows(t: &QTensor, n_head: usize, device: &Device) -> Result<QTe
     let (rows, cols) = (dims[0], dims[1..].iter().product::<usize>());
     let dtype = t.dtype();
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || dims.len() != 2 {
+    if n_head == 0 || rows % n_head != 0 || !(rows / n_head).is_multiple_of(2) || dims.len() != 2 {
         return Err(Error::msg(format!(
             "a q/k weight of shape {dims:?} does not split into {n_head} heads of even size; the file does not match its own metadata"
         )));

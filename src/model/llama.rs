@@ -217,6 +217,31 @@ impl Llama {
         self.forward_with(ids, cache, pad_mask, which, Pass::default())
     }
 
+    /// [`Llama::forward_with`] for inference (no dropout), run on a rayon worker thread: the
+    /// ~200 parallel matrix-vector products of a generated token then start from inside the pool
+    /// instead of each waking a worker and putting the calling thread to sleep until it is done
+    /// (a futex round trip per product, measured at ~15% of generation time).
+    pub fn forward_in_pool(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        which: Logits,
+        adapter: Option<&crate::lora::Adapter>,
+    ) -> Result<Tensor> {
+        let run = move || {
+            let pass = Pass {
+                adapter,
+                ..Default::default()
+            };
+            self.forward_with(ids, cache, None, which, pass)
+        };
+        if rayon::current_thread_index().is_some() {
+            run()
+        } else {
+            rayon::scope(|_| run())
+        }
+    }
+
     /// [`Llama::forward`] with an adapter (inference only: `pass.train` must be false).
     pub fn forward_with(
         &self,

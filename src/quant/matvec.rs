@@ -38,35 +38,90 @@ struct Task<'a> {
     m: usize,
 }
 
-/// Compute one task's outputs: hand-vectorized rows for Q4_0/Q4_1/Q8_0 on AVX2 CPUs, else the
-/// portable body (compiled for AVX2 where available).
+/// The vector instructions the kernels use, chosen once per process: AVX-512 (F, BW, F16C), else
+/// AVX2 + FMA, else portable code. `TUNELAB_SIMD=avx2|portable` caps it (for benchmarks and for
+/// comparing paths on one machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The best [`Simd`] level this CPU supports, capped by `TUNELAB_SIMD`.
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[allow(unused_mut)]
+        let mut level = Simd::Portable;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                level = Simd::Avx2;
+                if super::matvec_avx512::available() {
+                    level = Simd::Avx512;
+                }
+            }
+        }
+        let cap = match std::env::var("TUNELAB_SIMD").as_deref() {
+            Ok("portable") => Simd::Portable,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        level.min(cap)
+    })
+}
+
+/// Each weight row of a task dotted with each activation row by `dot(row, x, sums)`.
+#[inline(always)]
+fn rows(t: &Task, out: &mut [f32], dot: impl Fn(&[u8], &[f32], &[f32]) -> f32) {
+    let blocks = t.k / BLOCK;
+    for (i, out_row) in out.chunks_exact_mut(t.m).enumerate() {
+        let n = t.first + i;
+        let row = &t.w[n * t.row_bytes..(n + 1) * t.row_bytes];
+        for (r, y) in out_row.iter_mut().enumerate() {
+            *y = dot(
+                row,
+                &t.x[r * t.k..(r + 1) * t.k],
+                &t.sums[r * blocks..(r + 1) * blocks],
+            );
+        }
+    }
+}
+
+/// One row · x with the hand-vectorized kernels of `level` for Q4_0, Q4_1 and Q8_0; `None` for
+/// other formats and levels.
+#[cfg(target_arch = "x86_64")]
+fn vector_dot(level: Simd, format: Format, row: &[u8], x: &[f32], sums: &[f32]) -> Option<f32> {
+    let with_min = format == Format::Q4_1;
+    // SAFETY: `level` is at most what `simd()` detected on this CPU; the callers pass whole
+    // blocks of `format` with matching activations and block sums.
+    unsafe {
+        match (level, format) {
+            (Simd::Avx512, Format::Q8_0) => Some(super::matvec_avx512::row_dot_q8(row, x)),
+            (Simd::Avx512, Format::Q4_0 | Format::Q4_1) => {
+                Some(super::matvec_avx512::row_dot_q4(row, x, sums, with_min))
+            }
+            (Simd::Avx2, Format::Q8_0) => Some(super::matvec_avx2::row_dot_q8(row, x)),
+            (Simd::Avx2, Format::Q4_0 | Format::Q4_1) => {
+                Some(super::matvec_avx2::row_dot_q4(row, x, sums, with_min))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Compute one task's outputs: hand-vectorized rows for Q4_0/Q4_1/Q8_0 on AVX2/AVX-512 CPUs, else
+/// the portable body (compiled for AVX2 where available).
 fn run_task<F: BlockFormat>(t: &Task, out: &mut [f32], format: Format) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let level = simd();
+        if level >= Simd::Avx2 {
             if matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q8_0) {
-                let blocks = t.k / BLOCK;
-                for (i, out_row) in out.chunks_exact_mut(t.m).enumerate() {
-                    let n = t.first + i;
-                    let row = &t.w[n * t.row_bytes..(n + 1) * t.row_bytes];
-                    for (r, y) in out_row.iter_mut().enumerate() {
-                        let x = &t.x[r * t.k..(r + 1) * t.k];
-                        let sums = &t.sums[r * blocks..(r + 1) * blocks];
-                        // SAFETY: AVX2 and FMA were detected; row, x and sums hold whole blocks.
-                        *y = unsafe {
-                            match format {
-                                Format::Q8_0 => super::matvec_avx2::row_dot_q8(row, x),
-                                _ => super::matvec_avx2::row_dot_q4(
-                                    row,
-                                    x,
-                                    sums,
-                                    format == Format::Q4_1,
-                                ),
-                            }
-                        };
-                    }
-                }
-                return;
+                return rows(t, out, |row, x, sums| {
+                    vector_dot(level, format, row, x, sums).unwrap_or_default()
+                });
             }
             // SAFETY: the CPU supports the features the copy was compiled for.
             return unsafe { run_task_avx2::<F>(t, out) };
@@ -83,18 +138,7 @@ unsafe fn run_task_avx2<F: BlockFormat>(t: &Task, out: &mut [f32]) {
 
 #[inline(always)]
 fn run_task_generic<F: BlockFormat>(t: &Task, out: &mut [f32]) {
-    let blocks = t.k / BLOCK;
-    for (i, out_row) in out.chunks_exact_mut(t.m).enumerate() {
-        let n = t.first + i;
-        let row = &t.w[n * t.row_bytes..(n + 1) * t.row_bytes];
-        for (r, y) in out_row.iter_mut().enumerate() {
-            *y = row_dot::<F>(
-                row,
-                &t.x[r * t.k..(r + 1) * t.k],
-                &t.sums[r * blocks..(r + 1) * blocks],
-            );
-        }
-    }
+    rows(t, out, row_dot::<F>)
 }
 
 /// Independent partial sums per row: float addition is not associative, so the compiler only
@@ -177,7 +221,7 @@ mod tests {
     const REL_TOL: f32 = 1e-5;
 
     #[test]
-    fn portable_rows_match_the_vectorized_ones() {
+    fn portable_rows_match_every_vectorized_kernel_this_cpu_has() {
         let k = 256;
         let w = Tensor::randn(0f32, 1.0, (2, k), &Device::Cpu).unwrap();
         let x: Vec<f32> = Tensor::randn(0f32, 1.0, k, &Device::Cpu)
@@ -195,11 +239,20 @@ mod tests {
                 Format::Q4_1 => row_dot::<blocks::Q4_1>(row, &x, &sums),
                 _ => row_dot::<blocks::Q8_0>(row, &x, &sums),
             };
+            let close = |v: f32| (portable - v).abs() <= 1e-4 * portable.abs().max(1.0);
             let fast = matmul(format, &data, 2, k, &x, 1)[0];
             assert!(
-                (portable - fast).abs() <= 1e-4 * portable.abs().max(1.0),
-                "{dtype:?}: {portable} vs {fast}"
+                close(fast),
+                "{dtype:?} via {:?}: {portable} vs {fast}",
+                simd()
             );
+            #[cfg(target_arch = "x86_64")]
+            for level in [Simd::Avx2, Simd::Avx512] {
+                if level <= simd() {
+                    let v = vector_dot(level, format, row, &x, &sums).unwrap();
+                    assert!(close(v), "{dtype:?} {level:?}: {portable} vs {v}");
+                }
+            }
         }
     }
 

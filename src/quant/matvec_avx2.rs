@@ -8,6 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{f16_at, BLOCK};
+use super::matvec_avx512::prefetch;
 
 /// Sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma")]
@@ -38,6 +39,7 @@ pub unsafe fn row_dot_q4(row: &[u8], x: &[f32], sums: &[f32], with_min: bool) ->
     let mut acc = _mm256_setzero_ps();
     let mut offsets = 0f32;
     for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+        prefetch(block.as_ptr());
         let d = f16_at(block, 0);
         let m = if with_min { f16_at(block, 2) } else { -8.0 * d };
         let qs = _mm_loadu_si128(block.as_ptr().add(qs_at) as *const __m128i);
@@ -70,6 +72,7 @@ pub unsafe fn row_dot_q4(row: &[u8], x: &[f32], sums: &[f32], with_min: bool) ->
 pub unsafe fn row_dot_q8(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, block) in row.chunks_exact(34).enumerate() {
+        prefetch(block.as_ptr());
         let d = f16_at(block, 0);
         let qs = block.as_ptr().add(2);
         let xb = x.as_ptr().add(b * BLOCK);

@@ -7,3 +7,5 @@ pub mod blocks;
 pub mod matvec;
 #[cfg(target_arch = "x86_64")]
 mod matvec_avx2;
+#[cfg(target_arch = "x86_64")]
+mod matvec_avx512;

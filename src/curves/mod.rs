@@ -5,14 +5,17 @@
 //! - [`smooth`]: LLaMA-Factory's `smooth()` and TensorBoard's debiased EMA.
 //! - [`sources`]: reading curves from files and arrays.
 //! - [`diagnose`]: the verdict on a curve (converging … overfitting … diverged) with evidence.
-//! - [`stats`]: the robust statistics the diagnosis reads curves with.
+//! - `reading`: what a curve shows (levels, noise, spikes, tail; the eval minimum and rise),
+//!   measured with [`stats`], the robust statistics; `format` writes the evidence's numbers.
 //! - [`plot`]: PNG/SVG charts (original faint + smoothed solid, legend, best-eval marker).
 //! - [`fonts`]: the bundled Latin font and the located CJK fallback for plot text.
 
 pub mod curve;
 pub mod diagnose;
 pub mod fonts;
+mod format;
 pub mod plot;
+mod reading;
 pub mod smooth;
 pub mod sources;
 pub mod stats;

@@ -46,7 +46,7 @@ pub(super) struct TrainReading {
     /// σ of the noise relative to the trend, over the run and over its second half (the
     /// smaller of the two).
     pub(super) noise_end_rel: f64,
-    /// σ of value/trend − 1.
+    /// σ of the noise relative to the trend (see [`relative_noise`]).
     pub(super) noise_rel: f64,
     /// (step, value, trend) of each spike.
     pub(super) spikes: Vec<(f64, f64, f64)>,
@@ -77,23 +77,13 @@ impl TrainReading {
             .zip(&trend)
             .map(|(v, t)| v / t.abs().max(1e-12) - 1.0)
             .collect();
-        // Noise from second differences (each carries σ·√6 of independent noise and cancels a
-        // locally straight trend), relative to the trend: unlike residuals from the rolling
-        // median, which follows the noise when the window is short, it holds for short runs.
-        let second: Vec<f64> = (1..n.saturating_sub(1))
-            .map(|i| (values[i + 1] - 2.0 * values[i] + values[i - 1]) / trend[i].abs().max(1e-12))
-            .collect();
-        let sigma = |d: &[f64]| {
-            if d.is_empty() {
-                0.0
-            } else {
-                robust_sigma(d) / 6f64.sqrt()
-            }
-        };
-        let noise_rel = sigma(&second);
-        // The second half alone: in a short run a blow-up's own bends inflate the whole-run
-        // estimate; the settled end is what the end level is measured against.
-        let noise_end_rel = noise_rel.min(sigma(&second[second.len() / 2..]));
+        // Noise relative to the trend, from second differences: unlike residuals from the
+        // rolling median, which follows the noise when the window is short, it holds for short
+        // runs. The second half alone too: in a short run a blow-up's own bends inflate the
+        // whole-run estimate; the settled end is what the end level is measured against.
+        let noise_rel = relative_noise(&values, &trend);
+        let half_way = n / 2;
+        let noise_end_rel = noise_rel.min(relative_noise(&values[half_way..], &trend[half_way..]));
         let spikes = rel
             .iter()
             .enumerate()
@@ -221,17 +211,7 @@ impl EvalReading {
         } else {
             median(tail) / best.abs().max(1e-12) - 1.0
         };
-        // Second differences cancel a locally straight trend; for independent noise of σ each
-        // has σ·√6. The median-based σ ignores the few bends of the curve itself.
-        let second: Vec<f64> = values
-            .windows(3)
-            .map(|w| (w[2] - 2.0 * w[1] + w[0]) / w[1].abs().max(1e-12))
-            .collect();
-        let noise_rel = if second.is_empty() {
-            0.0
-        } else {
-            robust_sigma(&second) / 6f64.sqrt()
-        };
+        let noise_rel = relative_noise(values, values);
         let k = values.len();
         let last3 = &values[k - 3..];
         let monotone = last3.windows(2).all(|w| w[1] < w[0]);
@@ -277,5 +257,20 @@ impl EvalReading {
         self.after >= MIN_EVALS_AFTER_MIN
             && self.rise >= OVERFIT_RISE
             && self.rise >= OVERFIT_NOISE_SIGMAS * self.noise_rel
+    }
+}
+
+/// σ of independent noise on `values`, relative to `level` (the trend, or the values
+/// themselves): from second differences, which cancel a locally straight trend and carry σ·√6 of
+/// the noise each; the median-based σ ignores the few bends of the curve itself. 0 for fewer
+/// than 3 points.
+fn relative_noise(values: &[f64], level: &[f64]) -> f64 {
+    let second: Vec<f64> = (1..values.len().saturating_sub(1))
+        .map(|i| (values[i + 1] - 2.0 * values[i] + values[i - 1]) / level[i].abs().max(1e-12))
+        .collect();
+    if second.is_empty() {
+        0.0
+    } else {
+        robust_sigma(&second) / 6f64.sqrt()
     }
 }

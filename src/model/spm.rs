@@ -57,39 +57,44 @@ impl SpmVocab {
                 )),
             }
         };
-        let wrong = |key: &str, i: usize| {
-            Error::data(
-                file.path(),
-                format!("metadata \"{key}\" item {i}"),
-                "has the wrong type",
-            )
-        };
-        let tokens = array("tokenizer.ggml.tokens")?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(wrong("tokenizer.ggml.tokens", i)),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let scores = array("tokenizer.ggml.scores")?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::F32(x) => Ok(*x),
-                Value::F64(x) => Ok(*x as f32),
-                _ => Err(wrong("tokenizer.ggml.scores", i)),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let types = array("tokenizer.ggml.token_type")?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::I32(x) => Ok(*x),
-                Value::U32(x) => Ok(*x as i32),
-                _ => Err(wrong("tokenizer.ggml.token_type", i)),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // One metadata array, each item converted by `item` (None: the wrong type, named).
+        fn items<T>(
+            file: &GgufFile,
+            key: &str,
+            items: &[Value],
+            item: impl Fn(&Value) -> Option<T>,
+        ) -> Result<Vec<T>> {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    item(v).ok_or_else(|| {
+                        Error::data(
+                            file.path(),
+                            format!("metadata \"{key}\" item {i}"),
+                            "has the wrong type",
+                        )
+                    })
+                })
+                .collect()
+        }
+        let key = "tokenizer.ggml.tokens";
+        let tokens = items(file, key, array(key)?, |v| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })?;
+        let key = "tokenizer.ggml.scores";
+        let scores = items(file, key, array(key)?, |v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            _ => None,
+        })?;
+        let key = "tokenizer.ggml.token_type";
+        let types = items(file, key, array(key)?, |v| match v {
+            Value::I32(x) => Some(*x),
+            Value::U32(x) => Some(*x as i32),
+            _ => None,
+        })?;
         let add_space_prefix = match file.metadata().get("tokenizer.ggml.add_space_prefix") {
             Some(Value::Bool(b)) => *b,
             _ => true,

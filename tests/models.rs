@@ -249,7 +249,7 @@ fn bf16_and_f16_compute_stay_close_to_f32() {
         let m = model::load(
             "tiny",
             &LoadOptions {
-                dtype,
+                dtype: Some(dtype),
                 ..Default::default()
             },
         )

@@ -11,6 +11,7 @@ pub mod fused;
 pub mod gguf;
 pub mod linear;
 pub mod llama;
+pub mod parity;
 pub mod perplexity;
 pub mod rope;
 pub mod save;
@@ -35,8 +36,9 @@ use crate::error::{Error, Result};
 pub struct LoadOptions {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// Compute dtype of dense weights: f32 (default), bf16 or f16.
-    pub dtype: DType,
+    /// Compute dtype of dense weights: f32, bf16 or f16; None picks f32 on the CPU and bf16 on a
+    /// GPU (the mixed precision LLaMA-Factory uses there: LoRA weights and optimizer stay f32).
+    pub dtype: Option<DType>,
     /// GGUF only: keep the weights in their quantized blocks (for chat and serving).
     pub quantized: bool,
     /// Seed of the `tiny` preset's random weights.
@@ -47,7 +49,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             device: "cpu".into(),
-            dtype: DType::F32,
+            dtype: None,
             quantized: false,
             seed: 0,
         }
@@ -127,7 +129,7 @@ impl std::fmt::Display for Model {
             c.num_attention_heads,
             c.num_key_value_heads,
             c.vocab_size,
-            device_name(&self.llama.device),
+            device_description(&self.llama.device),
             self.source
         )
     }
@@ -180,6 +182,39 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
+/// A device with its card where it has one: `cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB)`.
+pub fn device_description(d: &Device) -> String {
+    match gpu_card(d) {
+        Some(card) => format!("{} ({card})", device_name(d)),
+        None => device_name(d),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_card(d: &Device) -> Option<String> {
+    let Device::Cuda(cuda) = d else { return None };
+    let stream = cuda.cuda_stream();
+    let context = stream.context();
+    let name = context.name().ok()?;
+    let (major, minor) = context.compute_capability().ok()?;
+    let gib = context.total_mem().ok()? as f64 / (1u64 << 30) as f64;
+    Some(format!("{name}, compute {major}.{minor}, {gib:.1} GiB"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_card(_: &Device) -> Option<String> {
+    None
+}
+
+/// The compute dtype `opts` asks for on `device`: f32 on the CPU and bf16 on a GPU unless set.
+pub fn compute_dtype(opts: &LoadOptions, device: &Device) -> DType {
+    opts.dtype.unwrap_or(if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    })
+}
+
 trait Ordinal {
     fn ordinal(&self) -> usize;
 }
@@ -197,8 +232,12 @@ impl Ordinal for candle_core::DeviceLocation {
 /// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`.
 pub fn load(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
     let device = device(&opts.device)?;
+    let opts = &LoadOptions {
+        dtype: Some(compute_dtype(opts, &device)),
+        ..opts.clone()
+    };
     if path_or_preset == "tiny" {
-        let (llama, tokenizer) = tiny::build(opts.seed, opts.dtype, &device)?;
+        let (llama, tokenizer) = tiny::build(opts.seed, compute_dtype(opts, &device), &device)?;
         let stop_ids = llama.config.eos_token_ids.clone();
         return Ok(Model::new(ModelParts {
             llama,

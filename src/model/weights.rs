@@ -91,6 +91,7 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
         )
     })?;
     let mut cfg = config::from_hf_json(&text, &config_path.display().to_string())?;
+    let dtype = super::compute_dtype(opts, device);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for file in safetensors_files(dir)? {
         let loaded = candle_core::safetensors::load(&file, device).map_err(|e| {
@@ -110,12 +111,12 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
                 "missing from the safetensors files",
             )
         })?;
-        Ok(t.to_dtype(opts.dtype)?)
+        Ok(t.to_dtype(dtype)?)
     };
     let maybe = |name: &str| -> Result<Option<Tensor>> {
         tensors
             .get(name)
-            .map(|t| t.to_dtype(opts.dtype))
+            .map(|t| t.to_dtype(dtype))
             .transpose()
             .map_err(Error::from)
     };
@@ -184,7 +185,7 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
     }
     stop_ids.sort();
     stop_ids.dedup();
-    let llama = Llama::new(cfg, embed, blocks, norm, lm_head, opts.dtype);
+    let llama = Llama::new(cfg, embed, blocks, norm, lm_head, dtype);
     Ok(Model::new(ModelParts {
         llama,
         tokenizer,
@@ -220,34 +221,43 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
     let dense_dtype = if opts.quantized {
         DType::F32
     } else {
-        opts.dtype
+        super::compute_dtype(opts, device)
     };
+    // Tensors are read and reshaped on the CPU, then moved to the device once.
+    let cpu = &Device::Cpu;
     let dense = |name: &str| -> Result<Tensor> {
         Ok(gguf
-            .qtensor(name, device)?
-            .dequantize(device)?
-            .to_dtype(dense_dtype)?)
+            .qtensor(name, cpu)?
+            .dequantize(cpu)?
+            .to_dtype(dense_dtype)?
+            .to_device(device)?)
     };
     let linear = |name: &str, permute_heads: Option<usize>| -> Result<Linear> {
-        let mut q = gguf.qtensor(&format!("{name}.weight"), device)?;
+        let mut q = gguf.qtensor(&format!("{name}.weight"), cpu)?;
         if let Some(heads) = permute_heads {
-            q = unpermute_rows(&q, heads, device)?;
+            q = unpermute_rows(&q, heads, cpu)?;
         }
         let bias_name = format!("{name}.bias");
         let bias = if gguf.has_tensor(&bias_name) {
-            let mut b = gguf.qtensor(&bias_name, device)?;
+            let mut b = gguf.qtensor(&bias_name, cpu)?;
             if let Some(heads) = permute_heads {
-                b = unpermute_bias(&b, heads, device)?;
+                b = unpermute_bias(&b, heads, cpu)?;
             }
-            Some(b.dequantize(device)?.to_dtype(dense_dtype)?)
+            Some(
+                b.dequantize(cpu)?
+                    .to_dtype(dense_dtype)?
+                    .to_device(device)?,
+            )
         } else {
             None
         };
         if opts.quantized {
-            Linear::quantized(q, bias)
+            Linear::quantized(qtensor_on(q, device)?, bias)
         } else {
             Ok(Linear::dense(
-                q.dequantize(device)?.to_dtype(dense_dtype)?,
+                q.dequantize(cpu)?
+                    .to_dtype(dense_dtype)?
+                    .to_device(device)?,
                 bias,
             ))
         }
@@ -321,6 +331,21 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
             Some(gguf_file::Value::Bool(true))
         ),
     }))
+}
+
+/// `q`'s blocks, byte for byte, on `device`.
+fn qtensor_on(
+    q: candle_core::quantized::QTensor,
+    device: &Device,
+) -> Result<candle_core::quantized::QTensor> {
+    if device.is_cpu() {
+        return Ok(q);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(q.data()?, device, q.dtype())?;
+    Ok(candle_core::quantized::QTensor::new(
+        storage,
+        q.shape().clone(),
+    )?)
 }
 
 /// Undo the q/k permutation on a bias vector (n_head · head_dim).

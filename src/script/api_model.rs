@@ -1,5 +1,5 @@
 //! Script API, area "model": `load_model`, tokenizers, chat templates, `generate`, `chat`,
-//! `perplexity`. Thin bindings over [`crate::model`], [`crate::generate`] and
+//! `perplexity`, `parity`. Thin bindings over [`crate::model`], [`crate::generate`] and
 //! [`crate::data::template`].
 
 use std::sync::{Arc, Mutex};
@@ -113,8 +113,8 @@ mod model_api {
         crate::model::load(path_or_preset, &Default::default()).script()
     }
 
-    /// Load a model with options: `device` ("cpu" | "cuda" | "cuda:N" | "auto"), `dtype` ("f32" |
-    /// "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights).
+    /// Load a model with options: `device` ("cpu" | "cuda" | "cuda:N" | "auto"), `dtype` ("auto":
+    /// f32 on the CPU, bf16 on a GPU | "f32" | "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights).
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model_with(path_or_preset: &str, opts: Map) -> ScriptResult<Model> {
         let o = Options::new(
@@ -128,10 +128,11 @@ mod model_api {
         }
         if let Some(d) = o.string("dtype")? {
             lo.dtype = match d.as_str() {
-                "f32" => candle_core::DType::F32,
-                "bf16" => candle_core::DType::BF16,
-                "f16" => candle_core::DType::F16,
-                other => return Err(runtime(format!("load_model options: key \"dtype\": expected \"f32\", \"bf16\" or \"f16\", got \"{other}\""))),
+                "auto" => None,
+                "f32" => Some(candle_core::DType::F32),
+                "bf16" => Some(candle_core::DType::BF16),
+                "f16" => Some(candle_core::DType::F16),
+                other => return Err(runtime(format!("load_model options: key \"dtype\": expected \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{other}\""))),
             };
         }
         lo.quantized = o.bool("quantized")?.unwrap_or(false);
@@ -139,7 +140,8 @@ mod model_api {
         crate::model::load(path_or_preset, &lo).script()
     }
 
-    /// The model's shape: `#{ architecture, vocab_size, hidden_size, ... }`.
+    /// The model's shape and form: `#{ architecture, vocab_size, hidden_size, ..., quantized,
+    /// format, dtype, device }`.
     #[rhai_fn(get = "config", pure)]
     pub fn config(model: &mut Model) -> Map {
         let c = model.config();
@@ -165,6 +167,14 @@ mod model_api {
         );
         m.insert("quantized".into(), Dynamic::from(model.quantized));
         m.insert("format".into(), model.format.into());
+        m.insert(
+            "dtype".into(),
+            crate::model::parity::dtype_name(model.llama.dtype).into(),
+        );
+        m.insert(
+            "device".into(),
+            crate::model::device_name(&model.llama.device).into(),
+        );
         m.insert(
             "has_chat_template".into(),
             Dynamic::from(model.chat_template.is_some()),
@@ -469,5 +479,55 @@ mod model_api {
         m.insert("tokens".into(), Dynamic::from(p.tokens as INT));
         m.insert("chunks".into(), Dynamic::from(p.chunks as INT));
         Ok(m)
+    }
+
+    /// How closely `candidate` (the same model loaded on another device or dtype) agrees with
+    /// `reference`: logits and LoRA gradients on one random batch. Options `batch` (2), `seq`
+    /// (64), `rank` (8), `seed` (0). Returns `#{ reference, candidate, dtype, logits_rel,
+    /// logits_max_abs, top1_agreement, loss_reference, loss_candidate, grad_rel, grad_min_cosine,
+    /// ok, failures, summary }`; `ok` judges by the candidate dtype's tolerances.
+    #[rhai_fn(name = "parity", return_raw)]
+    pub fn parity_with(reference: Model, candidate: Model, opts: Map) -> ScriptResult<Map> {
+        let o = Options::new("parity options", opts, &["batch", "seq", "rank", "seed"])?;
+        let d = crate::model::parity::ParityOptions::default();
+        let po = crate::model::parity::ParityOptions {
+            batch: o.int("batch")?.map_or(d.batch, |v| v.max(1) as usize),
+            seq: o.int("seq")?.map_or(d.seq, |v| v.max(2) as usize),
+            rank: o.int("rank")?.map_or(d.rank, |v| v.max(1) as usize),
+            seed: o.int("seed")?.map_or(d.seed, |v| v as u64),
+        };
+        let p = crate::model::parity::parity(&reference, &candidate, &po).script()?;
+        let failures = p.failures();
+        let mut m = Map::new();
+        m.insert("reference".into(), p.reference.clone().into());
+        m.insert("candidate".into(), p.candidate.clone().into());
+        m.insert(
+            "dtype".into(),
+            crate::model::parity::dtype_name(p.dtype).into(),
+        );
+        for (k, v) in [
+            ("logits_rel", p.logits_rel),
+            ("logits_max_abs", p.logits_max_abs),
+            ("top1_agreement", p.top1_agreement),
+            ("loss_reference", p.loss_reference),
+            ("loss_candidate", p.loss_candidate),
+            ("grad_rel", p.grad_rel),
+            ("grad_min_cosine", p.grad_min_cosine),
+        ] {
+            m.insert(k.into(), Dynamic::from(v));
+        }
+        m.insert("ok".into(), Dynamic::from(failures.is_empty()));
+        m.insert(
+            "failures".into(),
+            Dynamic::from(failures.into_iter().map(Dynamic::from).collect::<Array>()),
+        );
+        m.insert("summary".into(), p.to_string().into());
+        Ok(m)
+    }
+
+    /// [`parity`] with the default options.
+    #[rhai_fn(name = "parity", return_raw)]
+    pub fn parity(reference: Model, candidate: Model) -> ScriptResult<Map> {
+        parity_with(reference, candidate, Map::new())
     }
 }

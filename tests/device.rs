@@ -1,0 +1,165 @@
+//! Every device path, tested once per device: always on the CPU, and on each CUDA device when
+//! tunelab is built with `--features cuda` on a machine with a GPU. The reference is the CPU in
+//! f32; the candidates are each device in f32 and in the reduced precisions a GPU trains in, so
+//! CI (no GPU) still runs the bf16/f16 code paths a GPU takes, on its CPU twin.
+
+use std::path::PathBuf;
+
+use candle_core::DType;
+use tunelab::cancel::CancelToken;
+use tunelab::data::{load, LoadOptions as DataOptions};
+use tunelab::model::parity::{parity, ParityOptions};
+use tunelab::model::{self, LoadOptions, Model};
+use tunelab::output::Output;
+use tunelab::train::{sft, Hooks, SftConfig};
+
+/// `cpu`, then every CUDA device this build can open.
+fn devices() -> Vec<String> {
+    tunelab::version::devices()
+}
+
+fn tiny_on(device: &str, dtype: Option<DType>) -> Model {
+    model::load(
+        "tiny",
+        &LoadOptions {
+            device: device.into(),
+            dtype,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("tiny on {device} {dtype:?}: {e}"))
+}
+
+#[test]
+fn logits_and_lora_gradients_agree_with_the_cpu_f32_reference_on_every_device() {
+    let reference = tiny_on("cpu", Some(DType::F32));
+    let opts = ParityOptions::default();
+    for device in devices() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let candidate = tiny_on(&device, Some(dtype));
+            assert_eq!(candidate.llama.dtype, dtype);
+            let p = parity(&reference, &candidate, &opts).unwrap();
+            eprintln!("{p}");
+            assert!(p.failures().is_empty(), "{p}");
+            if device == "cpu" && dtype == DType::F32 {
+                assert_eq!(p.logits_rel, 0.0, "the same computation twice: {p}");
+            } else if dtype != DType::F32 {
+                // Reduced precision really ran: its rounding shows.
+                assert!(p.logits_rel > 1e-5, "{dtype:?} left no trace: {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn parity_catches_a_candidate_that_computes_something_else() {
+    let reference = tiny_on("cpu", None);
+    let other = model::load(
+        "tiny",
+        &LoadOptions {
+            seed: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let p = parity(&reference, &other, &ParityOptions::default()).unwrap();
+    assert!(
+        !p.failures().is_empty(),
+        "other weights passed as equal: {p}"
+    );
+}
+
+#[test]
+fn the_default_dtype_is_f32_on_the_cpu_and_bf16_on_a_gpu() {
+    for device in devices() {
+        let m = tiny_on(&device, None);
+        let expected = if device == "cpu" {
+            DType::F32
+        } else {
+            DType::BF16
+        };
+        assert_eq!(m.llama.dtype, expected, "{device}");
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn asking_a_cpu_only_build_for_cuda_says_how_to_build_with_it() {
+    for name in ["cuda", "cuda:1"] {
+        let err = model::load(
+            "tiny",
+            &LoadOptions {
+                device: name.into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    // "auto" falls back to the CPU.
+    let m = model::load(
+        "tiny",
+        &LoadOptions {
+            device: "auto".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(m.llama.device.is_cpu());
+}
+
+fn identity() -> tunelab::data::Dataset {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let opts = DataOptions {
+        dir,
+        ..Default::default()
+    };
+    load("identity", &opts, &CancelToken::new()).unwrap()
+}
+
+#[test]
+fn a_short_lora_run_lowers_the_loss_on_every_device_with_f32_lora_weights() {
+    let data = identity();
+    let mut runs: Vec<(String, Option<DType>)> = devices().into_iter().map(|d| (d, None)).collect();
+    // The GPU's mixed precision on the CPU twin: bf16 compute, f32 LoRA weights and optimizer.
+    runs.push(("cpu".into(), Some(DType::BF16)));
+    for (device, dtype) in runs {
+        let model = tiny_on(&device, dtype);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SftConfig {
+            learning_rate: 1e-2,
+            max_steps: Some(16),
+            batch_size: 4,
+            gradient_accumulation_steps: 1,
+            cutoff_len: 64,
+            logging_steps: 2,
+            save_steps: 1000,
+            out: Some(dir.path().join("run")),
+            ..Default::default()
+        };
+        let cancel = CancelToken::new();
+        let out = Output::capture();
+        let hooks = Hooks {
+            cancel: &cancel,
+            on_log: None,
+            output: &out,
+            progress_bar: false,
+        };
+        let run = sft(&model, &data, &cfg, hooks).unwrap();
+        let first = run.loss.first().unwrap().1;
+        let last = run.loss.last().unwrap().1;
+        eprintln!(
+            "{device} {:?}: loss {first:.4} → {last:.4}",
+            model.llama.dtype
+        );
+        assert!(
+            last < first * 0.8,
+            "{device} {dtype:?}: loss {first} → {last}: {:?}",
+            run.loss
+        );
+        for (name, var) in run.adapter.named_vars() {
+            assert_eq!(var.dtype(), DType::F32, "{name} on {device}");
+        }
+    }
+}

@@ -71,6 +71,11 @@ timeout 270 "$bin" run scripts/gpu/check.rhai -- model="$model" device="$device"
 status=${PIPESTATUS[0]}
 echo "(tunelab checks: $((SECONDS - start)) s, exit $status)"
 
+echo "== tunelab's benchmark again with its fused CUDA kernels off (TUNELAB_CUDA_FUSED=0)"
+composed_json="$(TUNELAB_CUDA_FUSED=0 timeout 120 "$bin" run scripts/bench/sft.rhai -- model="$model" \
+  device="$device" targets=all batch=8 seq=512 steps=10 2>"$out/composed.err" | tail -1)"
+echo "${composed_json:-(no result: $(tail -1 "$out/composed.err"))}"
+
 echo "== PyTorch + PEFT, the same benchmark"
 peer_json=""
 if [ -n "$py" ] && "$py" -c 'import torch' 2>/dev/null; then
@@ -84,16 +89,20 @@ fi
 
 echo "== Training throughput: batch 8 × 512 tokens, LoRA rank 8 on every linear layer"
 ours="$(grep '^BENCH ' "$out/tunelab.log" | tail -1 | cut -d' ' -f2-)"
-OURS="$ours" PEER="$peer_json" "${py:-python3}" - <<'EOF' || true
+OURS="$ours" COMPOSED="$composed_json" PEER="$peer_json" "${py:-python3}" - <<'EOF' || true
 import json, os
 rows = []
-for key in ("OURS", "PEER"):
+for key in ("OURS", "COMPOSED", "PEER"):
     text = os.environ.get(key, "").strip()
     if text:
         try:
-            rows.append(json.loads(text))
+            row = json.loads(text)
         except ValueError:
-            pass
+            continue
+        if key == "COMPOSED":
+            row["impl"] += " (fused CUDA kernels off)"
+            row["step_s"] = row.get("step_s_median", "")
+        rows.append(row)
 if not rows:
     print("(no benchmark figures)")
 else:
@@ -101,8 +110,9 @@ else:
     print(f"|{'-' * 60}|{'-' * 11}|{'-' * 9}|")
     for r in rows:
         print(f"| {r['impl'][:58]:<58} | {r['tokens_per_s']:>9} | {r['step_s']:>7} |")
-    if len(rows) == 2 and rows[1]["tokens_per_s"]:
-        print(f"tunelab / PyTorch+PEFT: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.2f}x")
+    peer = [r for r in rows if r["impl"].startswith("torch")]
+    if peer and peer[0]["tokens_per_s"] and rows[0]["impl"].startswith("tunelab"):
+        print(f"tunelab / PyTorch+PEFT: {rows[0]['tokens_per_s'] / peer[0]['tokens_per_s']:.2f}x")
 EOF
 
 if [ "$status" -eq 0 ]; then echo "GPU CHECK PASSED"; else echo "GPU CHECK FAILED (exit $status)"; fi

@@ -9,7 +9,7 @@
 //! the backward pass and runs as many passes over memory; fused, each keeps only its output and
 //! runs one pass forward and one backward. The references are candle's composed versions
 //! (`rms_norm_slow`, `ops::softmax`); the tests below check the fused ops against them, values
-//! and gradients. Off the CPU the callers use the references.
+//! and gradients. On a GPU all but the cross-entropy have CUDA twins ([`super::fused_cuda`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -100,6 +100,10 @@ impl CustomOp2 for RmsNormBackward {
 
 /// RMSNorm of `x` (…, C) with the frozen weight `w` (C): fused on the CPU for f32.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::fused_cuda::applies(x) {
+        return super::fused_cuda::rms_norm(x, w, eps);
+    }
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
         return candle_nn::ops::rms_norm_slow(x, w, eps);
     }
@@ -209,6 +213,10 @@ impl CustomOp2 for SoftmaxBackward {
 
 /// `softmax(scores · scale + mask)`: scores (B, H, T, S), mask (Bm, 1, T, S) with Bm ∈ {1, B}.
 pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::fused_cuda::applies(scores) {
+        return super::fused_cuda::masked_softmax(scores, scale, mask);
+    }
     let (b, h, t, s) = scores.dims4()?;
     let (bm, _, mt, ms) = mask.dims4()?;
     if !scores.device().is_cpu()
@@ -286,6 +294,10 @@ impl CustomOp1 for Rope {
 
 /// RoPE (rotate-half) of `x` (B, H, T, D) by tables cos/sin that broadcast as (B|1, 1, T, D/2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::fused_cuda::applies(x) {
+        return super::fused_cuda::rope(x, cos, sin);
+    }
     let (b, h, t, d) = x.dims4()?;
     let rows = cos.elem_count() / (d / 2);
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || (rows != t && rows != b * t)
@@ -401,6 +413,10 @@ impl candle_core::CustomOp3 for SwiGluBackward {
 
 /// `silu(gate) · up` with a fused backward on the CPU.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::fused_cuda::applies(gate) {
+        return super::fused_cuda::swiglu(gate, up);
+    }
     if !gate.device().is_cpu() || gate.dtype() != candle_core::DType::F32 {
         return gate.silu()? * up;
     }

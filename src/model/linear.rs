@@ -163,13 +163,13 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dense(w) => {
-                let w = if x.rank() == 3 {
-                    let b = x.dim(0)?;
-                    w.broadcast_left(b)?.t()?
-                } else {
-                    w.t()?
-                };
-                x.matmul(&w)?
+                // One 2-D product over all rows (not a batched one with a broadcast weight).
+                let (n, k) = self.dims();
+                let mut out_dims = x.dims().to_vec();
+                *out_dims.last_mut().expect("rank ≥ 1") = n;
+                x.reshape((x.elem_count() / k, k))?
+                    .matmul(&w.t()?)?
+                    .reshape(out_dims)?
             }
             Weight::Quantized(m, shape) => quantized_forward(m, shape, x)?,
         };

@@ -169,7 +169,11 @@ impl Llama {
         Ok(if pass.train {
             super::fused::rms_norm(x, weight, eps)?
         } else {
-            candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?
+            if plain_op("rms_norm") {
+                candle_nn::ops::rms_norm_slow(x, weight, eps)?
+            } else {
+                candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?
+            }
         })
     }
 
@@ -220,7 +224,8 @@ impl Llama {
     /// [`Llama::forward_with`] for inference (no dropout), run on a rayon worker thread: the
     /// ~200 parallel matrix-vector products of a generated token then start from inside the pool
     /// instead of each waking a worker and putting the calling thread to sleep until it is done
-    /// (a futex round trip per product, measured at ~15% of generation time).
+    /// (a futex round trip per product, measured at ~15% of generation time). Off the CPU the
+    /// products run on the device, so the pass stays on the calling thread.
     pub fn forward_in_pool(
         &self,
         ids: &Tensor,
@@ -235,7 +240,7 @@ impl Llama {
             };
             self.forward_with(ids, cache, None, which, pass)
         };
-        if rayon::current_thread_index().is_some() {
+        if rayon::current_thread_index().is_some() || !self.device.is_cpu() {
             run()
         } else {
             rayon::scope(|_| run())
@@ -339,7 +344,11 @@ impl Llama {
         let act = if pass.train {
             super::fused::swiglu(&gate, &up)?
         } else {
-            (candle_nn::ops::silu(&gate)? * up)?
+            if plain_op("silu") {
+                ((gate.neg()?.exp()? + 1.0)?.recip()? * &gate)? * up
+            } else {
+                candle_nn::ops::silu(&gate)? * up
+            }?
         };
         let m = self.project(i, Target::Down, &act, pass)?; // (B, T, C)
         Ok((x + m)?)
@@ -387,6 +396,11 @@ impl Llama {
                     rope::apply_differentiable(&k, cos, sin)?,
                 ),
             }
+        } else if plain_op("rope") {
+            (
+                rope::apply_differentiable(&q, cos, sin)?,
+                rope::apply_differentiable(&k, cos, sin)?,
+            )
         } else {
             (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
         };
@@ -410,7 +424,12 @@ impl Llama {
         let probs = if pass.train {
             super::fused::masked_softmax(&scores, scale, mask)?
         } else {
-            candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
+            let logits = (scores * scale)?.broadcast_add(mask)?;
+            if plain_op("softmax") {
+                candle_nn::ops::softmax(&logits, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&logits)?
+            }
         };
         let out = probs
             .reshape((b, hkv, group * t, s_len))?
@@ -419,6 +438,21 @@ impl Llama {
         let out = out.transpose(1, 2)?.reshape((b, t, hq * d))?; // (B, T, Hq·D)
         self.project(layer, Target::O, &out, pass)
     }
+}
+
+/// Whether inference runs `op` (rms_norm, rope, softmax, silu, or all) composed from plain
+/// operations instead of candle's fused kernel, as `TUNELAB_PLAIN_OPS=rope,softmax` asks: a
+/// diagnostic for a device or dtype where a kernel misbehaves (the training pass composes them
+/// anyway off the CPU).
+fn plain_op(op: &str) -> bool {
+    static OPS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    OPS.get_or_init(|| {
+        std::env::var("TUNELAB_PLAIN_OPS")
+            .map(|v| v.split(',').map(|o| o.trim().to_string()).collect())
+            .unwrap_or_default()
+    })
+    .iter()
+    .any(|o| o == op || o == "all")
 }
 
 /// Additive mask (B|1, 1, T, S): 0 where query i may see key j (j ≤ past + i, and j not padding),

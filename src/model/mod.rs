@@ -8,6 +8,8 @@ pub mod bench;
 pub mod config;
 pub mod frozen;
 pub mod fused;
+#[cfg(feature = "cuda")]
+pub mod fused_cuda;
 pub mod gguf;
 pub mod linear;
 pub mod llama;
@@ -140,7 +142,7 @@ pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(if candle_core::utils::cuda_is_available() {
-            Device::new_cuda(0)?
+            cuda_device(0)?
         } else {
             Device::Cpu
         }),
@@ -168,9 +170,28 @@ pub fn device(name: &str) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 return Err(Error::config("device", format!("\"{other}\": this tunelab was built without CUDA; build it with `cargo build --release --features cuda` (see README, GPU)")));
             }
-            Ok(Device::new_cuda(ordinal)?)
+            cuda_device(ordinal)
         }
     }
+}
+
+/// GPU `ordinal`, opened once per process: every model on it shares one stream, one cuBLAS
+/// handle and the kernels compiled for it (each `Device::new_cuda` would open all of these anew,
+/// and tensors of two such devices cannot meet in one operation).
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static OPENED: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();
+    let mut opened = OPENED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(d) = opened.get(&ordinal) {
+        return Ok(d.clone());
+    }
+    let d = Device::new_cuda(ordinal)?;
+    opened.insert(ordinal, d.clone());
+    Ok(d)
 }
 
 /// How a device prints.

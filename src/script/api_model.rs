@@ -484,8 +484,8 @@ mod model_api {
     /// How closely `candidate` (the same model loaded on another device or dtype) agrees with
     /// `reference`: logits and LoRA gradients on one random batch. Options `batch` (2), `seq`
     /// (64), `rank` (8), `seed` (0). Returns `#{ reference, candidate, dtype, logits_rel,
-    /// logits_max_abs, top1_agreement, loss_reference, loss_candidate, grad_rel, grad_min_cosine,
-    /// ok, failures, summary }`; `ok` judges by the candidate dtype's tolerances.
+    /// logits_max_abs, infer_logits_rel, top1_agreement, loss_reference, loss_candidate, grad_rel, grad_min_cosine,
+    /// optimizer_rel, ok, failures, summary }`; `ok` judges by the candidate dtype's tolerances.
     #[rhai_fn(name = "parity", return_raw)]
     pub fn parity_with(reference: Model, candidate: Model, opts: Map) -> ScriptResult<Map> {
         let o = Options::new("parity options", opts, &["batch", "seq", "rank", "seed"])?;
@@ -508,11 +508,13 @@ mod model_api {
         for (k, v) in [
             ("logits_rel", p.logits_rel),
             ("logits_max_abs", p.logits_max_abs),
+            ("infer_logits_rel", p.infer_logits_rel),
             ("top1_agreement", p.top1_agreement),
             ("loss_reference", p.loss_reference),
             ("loss_candidate", p.loss_candidate),
             ("grad_rel", p.grad_rel),
             ("grad_min_cosine", p.grad_min_cosine),
+            ("optimizer_rel", p.optimizer_rel),
         ] {
             m.insert(k.into(), Dynamic::from(v));
         }

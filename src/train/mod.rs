@@ -8,6 +8,8 @@
 //! - [`checkpoint`]: atomic checkpoints and resume; [`log`]: `trainer_log.jsonl`.
 //! - [`progress`]: the bar or plain lines; [`sft`]: the loop; [`run`]: its result.
 
+#[cfg(feature = "cuda")]
+pub mod adamw_cuda;
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;

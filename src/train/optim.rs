@@ -1,6 +1,7 @@
 //! AdamW exactly as PyTorch's `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments),
 //! plus global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_`. The moments are plain
-//! tensors so checkpoints can save and restore them bit for bit.
+//! tensors so checkpoints can save and restore them bit for bit. On a GPU the update of each
+//! parameter is one fused kernel ([`super::adamw_cuda`]); this composed update is its reference.
 
 use candle_core::{Tensor, Var};
 
@@ -39,11 +40,13 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: Vec<Var>, params: AdamParams) -> Result<AdamW> {
-        let m = vars
-            .iter()
-            .map(|v| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Two separate allocations: the GPU update writes the moments in place.
+        let zeros = || {
+            vars.iter()
+                .map(|v| v.as_tensor().zeros_like())
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        let (m, v) = (zeros()?, zeros()?);
         Ok(AdamW {
             params,
             vars,
@@ -62,6 +65,20 @@ impl AdamW {
         let step_size = lr / bias1;
         let bias2_sqrt = bias2.sqrt();
         for (i, (var, g)) in self.vars.iter().zip(grads).enumerate() {
+            #[cfg(feature = "cuda")]
+            if fused_on_gpu() {
+                let fused = super::adamw_cuda::Step {
+                    beta1: p.beta1 as f32,
+                    beta2: p.beta2 as f32,
+                    step_size: step_size as f32,
+                    bias2_sqrt: bias2_sqrt as f32,
+                    eps: p.eps as f32,
+                    decay: (1.0 - lr * p.weight_decay) as f32,
+                };
+                if super::adamw_cuda::step(var.as_tensor(), g, &self.m[i], &self.v[i], fused)? {
+                    continue;
+                }
+            }
             let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let mut w = var.as_tensor().clone();
@@ -78,17 +95,26 @@ impl AdamW {
     }
 }
 
+/// Whether the GPU runs the fused update (`TUNELAB_CUDA_FUSED_ADAMW=0` composes it, to compare).
+#[cfg(feature = "cuda")]
+fn fused_on_gpu() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TUNELAB_CUDA_FUSED_ADAMW").is_none_or(|v| v != "0"))
+}
+
 /// Scale `grads` so their global L2 norm is at most `max_norm` (0 = no clipping); returns the
 /// norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for g in grads.iter() {
-        total += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-    }
+    // One read back for all of them (on a GPU each read waits for the device).
+    let squares = grads
+        .iter()
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let total: f64 = if squares.is_empty() {
+        0.0
+    } else {
+        Tensor::stack(&squares, 0)?.to_vec1::<f64>()?.iter().sum()
+    };
     let norm = total.sqrt();
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);

@@ -3,7 +3,8 @@
 //! f32; the candidates are each device in f32 and in the reduced precisions a GPU trains in, so
 //! CI (no GPU) still runs the bf16/f16 code paths a GPU takes, on its CPU twin.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use candle_core::DType;
 use tunelab::cancel::CancelToken;
@@ -12,6 +13,10 @@ use tunelab::model::parity::{parity, ParityOptions};
 use tunelab::model::{self, LoadOptions, Model};
 use tunelab::output::Output;
 use tunelab::train::{sft, Hooks, SftConfig};
+
+#[path = "support/smollm2.rs"]
+mod support;
+use support::smollm2;
 
 /// `cpu`, then every CUDA device this build can open.
 fn devices() -> Vec<String> {
@@ -162,4 +167,40 @@ fn a_short_lora_run_lowers_the_loss_on_every_device_with_f32_lora_weights() {
             assert_eq!(var.dtype(), DType::F32, "{name} on {device}");
         }
     }
+}
+
+/// The GPU check script (scripts/gpu/check.rhai, run by scripts/gpu-check.sh on a GPU machine)
+/// run on its CPU twin with small settings, so it cannot rot where no GPU tests it: every check
+/// passes and the benchmark line is JSON.
+#[test]
+fn the_gpu_check_script_passes_on_the_cpu() {
+    let Some(model) = smollm2() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", "scripts/gpu/check.rhai", "--", "device=cpu"])
+        .arg(format!("model={}", model.display()))
+        .args([
+            "sft_steps=12",
+            "sft_lr=2e-3",
+            "bench_steps=1",
+            "bench_batch=1",
+            "bench_seq=32",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("CHECK ok"), "{stdout}");
+    assert_eq!(stdout.matches("PARITY ").count(), 4, "{stdout}");
+    let bench = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .expect("a BENCH line");
+    let bench: serde_json::Value = serde_json::from_str(bench).unwrap();
+    assert!(bench["tokens_per_s"].as_f64().unwrap() > 0.0);
 }

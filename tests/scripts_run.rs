@@ -89,4 +89,22 @@ fn benchmark_scripts_run_on_small_inputs() {
     assert!(lines
         .iter()
         .all(|l| l["generate_tok_s"].as_f64().unwrap() > 0.0));
+
+    // The training benchmark (its GPU run passes device=cuda) on the same folder.
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", "scripts/bench/sft.rhai", "--"])
+        .arg(format!("model={}", folder.display()))
+        .args(["batch=1", "seq=16", "steps=1", "targets=all", "device=cpu"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(line["dtype"], "f32");
+    assert!(line["tokens_per_s"].as_f64().unwrap() > 0.0);
 }

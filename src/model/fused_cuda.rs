@@ -193,6 +193,24 @@ fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
     }
 }
 
+/// The CPU side of these ops: they exist only on CUDA (the CPU has its own fused ops).
+fn cuda_only<T>(op: &str) -> candle_core::Result<T> {
+    candle_core::bail!("{op} runs on CUDA only")
+}
+
+/// Every input of `op` is contiguous from offset 0 and of one dtype.
+fn check_inputs(op: &str, inputs: &[(&CudaStorage, &Layout)]) -> candle_core::Result<()> {
+    for (s, l) in inputs {
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("{op}: inputs must be contiguous");
+        }
+        if s.dtype() != inputs[0].0.dtype() {
+            candle_core::bail!("{op}: inputs differ in dtype");
+        }
+    }
+    Ok(())
+}
+
 /// The CUDA storage of a contiguous tensor with no offset, or an error naming `what`.
 fn cuda_of<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a CudaStorage> {
     match s {
@@ -276,16 +294,14 @@ impl CustomOp1 for RmsNorm {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-rms-norm runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let n = self.weight.elem_count();
         let (ws, wl) = self.weight.storage_and_layout();
         let w = cuda_of(&ws, wl, "the norm weight")?;
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("cuda-fused-rms-norm: x must be contiguous");
-        }
+        check_inputs(self.name(), &[(x, l)])?;
         let len = l.shape().elem_count();
         let eps = self.eps;
         let y = launch(
@@ -324,7 +340,7 @@ impl CustomOp2 for RmsNormBackward {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-rms-norm-backward runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -337,14 +353,7 @@ impl CustomOp2 for RmsNormBackward {
         let n = self.weight.elem_count();
         let (ws, wl) = self.weight.storage_and_layout();
         let w = cuda_of(&ws, wl, "the norm weight")?;
-        for l in [xl, gl] {
-            if !l.is_contiguous() || l.start_offset() != 0 {
-                candle_core::bail!("cuda-fused-rms-norm-backward: inputs must be contiguous");
-            }
-        }
-        if g.dtype() != x.dtype() {
-            candle_core::bail!("cuda-fused-rms-norm-backward: gradient dtype differs");
-        }
+        check_inputs(self.name(), &[(x, xl), (g, gl)])?;
         let len = xl.shape().elem_count();
         let eps = self.eps;
         let dx = launch(
@@ -387,13 +396,11 @@ impl CustomOp1 for Rope {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-rope runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("cuda-fused-rope: x must be contiguous");
-        }
+        check_inputs(self.name(), &[(x, l)])?;
         let (cs, cl) = self.cos.storage_and_layout();
         let (ss, sl) = self.sin.storage_and_layout();
         let (c, s) = (cuda_of(&cs, cl, "cos")?, cuda_of(&ss, sl, "sin")?);
@@ -471,13 +478,11 @@ impl CustomOp1 for MaskedSoftmax {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-masked-softmax runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("cuda-fused-masked-softmax: scores must be contiguous");
-        }
+        check_inputs(self.name(), &[(x, l)])?;
         let (ms, ml) = self.mask.storage_and_layout();
         let mask = cuda_of(&ms, ml, "the mask")?;
         let s = l.shape().dims()[l.shape().rank() - 1];
@@ -521,7 +526,7 @@ impl CustomOp2 for SoftmaxBackward {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-masked-softmax-backward runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -531,14 +536,7 @@ impl CustomOp2 for SoftmaxBackward {
         g: &CudaStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        for l in [yl, gl] {
-            if !l.is_contiguous() || l.start_offset() != 0 {
-                candle_core::bail!("cuda-fused-masked-softmax-backward: inputs must be contiguous");
-            }
-        }
-        if g.dtype() != y.dtype() {
-            candle_core::bail!("cuda-fused-masked-softmax-backward: gradient dtype differs");
-        }
+        check_inputs(self.name(), &[(y, yl), (g, gl)])?;
         let s = yl.shape().dims()[yl.shape().rank() - 1];
         let len = yl.shape().elem_count();
         let d = launch(
@@ -587,7 +585,7 @@ impl CustomOp2 for SwiGlu {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-swiglu runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -597,11 +595,7 @@ impl CustomOp2 for SwiGlu {
         up: &CudaStorage,
         ul: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        for l in [gl, ul] {
-            if !l.is_contiguous() || l.start_offset() != 0 {
-                candle_core::bail!("cuda-fused-swiglu: inputs must be contiguous");
-            }
-        }
+        check_inputs(self.name(), &[(gate, gl), (up, ul)])?;
         let n = gl.shape().elem_count();
         let y = launch(
             "tunelab_swiglu",
@@ -642,7 +636,7 @@ impl candle_core::CustomOp3 for SwiGluBackward {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cuda-fused-swiglu-backward runs on CUDA only")
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -654,14 +648,7 @@ impl candle_core::CustomOp3 for SwiGluBackward {
         g: &CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        for l in [gl, ul, l3] {
-            if !l.is_contiguous() || l.start_offset() != 0 {
-                candle_core::bail!("cuda-fused-swiglu-backward: inputs must be contiguous");
-            }
-        }
-        if g.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
-            candle_core::bail!("cuda-fused-swiglu-backward: dtypes differ");
-        }
+        check_inputs(self.name(), &[(gate, gl), (up, ul), (g, l3)])?;
         let n = gl.shape().elem_count();
         let out = launch(
             "tunelab_swiglu_bwd",

@@ -16,7 +16,8 @@
 //! - [`generate`]: sampling, generation, chat sessions.
 //! - [`lora`]: LoRA adapters and their PEFT files.
 //! - [`train`]: supervised fine-tuning with LoRA.
-//! - [`quant`]: ggml block formats and quantized kernels.
+//! - [`quant`]: ggml block formats, reference quantizers and quantized kernels.
+//! - [`gguf`]: the GGUF file format, read and written.
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
@@ -29,6 +30,7 @@ pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod output;

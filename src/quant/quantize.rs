@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 
 /// Quantize one row (its length a multiple of 32) into `format`'s blocks.
 pub fn quantize_row(format: Format, x: &[f32]) -> Result<Vec<u8>> {
-    if x.len() % BLOCK != 0 {
+    if !x.len().is_multiple_of(BLOCK) {
         return Err(Error::msg(format!(
             "cannot quantize a row of {} values to {format:?}: its blocks hold {BLOCK}; the row length must be a multiple of {BLOCK}",
             x.len()
@@ -46,7 +46,7 @@ pub fn quantize_row(format: Format, x: &[f32]) -> Result<Vec<u8>> {
 
 /// Quantize a whole matrix stored row after row (each row `row_len` values).
 pub fn quantize(format: Format, x: &[f32], row_len: usize) -> Result<Vec<u8>> {
-    if row_len == 0 || x.len() % row_len != 0 {
+    if row_len == 0 || !x.len().is_multiple_of(row_len) {
         return Err(Error::msg(format!(
             "cannot quantize {} values as rows of {row_len}",
             x.len()
@@ -176,7 +176,9 @@ mod tests {
     /// max/−16): a value of the opposite sign to the largest can be off by a whole step.
     #[test]
     fn round_trip_error_is_within_the_formats_step() {
-        let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let x: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         for format in [
             Format::Q8_0,
             Format::Q4_0,

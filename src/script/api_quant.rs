@@ -1,0 +1,91 @@
+//! Script API, area "quant": `gguf_info`. Thin bindings over [`crate::gguf`] (more of the
+//! quantization area lands with issue 7).
+
+use rhai::plugin::*;
+use rhai::INT;
+
+/// The area name `:help` groups these functions under.
+pub const AREA: &str = "quant";
+
+/// The compiled module of this area.
+pub fn module() -> rhai::Module {
+    exported_module!(quant_api)
+}
+
+/// A GGUF value as a script value (arrays of any depth become arrays).
+fn to_dynamic(v: &crate::gguf::Value) -> Dynamic {
+    use crate::gguf::Value as V;
+    match v {
+        V::U8(x) => Dynamic::from(*x as INT),
+        V::I8(x) => Dynamic::from(*x as INT),
+        V::U16(x) => Dynamic::from(*x as INT),
+        V::I16(x) => Dynamic::from(*x as INT),
+        V::U32(x) => Dynamic::from(*x as INT),
+        V::I32(x) => Dynamic::from(*x as INT),
+        V::U64(x) => Dynamic::from(*x as INT),
+        V::I64(x) => Dynamic::from(*x),
+        V::F32(x) => Dynamic::from(*x as f64),
+        V::F64(x) => Dynamic::from(*x),
+        V::Bool(x) => Dynamic::from(*x),
+        V::String(s) => Dynamic::from(s.clone()),
+        V::Array(_, items) => Dynamic::from(items.iter().map(to_dynamic).collect::<rhai::Array>()),
+    }
+}
+
+#[export_module]
+pub mod quant_api {
+    use rhai::{Array, Map, INT};
+
+    use crate::script::errors::{IntoScript, ScriptResult};
+
+    /// What a GGUF file holds, read from its header only: `#{ version, alignment, file_size,
+    /// metadata (every key, arrays in full), tensors: [#{ name, type, shape (ggml order, row
+    /// length first), elements, bytes, offset }], types: #{ TYPE: count }, bits_per_weight }`.
+    #[rhai_fn(return_raw)]
+    pub fn gguf_info(path: &str) -> ScriptResult<Map> {
+        let r = crate::gguf::GgufReader::open(path).script()?;
+        let mut metadata = Map::new();
+        for (k, v) in &r.metadata {
+            metadata.insert(k.as_str().into(), super::to_dynamic(v));
+        }
+        let mut tensors = Array::new();
+        let mut types = Map::new();
+        let (mut weights, mut bytes) = (0u64, 0u64);
+        for t in &r.tensors {
+            let mut m = Map::new();
+            m.insert("name".into(), t.name.clone().into());
+            m.insert("type".into(), t.ggml_type.name.into());
+            m.insert(
+                "shape".into(),
+                Dynamic::from(
+                    t.ne.iter()
+                        .map(|&n| Dynamic::from(n as INT))
+                        .collect::<Array>(),
+                ),
+            );
+            m.insert("elements".into(), Dynamic::from(t.elements() as INT));
+            m.insert("bytes".into(), Dynamic::from(t.bytes() as INT));
+            m.insert("offset".into(), Dynamic::from(t.offset as INT));
+            tensors.push(m.into());
+            let count = types
+                .get(t.ggml_type.name)
+                .and_then(|c| c.as_int().ok())
+                .unwrap_or(0);
+            types.insert(t.ggml_type.name.into(), Dynamic::from(count + 1));
+            weights += t.elements();
+            bytes += t.bytes();
+        }
+        let mut m = Map::new();
+        m.insert("version".into(), Dynamic::from(r.version as INT));
+        m.insert("alignment".into(), Dynamic::from(r.alignment as INT));
+        m.insert("file_size".into(), Dynamic::from(r.file_len as INT));
+        m.insert("metadata".into(), metadata.into());
+        m.insert("tensors".into(), tensors.into());
+        m.insert("types".into(), types.into());
+        m.insert(
+            "bits_per_weight".into(),
+            Dynamic::from(bytes as f64 * 8.0 / weights.max(1) as f64),
+        );
+        Ok(m)
+    }
+}

@@ -7,7 +7,9 @@
 //! - [`types`]: values, the ggml tensor types and their block sizes.
 //! - [`read`]: [`read::GgufReader`], the header parsed and checked; tensor bytes read on demand.
 //! - [`write`]: [`write::GgufWriter`], metadata and tensors in order, padded, written atomically.
+//! - [`export`]: a model (plus a merged LoRA adapter) as a llama GGUF that llama.cpp loads.
 
+pub mod export;
 pub mod read;
 pub mod types;
 pub mod write;

@@ -1,4 +1,4 @@
-//! Script API, area "quant": `gguf_info`. Thin bindings over [`crate::gguf`] (more of the
+//! Script API, area "quant": `gguf_info`, `export_gguf`. Thin bindings over [`crate::gguf`] (more of the
 //! quantization area lands with issue 7).
 
 use rhai::plugin::*;
@@ -87,5 +87,52 @@ pub mod quant_api {
             Dynamic::from(bytes as f64 * 8.0 / weights.max(1) as f64),
         );
         Ok(m)
+    }
+
+    /// Write `model` as a llama GGUF that llama.cpp loads. Options: `type` ("F32", "F16",
+    /// "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"; default "F16") for every 2-D weight,
+    /// `adapter` (a LoRA adapter or its folder, merged in first). Returns `#{ path, tensors,
+    /// bytes, file_type }`. The model must have been loaded from a GGUF (its tokenizer is copied).
+    #[rhai_fn(return_raw)]
+    pub fn export_gguf(model: crate::model::Model, path: &str, opts: Map) -> ScriptResult<Map> {
+        use crate::script::errors::runtime;
+        let o = crate::script::options::Options::new(
+            "export_gguf options",
+            opts,
+            &["type", "adapter"],
+        )?;
+        let type_name = o.string("type")?.unwrap_or_else(|| "F16".into());
+        let ggml_type = crate::gguf::GgmlType::from_name(&type_name).ok_or_else(|| {
+            runtime(format!("export_gguf options: key \"type\": \"{type_name}\" is not a ggml type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)"))
+        })?;
+        let adapter = match o.value("adapter") {
+            None => None,
+            Some(v) if v.is_string() => Some(
+                crate::lora::peft::read(std::path::Path::new(&v.to_string()), &model.llama.device)
+                    .script()?,
+            ),
+            Some(v) => Some(v.try_cast::<crate::lora::Adapter>().ok_or_else(|| {
+                runtime("export_gguf options: key \"adapter\": expected an adapter (run.adapter, load_adapter(dir)) or its folder")
+            })?),
+        };
+        let r = crate::gguf::export::export_gguf(
+            &model,
+            adapter.as_ref(),
+            std::path::Path::new(path),
+            &crate::gguf::export::ExportOptions { ggml_type },
+        )
+        .script()?;
+        let mut m = Map::new();
+        m.insert("path".into(), path.into());
+        m.insert("tensors".into(), Dynamic::from(r.tensors as INT));
+        m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
+        m.insert("file_type".into(), Dynamic::from(r.file_type as INT));
+        Ok(m)
+    }
+
+    /// [`export_gguf`] with the default options (F16).
+    #[rhai_fn(name = "export_gguf", return_raw)]
+    pub fn export_gguf_default(model: crate::model::Model, path: &str) -> ScriptResult<Map> {
+        export_gguf(model, path, Map::new())
     }
 }

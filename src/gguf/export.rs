@@ -1,0 +1,274 @@
+//! A model (optionally with a LoRA adapter merged in) as a llama GGUF that llama.cpp loads: the
+//! Hugging Face tensor names mapped to llama.cpp's, the q/k rows permuted back to llama.cpp's
+//! rotary layout (the loader undoes it; specs/llamacpp.md §4), llama metadata from the config,
+//! the tokenizer and chat template copied from the source GGUF, and every 2-D weight in one type
+//! (F32, F16, BF16, or a 32-element block format quantized by [`crate::quant::quantize`]); norms
+//! and other 1-D tensors stay F32, as llama.cpp's converter writes them.
+//!
+//! Not yet: llama-quantize's mixtures and K-quants, and models whose tokenizer did not come from a
+//! GGUF (a Hugging Face folder, `tiny`), whose vocabulary would need converting to GGUF's keys.
+
+use std::path::Path;
+
+use half::{bf16, f16};
+
+use super::types::{GgmlType, Value};
+use super::{GgufReader, GgufWriter};
+use crate::error::{Error, Result};
+use crate::lora::Adapter;
+use crate::model::Model;
+use crate::quant::blocks::Format;
+
+/// What `export_gguf` writes.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// The type of every 2-D weight: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1.
+    pub ggml_type: GgmlType,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub file_type: u32,
+}
+
+/// llama.cpp's `general.file_type` (enum llama_ftype) for a file whose weights are `t`.
+fn file_type(t: &GgmlType) -> Option<u32> {
+    Some(match t.name {
+        "F32" => 0,
+        "F16" => 1,
+        "Q4_0" => 2,
+        "Q4_1" => 3,
+        "Q8_0" => 7,
+        "Q5_0" => 8,
+        "Q5_1" => 9,
+        "BF16" => 32,
+        _ => return None,
+    })
+}
+
+/// The llama.cpp name of a Hugging Face Llama tensor.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let part = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}.{kind}"))
+}
+
+/// HF → llama.cpp row order of a q or k projection with `n_head` heads: within each head, row
+/// `j·hd/2 + i` moves to `2i + j` (rows of `cols` values; a bias has `cols` = 1).
+pub fn permute_rows(w: &[f32], cols: usize, n_head: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let hd = rows / n_head;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let from = h * hd + j * hd / 2 + i;
+                let to = h * hd + 2 * i + j;
+                out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// `values` (rows of `cols`) encoded as `t`.
+fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
+    Ok(match t.name {
+        "F32" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        "F16" => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect(),
+        "BF16" => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
+            .collect(),
+        name => {
+            let format = Format::of_name(name).ok_or_else(|| {
+                Error::msg(format!(
+                    "export_gguf: type {name} is not supported yet; use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1"
+                ))
+            })?;
+            crate::quant::quantize::quantize(format, values, cols)?
+        }
+    })
+}
+
+/// Write `model` (with `adapter` merged in, if given) to `path` as a llama GGUF.
+pub fn export_gguf(
+    model: &Model,
+    adapter: Option<&Adapter>,
+    path: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    let ft = file_type(&opts.ggml_type).ok_or_else(|| {
+        Error::msg(format!(
+            "export_gguf: type {} is not supported yet; use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1",
+            opts.ggml_type.name
+        ))
+    })?;
+    if model.format != "gguf" {
+        return Err(Error::msg(format!(
+            "export_gguf: the model comes from {} ({}); writing its tokenizer as GGUF keys is not supported yet, only models loaded from a .gguf file",
+            model.source, model.format
+        )));
+    }
+    let source = GgufReader::open(&model.source)?;
+    let merged;
+    let model = match adapter {
+        Some(a) => {
+            merged = crate::lora::merge::merge(model, a)?;
+            &merged
+        }
+        None => model,
+    };
+    let c = model.config();
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()));
+    for (k, v) in &source.metadata {
+        if k.starts_with("general.")
+            && !matches!(
+                k.as_str(),
+                "general.architecture"
+                    | "general.file_type"
+                    | "general.quantization_version"
+                    | "general.alignment"
+            )
+        {
+            w.set(k.clone(), v.clone());
+        }
+    }
+    let u32v = |n: usize| Value::U32(n as u32);
+    w.set("llama.block_count", u32v(c.num_hidden_layers));
+    w.set("llama.context_length", u32v(c.max_position_embeddings));
+    w.set("llama.embedding_length", u32v(c.hidden_size));
+    w.set("llama.feed_forward_length", u32v(c.intermediate_size));
+    w.set("llama.attention.head_count", u32v(c.num_attention_heads));
+    w.set("llama.attention.head_count_kv", u32v(c.num_key_value_heads));
+    w.set("llama.rope.freq_base", Value::F32(c.rope_theta as f32));
+    w.set(
+        "llama.attention.layer_norm_rms_epsilon",
+        Value::F32(c.rms_norm_eps as f32),
+    );
+    w.set("llama.rope.dimension_count", u32v(c.head_dim));
+    w.set("llama.vocab_size", u32v(c.vocab_size));
+    if c.head_dim * c.num_attention_heads != c.hidden_size {
+        w.set("llama.attention.key_length", u32v(c.head_dim));
+        w.set("llama.attention.value_length", u32v(c.head_dim));
+    }
+    w.set("general.file_type", Value::U32(ft));
+    for (k, v) in &source.metadata {
+        if k.starts_with("tokenizer.") {
+            w.set(k.clone(), v.clone());
+        }
+    }
+    if opts.ggml_type.block > 1 {
+        w.set("general.quantization_version", Value::U32(2));
+    }
+    let f32_type = GgmlType::from_name("F32").expect("F32");
+    let mut bytes = 0u64;
+    let tensors = model.llama.hf_tensors()?;
+    for (hf, t) in &tensors {
+        let name = gguf_name(hf)
+            .ok_or_else(|| Error::msg(format!("export_gguf: no llama.cpp name for tensor {hf}")))?;
+        let dims = t.dims().to_vec();
+        let mut values: Vec<f32> = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_device(&candle_core::Device::Cpu)?
+            .to_vec1()?;
+        let cols = if dims.len() == 2 { dims[1] } else { 1 };
+        let heads = if hf.contains("self_attn.q_proj") {
+            Some(c.num_attention_heads)
+        } else if hf.contains("self_attn.k_proj") {
+            Some(c.num_key_value_heads)
+        } else {
+            None
+        };
+        if let Some(n_head) = heads {
+            values = permute_rows(&values, cols, n_head);
+        }
+        let ne: Vec<u64> = dims.iter().rev().map(|&d| d as u64).collect();
+        let t_type = if dims.len() < 2 || name.ends_with("_norm.weight") {
+            f32_type
+        } else if !(cols as u64).is_multiple_of(opts.ggml_type.block) {
+            // llama-quantize's last resort for a row that is not whole blocks.
+            GgmlType::from_name("F16").expect("F16")
+        } else {
+            opts.ggml_type
+        };
+        let data = encode(&values, cols, &t_type)?;
+        bytes += data.len() as u64;
+        w.add_tensor(name, &ne, t_type, data)?;
+    }
+    w.write(path)?;
+    Ok(ExportReport {
+        tensors: tensors.len(),
+        bytes,
+        file_type: ft,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_as_llama_cpp_s_converter_does() {
+        for (hf, gguf) in [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            (
+                "model.layers.3.self_attn.q_proj.weight",
+                "blk.3.attn_q.weight",
+            ),
+            (
+                "model.layers.12.mlp.down_proj.weight",
+                "blk.12.ffn_down.weight",
+            ),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                "blk.0.ffn_norm.weight",
+            ),
+            ("model.layers.0.self_attn.k_proj.bias", "blk.0.attn_k.bias"),
+            ("lm_head.weight", "output.weight"),
+        ] {
+            assert_eq!(gguf_name(hf).as_deref(), Some(gguf), "{hf}");
+        }
+        assert_eq!(gguf_name("model.layers.0.mystery.weight"), None);
+    }
+
+    /// specs/llamacpp.md: with head_dim 6 the rows become 0, 3, 1, 4, 2, 5.
+    #[test]
+    fn the_permutation_interleaves_the_halves_of_each_head() {
+        let rows: Vec<f32> = (0..12).map(|r| r as f32).collect(); // 2 heads × 6 rows, 1 column
+        assert_eq!(
+            permute_rows(&rows, 1, 2),
+            vec![0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]
+        );
+    }
+}

@@ -1,10 +1,12 @@
 //! The 32-element quantizers against gguf-py (byte-identical to llama-quantize for these formats):
 //! every row of tests/fixtures/quant/vectors.json (made by make_vectors.py beside it) quantizes to
-//! exactly the bytes gguf-py wrote, and so does candle's own quantizer.
+//! exactly the bytes gguf-py wrote, and so does candle's own quantizer. The K-quants against
+//! llama-quantize itself: tests/fixtures/quant/kquant_vectors.json (make_kquant_vectors.py).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use tunelab::quant::blocks::Format;
+use tunelab::quant::kquants::{quantize_row_q4_k, quantize_row_q6_k};
 use tunelab::quant::quantize::quantize_row;
 
 fn hex(s: &str) -> Vec<u8> {
@@ -92,6 +94,45 @@ fn candles_quantizer_agrees_on_the_same_vectors() {
             0,
             "candle {format:?}: {differing} of {} rows differ from gguf-py",
             v.rows.len()
+        );
+    }
+}
+
+#[test]
+fn k_quants_quantize_byte_for_byte_as_llama_quantize() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quant/kquant_vectors.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let rows: Vec<Vec<f32>> = v["rows_f32_le_hex"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            hex(r.as_str().unwrap())
+                .chunks(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 16);
+    type Quantizer = fn(&[f32]) -> tunelab::Result<Vec<u8>>;
+    for (name, quantize) in [
+        ("Q4_K", quantize_row_q4_k as Quantizer),
+        ("Q6_K", quantize_row_q6_k),
+    ] {
+        let expected = v["quantized_hex"][name].as_array().unwrap();
+        let mut wrong = Vec::new();
+        for (i, (row, want)) in rows.iter().zip(expected).enumerate() {
+            if quantize(row).unwrap() != hex(want.as_str().unwrap()) {
+                wrong.push(i);
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{name}: rows {wrong:?} differ from llama-quantize"
         );
     }
 }

@@ -4,6 +4,7 @@
 //! fast fused dequantize-and-dot used for generation, tested against the reference.
 
 pub mod blocks;
+pub mod kquants;
 pub mod matvec;
 #[cfg(target_arch = "x86_64")]
 mod matvec_avx2;

@@ -5,8 +5,8 @@
 //! checked by hand; see README.)
 
 use candle_core::{Device, Tensor};
-use tunelab::gguf::export::{export_gguf, ExportOptions};
-use tunelab::gguf::{GgmlType, GgufReader};
+use tunelab::gguf::export::{export_gguf, ExportOptions, ExportType};
+use tunelab::gguf::GgufReader;
 use tunelab::lora::{Adapter, LoraConfig};
 use tunelab::model::{self, Logits, Model, Pass};
 
@@ -37,7 +37,7 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 
 fn export(m: &Model, adapter: Option<&Adapter>, ty: &str, path: &std::path::Path) {
     let opts = ExportOptions {
-        ggml_type: GgmlType::from_name(ty).unwrap(),
+        target: ExportType::named(ty).unwrap(),
     };
     export_gguf(m, adapter, path, &opts).unwrap();
 }
@@ -113,7 +113,7 @@ fn a_model_without_a_gguf_tokenizer_is_refused() {
     let tiny = model::load("tiny", &Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = ExportOptions {
-        ggml_type: GgmlType::from_name("F16").unwrap(),
+        target: ExportType::named("F16").unwrap(),
     };
     let err = export_gguf(&tiny, None, &dir.path().join("t.gguf"), &opts)
         .unwrap_err()
@@ -123,4 +123,49 @@ fn a_model_without_a_gguf_tokenizer_is_refused() {
         "{err}"
     );
     assert!(!dir.path().join("t.gguf").exists());
+}
+
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Every preset tunelab offers gives SmolLM2's tensors the types and bytes llama-quantize gives
+/// them from the same f32 values (tests/fixtures/quant/smollm2_presets.json, made by
+/// make_smollm2_expected.sh: per tensor the type and a hash of llama-quantize's bytes).
+#[test]
+fn smollm2_presets_equal_llama_quantize_tensor_for_tensor() {
+    let Some(path) = smollm2() else { return };
+    let m = model::load(path.to_str().unwrap(), &Default::default()).unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quant/smollm2_presets.json"
+    );
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let presets = expected["presets"].as_object().unwrap();
+    assert_eq!(presets.len(), 7);
+    let dir = tempfile::tempdir().unwrap();
+    for (preset, tensors) in presets {
+        let out = dir.path().join(format!("{preset}.gguf"));
+        export(&m, None, preset, &out);
+        let r = GgufReader::open(&out).unwrap();
+        let tensors = tensors.as_object().unwrap();
+        assert_eq!(r.tensors.len(), tensors.len(), "{preset}");
+        for t in &r.tensors {
+            let want = &tensors[&t.name];
+            assert_eq!(t.ggml_type.name, want[0], "{preset} {}: type", t.name);
+            assert_eq!(
+                fnv(&r.tensor_bytes(t).unwrap()),
+                want[1].as_str().unwrap(),
+                "{preset} {} ({}): bytes differ from llama-quantize's",
+                t.name,
+                t.ggml_type.name
+            );
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
 }

@@ -1,11 +1,12 @@
 //! A model (optionally with a LoRA adapter merged in) as a llama GGUF that llama.cpp loads: the
 //! Hugging Face tensor names mapped to llama.cpp's, the q/k rows permuted back to llama.cpp's
 //! rotary layout (the loader undoes it; specs/llamacpp.md §4), llama metadata from the config,
-//! the tokenizer and chat template copied from the source GGUF, and every 2-D weight in one type
-//! (F32, F16, BF16, or a 32-element block format quantized by [`crate::quant::quantize`]); norms
-//! and other 1-D tensors stay F32, as llama.cpp's converter writes them.
+//! the tokenizer and chat template copied from the source GGUF, and the 2-D weights in F32, F16,
+//! BF16, or a llama-quantize preset ([`crate::quant::mixture`]: per-tensor types and fallbacks,
+//! quantized by tunelab's reference quantizers); norms and other 1-D tensors stay F32, as
+//! llama.cpp's converter writes them.
 //!
-//! Not yet: llama-quantize's mixtures and K-quants, and models whose tokenizer did not come from a
+//! Not yet: the presets that need Q2_K/Q3_K/Q5_K, and models whose tokenizer did not come from a
 //! GGUF (a Hugging Face folder, `tiny`), whose vocabulary would need converting to GGUF's keys.
 
 use std::path::Path;
@@ -18,12 +19,42 @@ use crate::error::{Error, Result};
 use crate::lora::Adapter;
 use crate::model::Model;
 use crate::quant::blocks::Format;
+use crate::quant::mixture::{tensor_type, Preset};
 
 /// What `export_gguf` writes.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// The type of every 2-D weight: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1.
-    pub ggml_type: GgmlType,
+    pub target: ExportType,
+}
+
+/// The types of the exported weights.
+#[derive(Debug, Clone, Copy)]
+pub enum ExportType {
+    /// Every 2-D weight in F32, F16 or BF16.
+    Float(GgmlType),
+    /// llama-quantize's preset of that name (per-tensor types, fallbacks).
+    Preset(Preset),
+}
+
+impl ExportType {
+    /// `F32`, `F16`, `BF16`, or a preset name (`Q8_0`, `Q4_K_M`, …).
+    pub fn named(name: &str) -> Result<ExportType> {
+        match GgmlType::from_name(name) {
+            Some(t) if matches!(t.name, "F32" | "F16" | "BF16") => Ok(ExportType::Float(t)),
+            _ => Ok(ExportType::Preset(Preset::named(name)?)),
+        }
+    }
+
+    fn file_type(&self) -> u32 {
+        match self {
+            ExportType::Float(t) => match t.name {
+                "F32" => 0,
+                "F16" => 1,
+                _ => 32,
+            },
+            ExportType::Preset(p) => p.file_type,
+        }
+    }
 }
 
 /// What was written.
@@ -32,21 +63,6 @@ pub struct ExportReport {
     pub tensors: usize,
     pub bytes: u64,
     pub file_type: u32,
-}
-
-/// llama.cpp's `general.file_type` (enum llama_ftype) for a file whose weights are `t`.
-fn file_type(t: &GgmlType) -> Option<u32> {
-    Some(match t.name {
-        "F32" => 0,
-        "F16" => 1,
-        "Q4_0" => 2,
-        "Q4_1" => 3,
-        "Q8_0" => 7,
-        "Q5_0" => 8,
-        "Q5_1" => 9,
-        "BF16" => 32,
-        _ => return None,
-    })
 }
 
 /// The llama.cpp name of a Hugging Face Llama tensor.
@@ -108,10 +124,22 @@ fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
             .iter()
             .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
             .collect(),
+        "Q4_K" | "Q6_K" => {
+            let row = if t.name == "Q4_K" {
+                crate::quant::kquants::quantize_row_q4_k
+            } else {
+                crate::quant::kquants::quantize_row_q6_k
+            };
+            let mut out = Vec::new();
+            for r in values.chunks_exact(cols) {
+                out.extend(row(r)?);
+            }
+            out
+        }
         name => {
             let format = Format::of_name(name).ok_or_else(|| {
                 Error::msg(format!(
-                    "export_gguf: type {name} is not supported yet; use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1"
+                    "export_gguf: tunelab cannot quantize to {name} yet"
                 ))
             })?;
             crate::quant::quantize::quantize(format, values, cols)?
@@ -126,12 +154,7 @@ pub fn export_gguf(
     path: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
-    let ft = file_type(&opts.ggml_type).ok_or_else(|| {
-        Error::msg(format!(
-            "export_gguf: type {} is not supported yet; use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1",
-            opts.ggml_type.name
-        ))
-    })?;
+    let ft = opts.target.file_type();
     if model.format != "gguf" {
         return Err(Error::msg(format!(
             "export_gguf: the model comes from {} ({}); writing its tokenizer as GGUF keys is not supported yet, only models loaded from a .gguf file",
@@ -187,7 +210,7 @@ pub fn export_gguf(
             w.set(k.clone(), v.clone());
         }
     }
-    if opts.ggml_type.block > 1 {
+    if matches!(opts.target, ExportType::Preset(_)) {
         w.set("general.quantization_version", Value::U32(2));
     }
     let f32_type = GgmlType::from_name("F32").expect("F32");
@@ -214,13 +237,12 @@ pub fn export_gguf(
             values = permute_rows(&values, cols, n_head);
         }
         let ne: Vec<u64> = dims.iter().rev().map(|&d| d as u64).collect();
-        let t_type = if dims.len() < 2 || name.ends_with("_norm.weight") {
-            f32_type
-        } else if !(cols as u64).is_multiple_of(opts.ggml_type.block) {
-            // llama-quantize's last resort for a row that is not whole blocks.
-            GgmlType::from_name("F16").expect("F16")
-        } else {
-            opts.ggml_type
+        let t_type = match opts.target {
+            _ if dims.len() < 2 || name.ends_with("_norm.weight") => f32_type,
+            ExportType::Float(t) => t,
+            ExportType::Preset(p) => {
+                tensor_type(&p, &name, &ne, c.num_hidden_layers, c.tie_word_embeddings)
+            }
         };
         let data = encode(&values, cols, &t_type)?;
         bytes += data.len() as u64;

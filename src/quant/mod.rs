@@ -10,4 +10,5 @@ pub mod matvec;
 mod matvec_avx2;
 #[cfg(target_arch = "x86_64")]
 mod matvec_avx512;
+pub mod mixture;
 pub mod quantize;

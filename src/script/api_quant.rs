@@ -89,8 +89,9 @@ pub mod quant_api {
         Ok(m)
     }
 
-    /// Write `model` as a llama GGUF that llama.cpp loads. Options: `type` ("F32", "F16",
-    /// "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"; default "F16") for every 2-D weight,
+    /// Write `model` as a llama GGUF that llama.cpp loads. Options: `type`: "F32", "F16"
+    /// (default) or "BF16" for every 2-D weight, or a llama-quantize preset ("Q8_0", "Q4_0",
+    /// "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q6_K") with its per-tensor types,
     /// `adapter` (a LoRA adapter or its folder, merged in first). Returns `#{ path, tensors,
     /// bytes, file_type }`. The model must have been loaded from a GGUF (its tokenizer is copied).
     #[rhai_fn(return_raw)]
@@ -102,9 +103,8 @@ pub mod quant_api {
             &["type", "adapter"],
         )?;
         let type_name = o.string("type")?.unwrap_or_else(|| "F16".into());
-        let ggml_type = crate::gguf::GgmlType::from_name(&type_name).ok_or_else(|| {
-            runtime(format!("export_gguf options: key \"type\": \"{type_name}\" is not a ggml type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)"))
-        })?;
+        let target = crate::gguf::export::ExportType::named(&type_name)
+            .map_err(|e| runtime(format!("export_gguf options: key \"type\": {e}")))?;
         let adapter = match o.value("adapter") {
             None => None,
             Some(v) if v.is_string() => Some(
@@ -119,7 +119,7 @@ pub mod quant_api {
             &model,
             adapter.as_ref(),
             std::path::Path::new(path),
-            &crate::gguf::export::ExportOptions { ggml_type },
+            &crate::gguf::export::ExportOptions { target },
         )
         .script()?;
         let mut m = Map::new();

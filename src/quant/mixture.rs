@@ -135,18 +135,13 @@ pub fn tensor_type(
         } else {
             base
         }
-    } else if name.ends_with("attn_v.weight") {
-        if preset.name == "Q4_K_M" && use_more_bits(layer(), n_layer) {
-            ty("Q6_K")
-        } else {
-            base
-        }
-    } else if name.ends_with("ffn_down.weight") {
-        if preset.name == "Q4_K_M" && use_more_bits(layer(), n_layer) {
-            ty("Q6_K")
-        } else {
-            base
-        }
+    } else if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+        && preset.name == "Q4_K_M"
+        && use_more_bits(layer(), n_layer)
+    {
+        // (llama.cpp counts attn_v tensors and ffn_down layers; in a plain llama both are the
+        // layer index.)
+        ty("Q6_K")
     } else {
         base
     };

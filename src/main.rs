@@ -1,7 +1,8 @@
 //! The `tunelab` command line: a thin shell over the library.
 //!
 //! `tunelab` (REPL, or a script from stdin when stdin is not a terminal), `tunelab run FILE
-//! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab --version`.
+//! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab quantize IN OUT
+//! TYPE`, `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -38,6 +39,17 @@ enum Command {
         /// key=value pairs (numbers and true/false are parsed).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Quantize a GGUF model as llama-quantize does (IN: a .gguf; TYPE: a preset such as Q4_K_M,
+    /// Q6_K, Q8_0, Q4_0, or F16/BF16/F32).
+    Quantize {
+        /// The model to read (a .gguf file; quantized input is dequantized first).
+        input: PathBuf,
+        /// The GGUF to write (atomically).
+        output: PathBuf,
+        /// The preset or float type.
+        #[arg(value_name = "TYPE")]
+        ty: String,
     },
     /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
     Test {
@@ -76,6 +88,7 @@ fn main() -> ExitCode {
         None => run_stdin(&ctx),
         Some(Command::Run { file, args }) => run_file(&ctx, &file, &args),
         Some(Command::Test { paths, junit }) => run_tests(&ctx, paths, junit),
+        Some(Command::Quantize { input, output, ty }) => quantize(&ctx, &input, &output, &ty),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tunelab: {e}");
@@ -134,6 +147,34 @@ fn run_stdin(ctx: &HostContext) -> Result<ExitCode, Error> {
             Err(failure) => failure_code(&failure),
         },
     )
+}
+
+/// `tunelab quantize IN OUT TYPE`: load, then export with the preset's per-tensor types.
+fn quantize(ctx: &HostContext, input: &Path, output: &Path, ty: &str) -> Result<ExitCode, Error> {
+    use tunelab::gguf::export::{export_gguf, ExportOptions, ExportType};
+    let target = ExportType::named(ty)?;
+    if input
+        .extension()
+        .is_none_or(|e| !e.eq_ignore_ascii_case("gguf"))
+    {
+        return Err(Error::msg(format!(
+            "{}: tunelab quantize reads a .gguf model (load other formats in a script)",
+            input.display()
+        )));
+    }
+    let start = std::time::Instant::now();
+    let model = tunelab::model::load(&input.to_string_lossy(), &Default::default())?;
+    ctx.output.line(&format!("loaded {model}"));
+    let report = export_gguf(&model, None, output, &ExportOptions { target })?;
+    ctx.output.line(&format!(
+        "wrote {}: {} tensors, {:.1} MB of weights, file type {} ({ty}), {:.1} s",
+        output.display(),
+        report.tensors,
+        report.bytes as f64 / 1e6,
+        report.file_type,
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_tests(

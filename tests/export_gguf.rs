@@ -169,3 +169,51 @@ fn smollm2_presets_equal_llama_quantize_tensor_for_tensor() {
         std::fs::remove_file(&out).unwrap();
     }
 }
+
+/// `tunelab quantize IN OUT TYPE` mirrors llama-quantize: SmolLM2 to Q6_K gives the fixture's
+/// types; a type tunelab cannot make is one clear line and exit status 2.
+#[test]
+fn the_quantize_command_writes_the_preset() {
+    let Some(path) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q6.gguf");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .arg("quantize")
+        .arg(&path)
+        .arg(&out)
+        .arg("Q6_K")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quant/smollm2_presets.json"
+    );
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let r = GgufReader::open(&out).unwrap();
+    for t in &r.tensors {
+        assert_eq!(
+            t.ggml_type.name, expected["presets"]["Q6_K"][&t.name][0],
+            "{}",
+            t.name
+        );
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .arg("quantize")
+        .arg(&path)
+        .arg(dir.path().join("x.gguf"))
+        .arg("Q3_K_M")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("Q3_K_M") && err.contains("Q4_K_M"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x.gguf").exists());
+}

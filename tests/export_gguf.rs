@@ -171,7 +171,7 @@ fn smollm2_presets_equal_llama_quantize_tensor_for_tensor() {
 }
 
 /// `tunelab quantize IN OUT TYPE` mirrors llama-quantize: SmolLM2 to Q6_K gives the fixture's
-/// types; a type tunelab cannot make is one clear line and exit status 2.
+/// types; a type tunelab cannot make is one clear line and a failing exit status.
 #[test]
 fn the_quantize_command_writes_the_preset() {
     let Some(path) = smollm2() else { return };

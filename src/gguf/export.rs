@@ -130,11 +130,9 @@ fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
             } else {
                 crate::quant::kquants::quantize_row_q6_k
             };
-            let mut out = Vec::new();
-            for r in values.chunks_exact(cols) {
-                out.extend(row(r)?);
-            }
-            out
+            use rayon::prelude::*;
+            let rows: Vec<Vec<u8>> = values.par_chunks(cols).map(row).collect::<Result<_>>()?;
+            rows.concat()
         }
         name => {
             let format = Format::of_name(name).ok_or_else(|| {

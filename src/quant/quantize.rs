@@ -52,12 +52,13 @@ pub fn quantize(format: Format, x: &[f32], row_len: usize) -> Result<Vec<u8>> {
             x.len()
         )));
     }
-    // Rows are independent and blocks never straddle rows (row_len % 32 == 0 is checked per row).
-    let mut out = Vec::with_capacity(x.len() / BLOCK * format.block_bytes());
-    for row in x.chunks_exact(row_len) {
-        out.extend(quantize_row(format, row)?);
-    }
-    Ok(out)
+    // Rows are independent (blocks never straddle rows), so they are quantized in parallel.
+    use rayon::prelude::*;
+    let rows: Vec<Vec<u8>> = x
+        .par_chunks(row_len)
+        .map(|row| quantize_row(format, row))
+        .collect::<Result<_>>()?;
+    Ok(rows.concat())
 }
 
 fn push_f16(out: &mut Vec<u8>, v: f32) {

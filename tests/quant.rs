@@ -16,6 +16,21 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The fixture's input rows (little-endian f32, hex).
+fn f32_rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v["rows_f32_le_hex"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            hex(r.as_str().unwrap())
+                .chunks(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .collect()
+}
+
 struct Vectors {
     rows: Vec<Vec<f32>>,
     expected: Vec<(Format, GgmlDType, Vec<Vec<u8>>)>,
@@ -28,17 +43,7 @@ fn vectors() -> Vectors {
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let rows = v["rows_f32_le_hex"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            hex(r.as_str().unwrap())
-                .chunks(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
-        .collect();
+    let rows = f32_rows(&v);
     let expected = [
         ("Q8_0", Format::Q8_0, GgmlDType::Q8_0),
         ("Q4_0", Format::Q4_0, GgmlDType::Q4_0),
@@ -106,17 +111,7 @@ fn k_quants_quantize_byte_for_byte_as_llama_quantize() {
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let rows: Vec<Vec<f32>> = v["rows_f32_le_hex"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            hex(r.as_str().unwrap())
-                .chunks(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
-        .collect();
+    let rows = f32_rows(&v);
     assert_eq!(rows.len(), 16);
     type Quantizer = fn(&[f32]) -> tunelab::Result<Vec<u8>>;
     for (name, quantize) in [

@@ -107,8 +107,8 @@ impl GgufWriter {
         }
     }
 
-    /// The whole file as bytes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// The header: everything before the data section, padded to the alignment.
+    fn header(&self) -> Result<(Vec<u8>, u64)> {
         let align = self.alignment()?;
         for (key, value) in &self.metadata {
             check_array(value).map_err(|m| Error::msg(format!("GGUF key \"{key}\": {m}")))?;
@@ -135,26 +135,50 @@ impl GgufWriter {
             offset += pad(data.len() as u64, align);
         }
         out.resize(pad(out.len() as u64, align) as usize, 0);
-        for (_, data) in &self.tensors {
-            out.extend_from_slice(data);
-            out.resize(pad(out.len() as u64, align) as usize, 0);
-        }
+        Ok((out, align))
+    }
+
+    /// Header, then each tensor's bytes padded to the alignment, into `sink`.
+    fn write_to(&self, sink: &mut impl Write) -> Result<std::io::Result<()>> {
+        let (header, align) = self.header()?;
+        Ok((|| {
+            sink.write_all(&header)?;
+            let zeros = vec![0u8; align as usize];
+            for (_, data) in &self.tensors {
+                sink.write_all(data)?;
+                let padding = pad(data.len() as u64, align) - data.len() as u64;
+                sink.write_all(&zeros[..padding as usize])?;
+            }
+            Ok(())
+        })())
+    }
+
+    /// The whole file as bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)?
+            .expect("writing to memory does not fail");
         Ok(out)
     }
 
-    /// Write the file atomically.
+    /// Write the file atomically, streaming the tensors (no second copy of them in memory).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let tmp = crate::fsutil::temp_name(path);
-        let written = (|| -> std::io::Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            f.write_all(&bytes)?;
-            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, file);
+        let written = match self.write_to(&mut sink) {
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(io) => io.and_then(|()| {
+                sink.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                std::fs::rename(&tmp, path)
+            }),
+        };
         written.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::io(path, e)

@@ -118,7 +118,7 @@ impl std::fmt::Display for Model {
         let weights = if self.quantized {
             "quantized".to_string()
         } else {
-            format!("{:?}", self.llama.dtype).to_lowercase()
+            parity::dtype_name(self.llama.dtype)
         };
         write!(
             f,

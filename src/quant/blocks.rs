@@ -38,17 +38,20 @@ impl Format {
         })
     }
 
+    /// Every format here.
+    pub const ALL: [Format; 5] = [
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q8_0,
+    ];
+
     /// The format called `name` (`Q4_0`, …; case does not matter).
     pub fn of_name(name: &str) -> Option<Format> {
-        [
-            Format::Q4_0,
-            Format::Q4_1,
-            Format::Q5_0,
-            Format::Q5_1,
-            Format::Q8_0,
-        ]
-        .into_iter()
-        .find(|f| format!("{f:?}").eq_ignore_ascii_case(name))
+        Format::ALL
+            .into_iter()
+            .find(|f| format!("{f:?}").eq_ignore_ascii_case(name))
     }
 
     /// Bytes per block.

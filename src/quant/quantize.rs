@@ -180,13 +180,7 @@ mod tests {
         let x: Vec<f32> = (0..256)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
-        for format in [
-            Format::Q8_0,
-            Format::Q4_0,
-            Format::Q4_1,
-            Format::Q5_0,
-            Format::Q5_1,
-        ] {
+        for format in Format::ALL {
             let q = quantize_row(format, &x).unwrap();
             assert_eq!(q.len(), 8 * format.block_bytes());
             let y = dequantize_row(format, &q);
@@ -227,13 +221,7 @@ mod tests {
 
     #[test]
     fn an_all_zero_block_has_zero_scale_and_decodes_to_zeros() {
-        for format in [
-            Format::Q8_0,
-            Format::Q4_0,
-            Format::Q4_1,
-            Format::Q5_0,
-            Format::Q5_1,
-        ] {
+        for format in Format::ALL {
             let q = quantize_row(format, &[0.0; 32]).unwrap();
             assert!(
                 dequantize_row(format, &q).iter().all(|&v| v == 0.0),

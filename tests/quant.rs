@@ -1,12 +1,13 @@
 //! The 32-element quantizers against gguf-py (byte-identical to llama-quantize for these formats):
 //! every row of tests/fixtures/quant/vectors.json (made by make_vectors.py beside it) quantizes to
 //! exactly the bytes gguf-py wrote, and so does candle's own quantizer. The K-quants against
-//! llama-quantize itself: tests/fixtures/quant/kquant_vectors.json (make_kquant_vectors.py).
+//! llama-quantize itself (every K-quant, Q2_K to Q6_K, byte for byte, and dequantized within a
+//! bound per type): tests/fixtures/quant/kquant_vectors.json (make_kquant_vectors.py).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use tunelab::quant::blocks::Format;
-use tunelab::quant::kquants::{quantize_row_q4_k, quantize_row_q6_k};
+use tunelab::quant::kquants::k_quant;
 use tunelab::quant::quantize::quantize_row;
 
 fn hex(s: &str) -> Vec<u8> {
@@ -103,31 +104,95 @@ fn candles_quantizer_agrees_on_the_same_vectors() {
     }
 }
 
-#[test]
-fn k_quants_quantize_byte_for_byte_as_llama_quantize() {
+/// The K-quant types, and the worst round-trip error each may make on a fixture row, as a
+/// fraction of the row's largest magnitude (measured worst, 2026-11-29: Q2_K 0.298, Q3_K 0.150,
+/// Q4_K 0.059, Q5_K 0.032, Q6_K 0.016; bounds about 10% above).
+const K_QUANTS: [(&str, f32); 5] = [
+    ("Q2_K", 0.33),
+    ("Q3_K", 0.17),
+    ("Q4_K", 0.065),
+    ("Q5_K", 0.036),
+    ("Q6_K", 0.018),
+];
+
+/// Rows whose largest magnitude is below this (the fixture's row 2, values near 1e-7) have
+/// sub-block scales under f16's smallest subnormal (6e-8) once divided by the 4–6 bit scale
+/// codes, so the stored scale is 0 or a few ulps: only "no worse than zeros" is asked of them.
+const TINY: f32 = 1e-3;
+
+fn kquant_vectors() -> serde_json::Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/quant/kquant_vectors.json"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn k_quants_quantize_byte_for_byte_as_llama_quantize() {
+    let v = kquant_vectors();
     let rows = f32_rows(&v);
     assert_eq!(rows.len(), 16);
-    type Quantizer = fn(&[f32]) -> tunelab::Result<Vec<u8>>;
-    for (name, quantize) in [
-        ("Q4_K", quantize_row_q4_k as Quantizer),
-        ("Q6_K", quantize_row_q6_k),
-    ] {
+    for (name, _) in K_QUANTS {
+        let (quantize, _) = k_quant(name).unwrap();
         let expected = v["quantized_hex"][name].as_array().unwrap();
+        assert_eq!(expected.len(), rows.len(), "{name}");
         let mut wrong = Vec::new();
         for (i, (row, want)) in rows.iter().zip(expected).enumerate() {
-            if quantize(row).unwrap() != hex(want.as_str().unwrap()) {
-                wrong.push(i);
+            let (got, want) = (quantize(row).unwrap(), hex(want.as_str().unwrap()));
+            if got != want {
+                let at = got.iter().zip(&want).position(|(a, b)| a != b);
+                wrong.push(format!("row {i} (first differing byte {at:?})"));
             }
         }
         assert!(
             wrong.is_empty(),
-            "{name}: rows {wrong:?} differ from llama-quantize"
+            "{name}: {} of {} rows differ from llama-quantize: {}",
+            wrong.len(),
+            rows.len(),
+            wrong.join(", ")
+        );
+    }
+}
+
+/// Dequantizing llama-quantize's bytes gives back every fixture row within the format's bound.
+#[test]
+fn k_quants_dequantize_within_their_bounds() {
+    let v = kquant_vectors();
+    let rows = f32_rows(&v);
+    for (name, bound) in K_QUANTS {
+        let (_, dequantize) = k_quant(name).unwrap();
+        let expected = v["quantized_hex"][name].as_array().unwrap();
+        let mut worst = (0f32, 0);
+        for (i, (row, q)) in rows.iter().zip(expected).enumerate() {
+            let y = dequantize(&hex(q.as_str().unwrap()));
+            assert_eq!(y.len(), row.len(), "{name} row {i}");
+            let amax = row.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let err = row
+                .iter()
+                .zip(&y)
+                .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            if amax == 0.0 {
+                assert_eq!(
+                    err, 0.0,
+                    "{name} row {i}: an all-zero row must come back zero"
+                );
+            } else if amax < TINY {
+                // The f16 super-block scale underflows: such a row may come back all zero.
+                assert!(err <= amax, "{name} row {i}: {err} off a row of max {amax}");
+            } else if err / amax > worst.0 {
+                worst = (err / amax, i);
+            }
+        }
+        println!(
+            "{name}: worst round-trip error {:.3} of the row's max (row {})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= bound,
+            "{name}: row {} comes back {:.3} of its max off, more than {bound}",
+            worst.1,
+            worst.0
         );
     }
 }

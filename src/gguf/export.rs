@@ -124,12 +124,8 @@ fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
             .iter()
             .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
             .collect(),
-        "Q4_K" | "Q6_K" => {
-            let row = if t.name == "Q4_K" {
-                crate::quant::kquants::quantize_row_q4_k
-            } else {
-                crate::quant::kquants::quantize_row_q6_k
-            };
+        name if crate::quant::kquants::k_quant(name).is_some() => {
+            let (row, _) = crate::quant::kquants::k_quant(name).expect("a K-quant");
             use rayon::prelude::*;
             let rows: Vec<Vec<u8>> = values.par_chunks(cols).map(row).collect::<Result<_>>()?;
             rows.concat()

@@ -1,10 +1,15 @@
 //! Quantized weights: the ggml block formats and the kernels that use them.
 //!
 //! `blocks` holds a readable scalar reference per format (what a block means); `matvec` holds the
-//! fast fused dequantize-and-dot used for generation, tested against the reference.
+//! fast fused dequantize-and-dot used for generation, tested against the reference. `quantize`
+//! (32-weight formats), `kquants` and `kquants_low_bit` (256-weight K-quants, on the searches in
+//! `kquant_search`) quantize as llama-quantize does; `mixture` picks each tensor's type for a
+//! llama-quantize preset.
 
 pub mod blocks;
+pub mod kquant_search;
 pub mod kquants;
+pub mod kquants_low_bit;
 pub mod matvec;
 #[cfg(target_arch = "x86_64")]
 mod matvec_avx2;

@@ -1,0 +1,270 @@
+//! The searches behind ggml's K-quant reference quantizers (`ggml-quants.c`): for one sub-block
+//! of 16 or 32 weights, the scale (and for the asymmetric formats the min) that fits its codes
+//! best, with the codes it implies. Transcribed for reading, in the reference's f32 operation
+//! order, because one ulp in a scale can flip a code and the bytes would differ from
+//! llama-quantize's.
+//!
+//! | search | used by | codes | fit |
+//! |---|---|---|---|
+//! | [`Qkx2::search`] (`make_qkx2_quants`) | Q2_K, Q4_K, Q5_K | 0..=nmax, x ≈ scale·q − min | weighted least squares (or least absolute error) over candidate scales `(nmax + rmin + rdelta·k)/(max − min)` |
+//! | [`make_qx_quants`] (rmse_type 1) | Q6_K | −nmax..nmax−1, x ≈ scale·q | least squares weighted by x², 19 candidates `(nmax ± 0.1k)/max` |
+//! | [`make_q3_quants`] (do_rmse) | Q3_K | −nmax..nmax−1, x ≈ scale·q | least squares weighted by x², codes moved one at a time (5 sweeps) |
+
+/// ggml's threshold below which a group counts as all zero.
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: round half to even through the 1.5·2²³ trick (|x| < 2²²).
+pub(crate) fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// The settings of one `make_qkx2_quants` search (asymmetric codes 0..=nmax).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Qkx2 {
+    /// Largest code.
+    pub nmax: i32,
+    /// First candidate's offset from nmax (the candidates are `nmax + rmin + rdelta·k`).
+    pub rmin: f32,
+    /// Step between candidates.
+    pub rdelta: f32,
+    /// Candidates after the first (k = 0..=nstep).
+    pub nstep: i32,
+    /// Score by weighted absolute error instead of weighted squared error.
+    pub use_mad: bool,
+}
+
+impl Qkx2 {
+    /// Weighted search for the (scale, −min) of `x`'s codes; fills `l` with the codes.
+    pub fn search(&self, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32, f32) {
+        let nmax = self.nmax;
+        let n = x.len();
+        let (mut min, mut max) = (x[0], x[0]);
+        let mut sum_w = weights[0];
+        let mut sum_x = sum_w * x[0];
+        for i in 1..n {
+            if x[i] < min {
+                min = x[i];
+            }
+            if x[i] > max {
+                max = x[i];
+            }
+            let w = weights[i];
+            sum_w += w;
+            sum_x += w * x[i];
+        }
+        if min > 0.0 {
+            min = 0.0;
+        }
+        if max == min {
+            l.iter_mut().for_each(|v| *v = 0);
+            return (0.0, -min);
+        }
+        let error = |d: f32| if self.use_mad { d.abs() } else { d * d };
+        let mut iscale = nmax as f32 / (max - min);
+        let mut scale = 1.0 / iscale;
+        let mut best_error = 0f32;
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            l[i] = q as u8;
+            let diff = scale * l[i] as f32 + min - x[i];
+            best_error += weights[i] * error(diff);
+        }
+        if self.nstep < 1 {
+            return (scale, -min);
+        }
+        let mut aux = vec![0u8; n];
+        for is in 0..=self.nstep {
+            iscale = (self.rmin + self.rdelta * is as f32 + nmax as f32) / (max - min);
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+            for i in 0..n {
+                let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+                aux[i] = q as u8;
+                let w = weights[i];
+                let q = q as f32;
+                sum_l += w * q;
+                sum_l2 += w * q * q;
+                sum_xl += w * q * x[i];
+            }
+            let d = sum_w * sum_l2 - sum_l * sum_l;
+            if d > 0.0 {
+                let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+                let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+                if this_min > 0.0 {
+                    this_min = 0.0;
+                    this_scale = sum_xl / sum_l2;
+                }
+                let mut cur_error = 0f32;
+                for i in 0..n {
+                    let diff = this_scale * aux[i] as f32 + this_min - x[i];
+                    cur_error += weights[i] * error(diff);
+                }
+                if cur_error < best_error {
+                    l.copy_from_slice(&aux);
+                    best_error = cur_error;
+                    scale = this_scale;
+                    min = this_min;
+                }
+            }
+        }
+        (scale, -min)
+    }
+}
+
+/// Symmetric search for the scale of codes −nmax..nmax−1 weighted by x² (`make_qx_quants`,
+/// rmse_type 1); fills `l` with code + nmax.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.iter_mut().for_each(|v| *v = 0);
+        return 0.0;
+    }
+    let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let q = code(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    for (l, &v) in l.iter_mut().zip(x) {
+        *l = (code(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (l, &v) in l.iter_mut().zip(x) {
+                *l = (code(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Symmetric search for the scale of codes −nmax..nmax−1 weighted by x² (`make_q3_quants` with
+/// do_rmse, the only way Q3_K calls it): start from the codes of −nmax/max, then up to 5 sweeps
+/// that move each code to its best value given the others, keeping a move when it raises
+/// (Σw·x·q)²/Σw·q². Fills `l` with code + nmax (0 for an all-zero group); returns the
+/// least-squares scale Σw·x·q / Σw·q².
+pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.iter_mut().for_each(|v| *v = 0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (l, &v) in l.iter_mut().zip(x) {
+        let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        *l = q as i8;
+        let w = v * v;
+        sumlx += w * v * q as f32;
+        suml2 += w * q as f32 * q as f32;
+    }
+    for _sweep in 0..5 {
+        let mut changed = 0;
+        for (l, &v) in l.iter_mut().zip(x) {
+            let w = v * v;
+            let old = *l as f32;
+            let mut slx = sumlx - w * v * old;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * old * old;
+                let new = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new != *l as i32 {
+                    slx += w * v * new as f32;
+                    sl2 += w * new as f32 * new as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *l = new as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for l in l.iter_mut() {
+        *l += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (x, n) in [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+            (-7.6, -8),
+        ] {
+            assert_eq!(nearest_int(x), n, "{x}");
+        }
+    }
+
+    /// Codes already on a grid are found exactly: x = 0.25·q for q in −4..3.
+    #[test]
+    fn make_q3_quants_recovers_a_grid() {
+        let x: Vec<f32> = (0..16).map(|i| 0.25 * ((i % 8) as f32 - 4.0)).collect();
+        let mut l = [0i8; 16];
+        let scale = make_q3_quants(4, &x, &mut l);
+        assert_eq!(scale, 0.25);
+        for (q, v) in l.iter().zip(&x) {
+            assert_eq!((*q as f32 - 4.0) * 0.25, *v);
+        }
+    }
+
+    #[test]
+    fn qkx2_of_a_constant_group_is_all_zero_codes() {
+        let search = Qkx2 {
+            nmax: 3,
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: true,
+        };
+        let x = [-0.5f32; 16];
+        let mut l = [9u8; 16];
+        // max == min == −0.5: codes 0 and the min carries the value.
+        assert_eq!(search.search(&x, &[0.5; 16], &mut l), (0.0, 0.5));
+        assert_eq!(l, [0; 16]);
+    }
+}

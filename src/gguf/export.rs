@@ -6,8 +6,8 @@
 //! quantized by tunelab's reference quantizers); norms and other 1-D tensors stay F32, as
 //! llama.cpp's converter writes them.
 //!
-//! Not yet: the presets that need Q2_K/Q3_K/Q5_K, and models whose tokenizer did not come from a
-//! GGUF (a Hugging Face folder, `tiny`), whose vocabulary would need converting to GGUF's keys.
+//! Not yet: models whose tokenizer did not come from a GGUF (a Hugging Face folder, `tiny`), whose
+//! vocabulary would need converting to GGUF's keys.
 
 use std::path::Path;
 
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::lora::Adapter;
 use crate::model::Model;
 use crate::quant::blocks::Format;
-use crate::quant::mixture::{tensor_type, Preset};
+use crate::quant::mixture::{tensor_type, LlamaShape, Preset};
 
 /// What `export_gguf` writes.
 #[derive(Debug, Clone)]
@@ -208,6 +208,12 @@ pub fn export_gguf(
         w.set("general.quantization_version", Value::U32(2));
     }
     let f32_type = GgmlType::from_name("F32").expect("F32");
+    let shape = LlamaShape {
+        n_layer: c.num_hidden_layers,
+        n_head: c.num_attention_heads,
+        n_head_kv: c.num_key_value_heads,
+        tied: c.tie_word_embeddings,
+    };
     let mut bytes = 0u64;
     let tensors = model.llama.hf_tensors()?;
     for (hf, t) in &tensors {
@@ -234,9 +240,7 @@ pub fn export_gguf(
         let t_type = match opts.target {
             _ if dims.len() < 2 || name.ends_with("_norm.weight") => f32_type,
             ExportType::Float(t) => t,
-            ExportType::Preset(p) => {
-                tensor_type(&p, &name, &ne, c.num_hidden_layers, c.tie_word_embeddings)
-            }
+            ExportType::Preset(p) => tensor_type(&p, &name, &ne, &shape),
         };
         let data = encode(&values, cols, &t_type)?;
         bytes += data.len() as u64;

@@ -104,12 +104,12 @@ pub fn quantize_row_q2_k(x: &[f32]) -> Result<Vec<u8>> {
             }
             dmin = f16::from_f32(max_min / 15.0);
         }
-        for j in 0..16 {
-            let dj = d.to_f32() * (sc[j] & 0xf) as f32;
+        for (j, &s) in sc.iter().enumerate() {
+            let dj = d.to_f32() * (s & 0xf) as f32;
             if dj == 0.0 {
                 continue;
             }
-            let dm = dmin.to_f32() * (sc[j] >> 4) as f32;
+            let dm = dmin.to_f32() * (s >> 4) as f32;
             for i in 16 * j..16 * (j + 1) {
                 l[i] = nearest_int((xb[i] + dm) / dj).clamp(0, 3) as u8;
             }
@@ -128,8 +128,8 @@ pub fn dequantize_row_q2_k(b: &[u8]) -> Vec<f32> {
     for blk in b.chunks_exact(Q2_K_BYTES) {
         let (sc, qs) = (&blk[..16], &blk[16..80]);
         let (d, dmin) = (half_at(blk, 80), half_at(blk, 82));
-        for j in 0..16 {
-            let (dl, ml) = (d * (sc[j] & 0xf) as f32, dmin * (sc[j] >> 4) as f32);
+        for (j, &s) in sc.iter().enumerate() {
+            let (dl, ml) = (d * (s & 0xf) as f32, dmin * (s >> 4) as f32);
             y.extend((16 * j..16 * (j + 1)).map(|w| dl * code_2bit(qs, w) as f32 - ml));
         }
     }

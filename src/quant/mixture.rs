@@ -1,18 +1,27 @@
 //! llama-quantize's mixtures: which ggml type each tensor of a llama model gets under a preset
 //! (`llama_tensor_get_type` in `src/llama-quant.cpp`, specs/llamacpp.md §3), with its fallback
 //! for rows that are not whole blocks (SmolLM2's 576-wide rows cannot hold 256-weight
-//! super-blocks). Only the presets whose types tunelab can quantize are offered.
+//! super-blocks). Every preset here is quantized by tunelab's reference quantizers
+//! ([`super::quantize`], [`super::kquants`], [`super::kquants_low_bit`]), as llama-quantize does
+//! without an importance matrix.
 //!
-//! For a plain llama model (no experts), per preset:
-//! - the output layer (or the token embedding when they are tied): Q8_0 for the Q8_0 preset and
-//!   when the row is not whole blocks of the preset's type, else Q6_K;
-//! - `attn_v`: Q6_K under Q4_K_M where `use_more_bits(i, n)`;
-//! - `ffn_down`: Q6_K under Q4_K_M where `use_more_bits(layer, n_layer)`;
-//! - everything else: the preset's base type;
-//! - then a row that is not whole blocks falls back: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, and
-//!   to F16 when even that does not fit.
+//! For a plain llama model (no experts), with i the layer and n the number of layers:
 //!
-//! 1-D tensors and norms stay F32.
+//! | tensor | rule |
+//! |---|---|
+//! | `output` (or `token_embd` when tied) | Q8_0 if the row is not whole blocks of the base type or the base is Q8_0, else Q6_K |
+//! | `attn_v` | Q2_K: Q4_K if n_head/n_head_kv ≥ 4 else Q3_K; Q3_K_M: Q5_K for i < 2, else Q4_K; Q3_K_L: Q5_K; Q4_K_S: Q5_K for i < 4; Q4_K_M, Q5_K_M: Q6_K where `use_more_bits(i, n)`; then, in a 70B (80 layers, grouped-query attention), Q3_K/Q4_K become Q5_K |
+//! | `ffn_down` | Q2_K: Q3_K; Q3_K_M: Q5_K for i < n/16, else Q4_K; Q3_K_L: Q5_K; Q4_K_S: Q5_K for i < n/8; Q4_K_M, Q5_K_M: Q6_K where `use_more_bits(i, n)` |
+//! | `attn_output` | Q2_K: Q3_K; Q3_K_M: Q4_K; Q3_K_L: Q5_K |
+//! | everything else (`attn_q`, `attn_k`, `ffn_gate`, `ffn_up`, an untied `token_embd`) | the preset's base type (llama.cpp's rules for `ffn_gate`/`ffn_up` are for IQ3_XS only) |
+//!
+//! Presets with no row in a cell leave that tensor at the base type: Q3_K_S, Q5_K_S and the
+//! 32-weight presets change only the output. llama.cpp counts attn_v tensors and ffn_down layers
+//! as it meets them; in a plain llama both counts are the layer index, which is what is used here.
+//!
+//! Then a row that is not whole blocks falls back (`tensor_type_fallback`): Q2_K, Q3_K → Q4_0,
+//! Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, and to F16 when even that does not fit. 1-D tensors
+//! and norms stay F32.
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
@@ -21,78 +30,82 @@ use crate::gguf::GgmlType;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preset {
     pub name: &'static str,
-    /// llama.cpp's `general.file_type`.
+    /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_MOSTLY_*`).
     pub file_type: u32,
     /// The type most tensors get.
     pub base: &'static str,
 }
 
-/// The presets offered (llama-quantize's names).
+const fn preset(name: &'static str, file_type: u32, base: &'static str) -> Preset {
+    Preset {
+        name,
+        file_type,
+        base,
+    }
+}
+
+/// The presets offered (llama-quantize's names and `LLAMA_FTYPE_MOSTLY_*` numbers).
 pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "Q4_0",
-        file_type: 2,
-        base: "Q4_0",
-    },
-    Preset {
-        name: "Q4_1",
-        file_type: 3,
-        base: "Q4_1",
-    },
-    Preset {
-        name: "Q5_0",
-        file_type: 8,
-        base: "Q5_0",
-    },
-    Preset {
-        name: "Q5_1",
-        file_type: 9,
-        base: "Q5_1",
-    },
-    Preset {
-        name: "Q8_0",
-        file_type: 7,
-        base: "Q8_0",
-    },
-    Preset {
-        name: "Q4_K_M",
-        file_type: 15,
-        base: "Q4_K",
-    },
-    Preset {
-        name: "Q6_K",
-        file_type: 18,
-        base: "Q6_K",
-    },
+    preset("Q4_0", 2, "Q4_0"),
+    preset("Q4_1", 3, "Q4_1"),
+    preset("Q8_0", 7, "Q8_0"),
+    preset("Q5_0", 8, "Q5_0"),
+    preset("Q5_1", 9, "Q5_1"),
+    preset("Q2_K", 10, "Q2_K"),
+    preset("Q3_K_S", 11, "Q3_K"),
+    preset("Q3_K_M", 12, "Q3_K"),
+    preset("Q3_K_L", 13, "Q3_K"),
+    preset("Q4_K_S", 14, "Q4_K"),
+    preset("Q4_K_M", 15, "Q4_K"),
+    preset("Q5_K_S", 16, "Q5_K"),
+    preset("Q5_K_M", 17, "Q5_K"),
+    preset("Q6_K", 18, "Q6_K"),
 ];
 
-/// Presets llama-quantize has that need quantizers tunelab does not have yet.
-const NOT_YET: &[&str] = &[
-    "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q5_K_S", "Q5_K_M",
-];
+/// llama-quantize's aliases: a bare K type means its _M mixture.
+const ALIASES: &[(&str, &str)] = &[("Q3_K", "Q3_K_M"), ("Q4_K", "Q4_K_M"), ("Q5_K", "Q5_K_M")];
 
 impl Preset {
-    /// The preset called `name` (`Q4_K` is llama-quantize's alias of Q4_K_M).
+    /// The preset called `name` (case does not matter; `Q3_K`, `Q4_K`, `Q5_K` are
+    /// llama-quantize's aliases of the _M presets).
     pub fn named(name: &str) -> Result<Preset> {
-        let wanted = if name.eq_ignore_ascii_case("Q4_K") {
-            "Q4_K_M"
-        } else {
-            name
-        };
+        let wanted = ALIASES
+            .iter()
+            .find(|(alias, _)| alias.eq_ignore_ascii_case(name))
+            .map_or(name, |(_, to)| *to);
         if let Some(p) = PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(wanted)) {
             return Ok(*p);
         }
         let offered: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-        if NOT_YET.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            return Err(Error::msg(format!(
-                "preset {name} needs the Q2_K/Q3_K/Q5_K quantizers, which tunelab does not have yet; available: {}",
-                offered.join(", ")
-            )));
-        }
         Err(Error::msg(format!(
-            "\"{name}\" is not a quantization preset; use one of {}",
+            "\"{name}\" is not a quantization preset tunelab offers; use one of {} (the IQ and Q2_K_S presets need an importance matrix, which tunelab does not compute)",
             offered.join(", ")
         )))
+    }
+}
+
+/// What the mixture rules need to know about the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlamaShape {
+    /// Transformer layers.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// Key/value heads (fewer than `n_head` under grouped-query attention).
+    pub n_head_kv: usize,
+    /// Whether the output layer reuses the token embedding.
+    pub tied: bool,
+}
+
+impl LlamaShape {
+    /// Query heads per key/value head (llama.cpp's `n_gqa`; 0 without key/value heads).
+    pub fn n_gqa(&self) -> usize {
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
+    }
+
+    /// llama.cpp's `LLM_TYPE_70B` as llama-quantize infers it for a llama model.
+    fn is_70b(&self) -> bool {
+        self.n_layer == 80 && self.n_head != self.n_head_kv
     }
 }
 
@@ -106,46 +119,85 @@ fn ty(name: &str) -> GgmlType {
     GgmlType::from_name(name).expect("a known ggml type")
 }
 
-/// The type `preset` gives the llama tensor `name` with row length `ne0` in a model of `n_layer`
-/// layers and tied embeddings or not.
-pub fn tensor_type(
-    preset: &Preset,
-    name: &str,
-    ne: &[u64],
-    n_layer: usize,
-    tied: bool,
-) -> GgmlType {
+/// The type `preset` gives the llama tensor `name` (dimensions `ne`, row length first) in a
+/// model of `shape`.
+pub fn tensor_type(preset: &Preset, name: &str, ne: &[u64], shape: &LlamaShape) -> GgmlType {
     if ne.len() < 2 || name.ends_with("_norm.weight") || !name.ends_with(".weight") {
         return ty("F32");
     }
     let ne0 = ne[0];
     let base = ty(preset.base);
-    let layer = || -> usize {
-        name.strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let is_output = name == "output.weight" || (tied && name == "token_embd.weight");
+    let is_output = name == "output.weight" || (shape.tied && name == "token_embd.weight");
     let chosen = if is_output {
-        if !ne0.is_multiple_of(base.block) {
+        if !ne0.is_multiple_of(base.block) || base.name == "Q8_0" {
             ty("Q8_0")
-        } else if base.name != "Q8_0" {
-            ty("Q6_K")
         } else {
-            base
+            ty("Q6_K")
         }
-    } else if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
-        && preset.name == "Q4_K_M"
-        && use_more_bits(layer(), n_layer)
-    {
-        // (llama.cpp counts attn_v tensors and ffn_down layers; in a plain llama both are the
-        // layer index.)
-        ty("Q6_K")
     } else {
-        base
+        let (i, n) = (layer_of(name), shape.n_layer);
+        let rule = if name.ends_with("attn_v.weight") {
+            let t = attn_v(preset.name, i, shape).unwrap_or(base.name);
+            // A 70B's attn_v is 8× smaller than attn_q (8 heads share it): one more bit is cheap.
+            Some(match t {
+                "Q3_K" | "Q4_K" if shape.is_70b() => "Q5_K",
+                t => t,
+            })
+        } else if name.ends_with("ffn_down.weight") {
+            ffn_down(preset.name, i, n)
+        } else if name.ends_with("attn_output.weight") {
+            attn_output(preset.name)
+        } else {
+            None
+        };
+        rule.map_or(base, ty)
     };
     fallback(chosen, ne0)
+}
+
+/// The layer index of `blk.N.…` (0 for tensors outside the layers).
+fn layer_of(name: &str) -> usize {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `attn_v` of layer `i`, where the preset has a rule for it.
+fn attn_v(preset: &str, i: usize, shape: &LlamaShape) -> Option<&'static str> {
+    match preset {
+        "Q2_K" if shape.n_gqa() >= 4 => Some("Q4_K"),
+        "Q2_K" => Some("Q3_K"),
+        "Q3_K_M" if i < 2 => Some("Q5_K"),
+        "Q3_K_M" => Some("Q4_K"),
+        "Q3_K_L" => Some("Q5_K"),
+        "Q4_K_M" | "Q5_K_M" if use_more_bits(i, shape.n_layer) => Some("Q6_K"),
+        "Q4_K_S" if i < 4 => Some("Q5_K"),
+        _ => None,
+    }
+}
+
+/// `ffn_down` of layer `i` of `n`, where the preset has a rule for it.
+fn ffn_down(preset: &str, i: usize, n: usize) -> Option<&'static str> {
+    match preset {
+        "Q2_K" => Some("Q3_K"),
+        "Q3_K_M" if i < n / 16 => Some("Q5_K"),
+        "Q3_K_M" => Some("Q4_K"),
+        "Q3_K_L" => Some("Q5_K"),
+        "Q4_K_M" | "Q5_K_M" if use_more_bits(i, n) => Some("Q6_K"),
+        "Q4_K_S" if i < n / 8 => Some("Q5_K"),
+        _ => None,
+    }
+}
+
+/// `attn_output`, where the preset has a rule for it.
+fn attn_output(preset: &str) -> Option<&'static str> {
+    match preset {
+        "Q2_K" => Some("Q3_K"),
+        "Q3_K_M" => Some("Q4_K"),
+        "Q3_K_L" => Some("Q5_K"),
+        _ => None,
+    }
 }
 
 /// llama.cpp's `tensor_type_fallback` for a row of `ne0` weights.
@@ -182,11 +234,86 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unavailable_presets_say_what_to_use() {
-        let e = Preset::named("Q5_K_M").unwrap_err().to_string();
-        assert!(e.contains("Q5_K") && e.contains("Q4_K_M"), "{e}");
-        let e = Preset::named("Q9").unwrap_err().to_string();
-        assert!(e.contains("not a quantization preset"), "{e}");
+    fn unknown_presets_say_what_to_use() {
+        let e = Preset::named("IQ2_XXS").unwrap_err().to_string();
+        assert!(
+            e.contains("not a quantization preset") && e.contains("Q3_K_M"),
+            "{e}"
+        );
         assert_eq!(Preset::named("q4_k").unwrap().name, "Q4_K_M");
+        assert_eq!(Preset::named("Q3_K").unwrap().name, "Q3_K_M");
+        assert_eq!(Preset::named("Q5_K").unwrap().file_type, 17);
+    }
+
+    fn smollm2() -> LlamaShape {
+        LlamaShape {
+            n_layer: 30,
+            n_head: 9,
+            n_head_kv: 3,
+            tied: true,
+        }
+    }
+
+    /// The rules on shapes that hold super-blocks (rows of 1536), so no fallback hides them.
+    #[test]
+    fn k_presets_follow_llama_cpp_s_rules() {
+        let shape = smollm2();
+        let t = |preset: &str, name: &str| {
+            tensor_type(&Preset::named(preset).unwrap(), name, &[1536, 576], &shape).name
+        };
+        assert_eq!(t("Q2_K", "blk.7.attn_v.weight"), "Q3_K"); // n_gqa 3 < 4
+        assert_eq!(t("Q2_K", "blk.7.ffn_down.weight"), "Q3_K");
+        assert_eq!(t("Q2_K", "blk.7.attn_output.weight"), "Q3_K");
+        assert_eq!(t("Q2_K", "blk.7.ffn_up.weight"), "Q2_K");
+        assert_eq!(t("Q3_K_S", "blk.0.ffn_down.weight"), "Q3_K");
+        assert_eq!(t("Q3_K_M", "blk.1.attn_v.weight"), "Q5_K");
+        assert_eq!(t("Q3_K_M", "blk.2.attn_v.weight"), "Q4_K");
+        assert_eq!(t("Q3_K_M", "blk.0.ffn_down.weight"), "Q5_K"); // 30/16 = 1
+        assert_eq!(t("Q3_K_M", "blk.1.ffn_down.weight"), "Q4_K");
+        assert_eq!(t("Q3_K_M", "blk.1.attn_output.weight"), "Q4_K");
+        assert_eq!(t("Q3_K_L", "blk.9.attn_v.weight"), "Q5_K");
+        assert_eq!(t("Q3_K_L", "blk.9.attn_output.weight"), "Q5_K");
+        assert_eq!(t("Q4_K_S", "blk.3.attn_v.weight"), "Q5_K");
+        assert_eq!(t("Q4_K_S", "blk.4.attn_v.weight"), "Q4_K");
+        assert_eq!(t("Q4_K_S", "blk.2.ffn_down.weight"), "Q5_K"); // 30/8 = 3
+        assert_eq!(t("Q4_K_S", "blk.3.ffn_down.weight"), "Q4_K");
+        assert_eq!(t("Q5_K_S", "blk.0.attn_v.weight"), "Q5_K");
+        assert_eq!(t("Q5_K_M", "blk.5.ffn_down.weight"), "Q6_K");
+        assert_eq!(t("Q5_K_M", "blk.6.ffn_down.weight"), "Q5_K");
+        assert_eq!(t("Q5_K_M", "token_embd.weight"), "Q6_K");
+        let gqa4 = LlamaShape {
+            n_head_kv: 2,
+            ..shape
+        };
+        let q2 = Preset::named("Q2_K").unwrap();
+        let v = tensor_type(&q2, "blk.0.attn_v.weight", &[1536, 576], &gqa4);
+        assert_eq!(v.name, "Q4_K");
+        let llama70b = LlamaShape {
+            n_layer: 80,
+            n_head: 64,
+            n_head_kv: 8,
+            tied: false,
+        };
+        let q3s = Preset::named("Q3_K_S").unwrap();
+        let v = tensor_type(&q3s, "blk.0.attn_v.weight", &[8192, 1024], &llama70b);
+        assert_eq!(v.name, "Q5_K");
+    }
+
+    /// SmolLM2's 576-wide rows cannot hold super-blocks: every K type falls back.
+    #[test]
+    fn rows_that_are_not_super_blocks_fall_back() {
+        let shape = smollm2();
+        for (preset, name, want) in [
+            ("Q2_K", "blk.0.attn_q.weight", "Q4_0"),
+            ("Q2_K", "blk.0.attn_v.weight", "Q4_0"), // Q3_K → Q4_0
+            ("Q3_K_L", "blk.0.attn_v.weight", "Q5_1"), // Q5_K → Q5_1
+            ("Q4_K_S", "blk.0.attn_k.weight", "Q5_0"),
+            ("Q5_K_M", "blk.0.attn_v.weight", "Q8_0"), // Q6_K → Q8_0
+            ("Q3_K_M", "token_embd.weight", "Q8_0"),
+        ] {
+            let p = Preset::named(preset).unwrap();
+            let t = tensor_type(&p, name, &[576, 576], &shape);
+            assert_eq!(t.name, want, "{preset} {name}");
+        }
     }
 }

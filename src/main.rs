@@ -2,7 +2,8 @@
 //!
 //! `tunelab` (REPL, or a script from stdin when stdin is not a terminal), `tunelab run FILE
 //! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab quantize IN OUT
-//! TYPE`, `tunelab --version`.
+//! TYPE [--rules FILE] [--tensor-type PATTERN=TYPE]... [--output-tensor-type T]
+//! [--token-embedding-type T] [--pure]`, `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -50,6 +51,8 @@ enum Command {
         /// The preset or float type.
         #[arg(value_name = "TYPE")]
         ty: String,
+        #[command(flatten)]
+        plan: QuantizeFlags,
     },
     /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
     Test {
@@ -59,6 +62,27 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         junit: Option<PathBuf>,
     },
+}
+
+/// llama-quantize's options for choosing tensor types.
+#[derive(clap::Args, Debug, Default)]
+struct QuantizeFlags {
+    /// Rules, one PATTERN=TYPE per line (`#` comments) or a JSON array of {pattern, type}.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// A rule: tensors whose name matches the regular expression get TYPE (first match wins;
+    /// these come before the file's).
+    #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
+    tensor_type: Vec<String>,
+    /// The type of output.weight.
+    #[arg(long = "output-tensor-type", value_name = "TYPE")]
+    output_tensor_type: Option<String>,
+    /// The type of token_embd.weight.
+    #[arg(long = "token-embedding-type", value_name = "TYPE")]
+    token_embedding_type: Option<String>,
+    /// Every weight in TYPE's base type: no per-tensor mixture.
+    #[arg(long)]
+    pure: bool,
 }
 
 /// candle's element-wise thread pool spin-waits; with one pool thread (matrix products still use
@@ -88,7 +112,12 @@ fn main() -> ExitCode {
         None => run_stdin(&ctx),
         Some(Command::Run { file, args }) => run_file(&ctx, &file, &args),
         Some(Command::Test { paths, junit }) => run_tests(&ctx, paths, junit),
-        Some(Command::Quantize { input, output, ty }) => quantize(&ctx, &input, &output, &ty),
+        Some(Command::Quantize {
+            input,
+            output,
+            ty,
+            plan,
+        }) => quantize(&ctx, &input, &output, &ty, &plan),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tunelab: {e}");
@@ -149,27 +178,81 @@ fn run_stdin(ctx: &HostContext) -> Result<ExitCode, Error> {
     )
 }
 
-/// `tunelab quantize IN OUT TYPE`: load, then export with the preset's per-tensor types.
-fn quantize(ctx: &HostContext, input: &Path, output: &Path, ty: &str) -> Result<ExitCode, Error> {
-    use tunelab::gguf::export::{export_gguf, ExportOptions, ExportType};
-    let target = ExportType::named(ty)?;
+/// The plan the command line asks for.
+fn quantize_plan(
+    ty: &str,
+    flags: &QuantizeFlags,
+) -> Result<tunelab::quant::plan::QuantPlan, Error> {
+    use tunelab::quant::plan::{read_rules, writable_type, QuantPlan, Target, TypeRule};
+    let mut plan = QuantPlan::new(Target::named(ty)?);
+    for spec in &flags.tensor_type {
+        plan.rules.push(TypeRule::parse(spec, "--tensor-type")?);
+    }
+    if let Some(file) = &flags.rules {
+        plan.rules.extend(read_rules(file)?);
+    }
+    if let Some(t) = &flags.output_tensor_type {
+        plan.output_type = Some(writable_type(t, "--output-tensor-type")?);
+    }
+    if let Some(t) = &flags.token_embedding_type {
+        plan.token_embd_type = Some(writable_type(t, "--token-embedding-type")?);
+    }
+    plan.pure = flags.pure;
+    Ok(plan)
+}
+
+/// `tunelab quantize IN OUT TYPE`: each tensor of IN quantized with the plan's type, as
+/// llama-quantize does, with a progress bar on a terminal.
+fn quantize(
+    ctx: &HostContext,
+    input: &Path,
+    output: &Path,
+    ty: &str,
+    flags: &QuantizeFlags,
+) -> Result<ExitCode, Error> {
+    let plan = quantize_plan(ty, flags)?;
     if input
         .extension()
         .is_none_or(|e| !e.eq_ignore_ascii_case("gguf"))
     {
         return Err(Error::msg(format!(
-            "{}: tunelab quantize reads a .gguf model (load other formats in a script)",
+            "{}: tunelab quantize reads a .gguf model (load other formats in a script and use export_gguf)",
             input.display()
         )));
     }
     let start = std::time::Instant::now();
-    let model = tunelab::model::load(&input.to_string_lossy(), &Default::default())?;
-    ctx.output.line(&format!("loaded {model}"));
-    let report = export_gguf(&model, None, output, &ExportOptions { target })?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} tensors  {msg}  [{elapsed_precise}]",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    let report = tunelab::gguf::requantize::requantize(input, output, &plan, &mut |p| {
+        match counts.iter_mut().find(|(t, _)| *t == p.ggml_type) {
+            Some(c) => c.1 += 1,
+            None => counts.push((p.ggml_type, 1)),
+        }
+        if let Some(bar) = &bar {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(format!("{} → {}", p.name, p.ggml_type));
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    let types: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
     ctx.output.line(&format!(
-        "wrote {}: {} tensors, {:.1} MB of weights, file type {} ({ty}), {:.1} s",
+        "wrote {}: {} tensors ({}), {:.1} MB of weights, file type {} ({ty}), {:.1} s",
         output.display(),
         report.tensors,
+        types.join(", "),
         report.bytes as f64 / 1e6,
         report.file_type,
         start.elapsed().as_secs_f64()

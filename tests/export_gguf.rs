@@ -191,50 +191,90 @@ fn smollm2_presets_equal_llama_quantize_tensor_for_tensor() {
     );
 }
 
-/// `tunelab quantize IN OUT TYPE` mirrors llama-quantize: SmolLM2 to Q6_K gives the fixture's
-/// types; a type tunelab cannot make is one clear line and a failing exit status.
+/// `tunelab quantize IN OUT TYPE` mirrors llama-quantize: SmolLM2 in F32 to Q4_K_M gives the
+/// very tensors llama-quantize writes (types and bytes, in the input's order), Q6_K from the
+/// shipped Q4_1 file gives the fixture's types, `--tensor-type` rules apply, and a type tunelab
+/// cannot make is one clear line and a failing exit status.
 #[test]
 fn the_quantize_command_writes_the_preset() {
     let Some(path) = smollm2() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("q6.gguf");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
-        .arg("quantize")
-        .arg(&path)
-        .arg(&out)
-        .arg("Q6_K")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let tunelab = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+            .arg("quantize")
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/quant/smollm2_presets.json"
     );
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+
+    let f32_path = dir.path().join("f32.gguf");
+    let m = model::load(path.to_str().unwrap(), &Default::default()).unwrap();
+    export(&m, None, "F32", &f32_path);
+    drop(m);
+    let out = dir.path().join("q4km.gguf");
+    let run = tunelab(&[f32_path.as_ref(), out.as_ref(), "Q4_K_M".as_ref()]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let r = GgufReader::open(&out).unwrap();
+    let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
+    let input: Vec<String> = GgufReader::open(&f32_path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, input, "tensors in the input's order");
     for t in &r.tensors {
+        let want = &expected["presets"]["Q4_K_M"][&t.name];
+        assert_eq!(t.ggml_type.name, want[0], "{}", t.name);
         assert_eq!(
-            t.ggml_type.name, expected["presets"]["Q6_K"][&t.name][0],
-            "{}",
+            fnv(&r.tensor_bytes(t).unwrap()),
+            want[1],
+            "{} bytes",
             t.name
         );
     }
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
-        .arg("quantize")
-        .arg(&path)
-        .arg(dir.path().join("x.gguf"))
-        .arg("IQ2_XXS")
-        .output()
-        .unwrap();
+    let file_type = r.get("general.file_type").and_then(|v| v.as_u64());
+    assert_eq!(file_type, Some(15));
+
+    let out = dir.path().join("q6.gguf");
+    let run = tunelab(&[
+        path.as_ref(),
+        out.as_ref(),
+        "Q6_K".as_ref(),
+        "--tensor-type".as_ref(),
+        "blk\\.0\\.ffn_up=Q4_0".as_ref(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r = GgufReader::open(&out).unwrap();
+    for t in &r.tensors {
+        let want = if t.name == "blk.0.ffn_up.weight" {
+            "Q4_0"
+        } else {
+            expected["presets"]["Q6_K"][&t.name][0].as_str().unwrap()
+        };
+        assert_eq!(t.ggml_type.name, want, "{}", t.name);
+    }
+
+    let bad_out = dir.path().join("x.gguf");
+    let bad = tunelab(&[path.as_ref(), bad_out.as_ref(), "IQ2_XXS".as_ref()]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
         !bad.status.success() && err.contains("IQ2_XXS") && err.contains("Q4_K_M"),
         "{err}"
     );
-    assert!(!dir.path().join("x.gguf").exists());
+    assert!(!bad_out.exists());
 }

@@ -53,7 +53,7 @@ impl Default for PlotOptions {
 }
 
 /// matplotlib's default colour cycle ("tab10"), the colours LLaMA-Factory's plots use.
-const COLOURS: [RGBColor; 10] = [
+pub const COLOURS: [RGBColor; 10] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x2c, 0xa0, 0x2c),
@@ -104,20 +104,43 @@ struct Chart {
 
 /// Draws `curves` into `path` (`.png` or `.svg`); returns warnings (points not drawn, fonts).
 pub fn plot(curves: &[&Curve], path: &Path, opts: &PlotOptions) -> Result<Vec<String>> {
-    let format = ImageFormat::of(path)?;
+    ImageFormat::of(path)?;
     let mut warnings = Vec::new();
     let chart = Chart::new(curves, opts, &mut warnings)
         .map_err(|message| Error::Msg(format!("plot {}: {message}", path.display())))?;
-    let bytes = match format {
-        ImageFormat::Png => render_png(&chart, opts.width, opts.height),
-        ImageFormat::Svg => render_svg(&chart, opts.width, opts.height),
+    render_file(&chart, path, opts.width, opts.height)?;
+    Ok(warnings)
+}
+
+/// A chart that can draw itself on any plotters backend (PNG bitmap or SVG).
+pub trait Drawable {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> std::result::Result<(), String>;
+}
+
+impl Drawable for Chart {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> std::result::Result<(), String> {
+        draw(self, root)
+    }
+}
+
+/// Renders `chart` into `path`, a `.png` or `.svg` by its extension, written atomically (its
+/// folder is created).
+pub fn render_file(chart: &impl Drawable, path: &Path, width: u32, height: u32) -> Result<()> {
+    let bytes = match ImageFormat::of(path)? {
+        ImageFormat::Png => render_png(chart, width, height),
+        ImageFormat::Svg => render_svg(chart, width, height),
     }
     .map_err(|message| Error::Msg(format!("plot {}: {message}", path.display())))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    fsutil::write_atomic(path, &bytes)?;
-    Ok(warnings)
+    fsutil::write_atomic(path, &bytes)
 }
 
 #[derive(Clone, Copy)]
@@ -288,11 +311,15 @@ fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     })
 }
 
-fn render_png(chart: &Chart, width: u32, height: u32) -> std::result::Result<Vec<u8>, String> {
+fn render_png(
+    chart: &impl Drawable,
+    width: u32,
+    height: u32,
+) -> std::result::Result<Vec<u8>, String> {
     let mut rgb = vec![0u8; width as usize * height as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
-        draw(chart, &root)?;
+        chart.draw_on(&root)?;
         root.present().map_err(|e| e.to_string())?;
     }
     let mut bytes = Vec::new();
@@ -308,11 +335,15 @@ fn render_png(chart: &Chart, width: u32, height: u32) -> std::result::Result<Vec
     Ok(bytes)
 }
 
-fn render_svg(chart: &Chart, width: u32, height: u32) -> std::result::Result<Vec<u8>, String> {
+fn render_svg(
+    chart: &impl Drawable,
+    width: u32,
+    height: u32,
+) -> std::result::Result<Vec<u8>, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
-        draw(chart, &root)?;
+        chart.draw_on(&root)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg.into_bytes())

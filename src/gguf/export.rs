@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::lora::Adapter;
 use crate::model::Model;
 use crate::quant::blocks::Format;
-use crate::quant::mixture::{tensor_type, LlamaShape, Preset};
+use crate::quant::plan::QuantPlan;
 
 /// What `export_gguf` writes.
 #[derive(Debug, Clone)]
@@ -27,35 +27,8 @@ pub struct ExportOptions {
     pub target: ExportType,
 }
 
-/// The types of the exported weights.
-#[derive(Debug, Clone, Copy)]
-pub enum ExportType {
-    /// Every 2-D weight in F32, F16 or BF16.
-    Float(GgmlType),
-    /// llama-quantize's preset of that name (per-tensor types, fallbacks).
-    Preset(Preset),
-}
-
-impl ExportType {
-    /// `F32`, `F16`, `BF16`, or a preset name (`Q8_0`, `Q4_K_M`, …).
-    pub fn named(name: &str) -> Result<ExportType> {
-        match GgmlType::from_name(name) {
-            Some(t) if matches!(t.name, "F32" | "F16" | "BF16") => Ok(ExportType::Float(t)),
-            _ => Ok(ExportType::Preset(Preset::named(name)?)),
-        }
-    }
-
-    fn file_type(&self) -> u32 {
-        match self {
-            ExportType::Float(t) => match t.name {
-                "F32" => 0,
-                "F16" => 1,
-                _ => 32,
-            },
-            ExportType::Preset(p) => p.file_type,
-        }
-    }
-}
+/// The types of the exported weights (F32/F16/BF16 for all, or a llama-quantize preset).
+pub use crate::quant::plan::Target as ExportType;
 
 /// What was written.
 #[derive(Debug, Clone)]
@@ -113,7 +86,7 @@ pub fn permute_rows(w: &[f32], cols: usize, n_head: usize) -> Vec<f32> {
 }
 
 /// `values` (rows of `cols`) encoded as `t`.
-fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
+pub fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
     Ok(match t.name {
         "F32" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         "F16" => values
@@ -148,7 +121,34 @@ pub fn export_gguf(
     path: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
-    let ft = opts.target.file_type();
+    export_gguf_planned(
+        model,
+        adapter,
+        path,
+        &QuantPlan::new(opts.target),
+        &mut |_| {},
+    )
+}
+
+/// Where an export stands, for progress bars: tensor `done` of `total` was just written.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportProgress<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub name: &'a str,
+    pub ggml_type: &'static str,
+}
+
+/// [`export_gguf`] with every tensor's type decided by `plan` (rules, overrides, pure), calling
+/// `progress` after each tensor.
+pub fn export_gguf_planned(
+    model: &Model,
+    adapter: Option<&Adapter>,
+    path: &Path,
+    plan: &QuantPlan,
+    progress: &mut dyn FnMut(ExportProgress),
+) -> Result<ExportReport> {
+    let ft = plan.target.file_type();
     if model.format != "gguf" {
         return Err(Error::msg(format!(
             "export_gguf: the model comes from {} ({}); writing its tokenizer as GGUF keys is not supported yet, only models loaded from a .gguf file",
@@ -204,19 +204,13 @@ pub fn export_gguf(
             w.set(k.clone(), v.clone());
         }
     }
-    if matches!(opts.target, ExportType::Preset(_)) {
+    if matches!(plan.target, ExportType::Preset(_)) {
         w.set("general.quantization_version", Value::U32(2));
     }
     let f32_type = GgmlType::from_name("F32").expect("F32");
-    let shape = LlamaShape {
-        n_layer: c.num_hidden_layers,
-        n_head: c.num_attention_heads,
-        n_head_kv: c.num_key_value_heads,
-        tied: c.tie_word_embeddings,
-    };
     let mut bytes = 0u64;
     let tensors = model.llama.hf_tensors()?;
-    for (hf, t) in &tensors {
+    for (i, (hf, t)) in tensors.iter().enumerate() {
         let name = gguf_name(hf)
             .ok_or_else(|| Error::msg(format!("export_gguf: no llama.cpp name for tensor {hf}")))?;
         let dims = t.dims().to_vec();
@@ -237,13 +231,19 @@ pub fn export_gguf(
             values = permute_rows(&values, cols, n_head);
         }
         let ne: Vec<u64> = dims.iter().rev().map(|&d| d as u64).collect();
-        let t_type = match opts.target {
-            _ if dims.len() < 2 || name.ends_with("_norm.weight") => f32_type,
-            ExportType::Float(t) => t,
-            ExportType::Preset(p) => tensor_type(&p, &name, &ne, &shape),
+        let t_type = if dims.len() < 2 || name.ends_with("_norm.weight") {
+            f32_type
+        } else {
+            plan.tensor_type(&name, &ne, &crate::quant::plan::shape_of(c))
         };
         let data = encode(&values, cols, &t_type)?;
         bytes += data.len() as u64;
+        progress(ExportProgress {
+            done: i + 1,
+            total: tensors.len(),
+            name: &name,
+            ggml_type: t_type.name,
+        });
         w.add_tensor(name, &ne, t_type, data)?;
     }
     w.write(path)?;

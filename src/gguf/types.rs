@@ -152,6 +152,38 @@ impl GgmlType {
     }
 
     /// The type with this name (`Q4_K`, `f16`: case does not matter).
+    /// candle's name for this type, where candle has it.
+    pub fn to_candle(&self) -> Option<candle_core::quantized::GgmlDType> {
+        use candle_core::quantized::GgmlDType as D;
+        Some(match self.name {
+            "F32" => D::F32,
+            "F16" => D::F16,
+            "BF16" => D::BF16,
+            "Q4_0" => D::Q4_0,
+            "Q4_1" => D::Q4_1,
+            "Q5_0" => D::Q5_0,
+            "Q5_1" => D::Q5_1,
+            "Q8_0" => D::Q8_0,
+            "Q8_1" => D::Q8_1,
+            "Q2_K" => D::Q2K,
+            "Q3_K" => D::Q3K,
+            "Q4_K" => D::Q4K,
+            "Q5_K" => D::Q5K,
+            "Q6_K" => D::Q6K,
+            "Q8_K" => D::Q8K,
+            _ => return None,
+        })
+    }
+
+    /// The type candle calls `d`.
+    pub fn from_candle(d: candle_core::quantized::GgmlDType) -> GgmlType {
+        GGML_TYPES
+            .iter()
+            .find(|t| t.to_candle() == Some(d))
+            .copied()
+            .expect("every candle ggml type is in GGML_TYPES")
+    }
+
     pub fn from_name(name: &str) -> Option<GgmlType> {
         GGML_TYPES
             .iter()

@@ -41,6 +41,19 @@ impl Target {
         }
     }
 
+    /// llama.cpp's name of the projection inside a block (`attn_q`, `ffn_up`, …).
+    pub fn gguf_part(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
+    }
+
     /// The module path inside a block (`self_attn.q_proj`, `mlp.up_proj`, …).
     pub fn path(self) -> &'static str {
         match self {

@@ -71,6 +71,10 @@ pub enum Weight {
 pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
+    /// Quantized weights at inference: round the activations to 8-bit blocks first and dot
+    /// integers, as llama.cpp's CPU kernels do (candle's quantized matmul), instead of keeping
+    /// them f32. Off by default; on for figures that must compare with llama.cpp's.
+    pub ggml_activations: bool,
 }
 
 impl Linear {
@@ -79,6 +83,7 @@ impl Linear {
         Linear {
             weight: Weight::Dense(weight),
             bias,
+            ggml_activations: false,
         }
     }
 
@@ -89,6 +94,7 @@ impl Linear {
         Ok(Linear {
             weight: Weight::Quantized(Arc::new(matmul), shape),
             bias,
+            ggml_activations: false,
         })
     }
 
@@ -171,6 +177,7 @@ impl Linear {
                     .matmul(&w.t()?)?
                     .reshape(out_dims)?
             }
+            Weight::Quantized(m, _) if self.ggml_activations => m.forward(x)?,
             Weight::Quantized(m, shape) => quantized_forward(m, shape, x)?,
         };
         Ok(match &self.bias {

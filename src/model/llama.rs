@@ -60,6 +60,9 @@ pub struct Llama {
     pub config: LlamaConfig,
     /// (V, C), dense (dequantized when loaded from a quantized file).
     pub embed: Tensor,
+    /// The ggml type the embedding was stored in, when it came dequantized from quantized blocks
+    /// (reports show what quantization cost it).
+    pub embed_type: Option<candle_core::quantized::GgmlDType>,
     pub blocks: Vec<Block>,
     pub norm: Tensor, // (C)
     /// C → V; for tied models a view of the embedding (dense or quantized).
@@ -121,6 +124,7 @@ impl Llama {
         Llama {
             config,
             embed,
+            embed_type: None,
             blocks,
             norm,
             lm_head,

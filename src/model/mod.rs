@@ -59,7 +59,7 @@ impl Default for LoadOptions {
 }
 
 /// Everything about a loaded model.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ModelParts {
     pub llama: Llama,
     pub tokenizer: Tokenizer,
@@ -109,6 +109,31 @@ impl Model {
     /// Parameters of the network.
     pub fn num_params(&self) -> usize {
         self.llama.config.num_params()
+    }
+
+    /// A copy (sharing the weights) whose quantized layers round activations to 8 bits as
+    /// llama.cpp's CPU kernels do ([`linear::Linear::ggml_activations`]), so perplexity and KL
+    /// figures compare with llama.cpp's; dense layers are unchanged.
+    pub fn with_ggml_activations(&self) -> Model {
+        let mut llama = self.llama.clone();
+        for b in &mut llama.blocks {
+            for lin in [
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.o,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                lin.ggml_activations = true;
+            }
+        }
+        llama.lm_head.ggml_activations = true;
+        Model::new(ModelParts {
+            llama,
+            ..(*self.inner).clone()
+        })
     }
 }
 

@@ -23,55 +23,101 @@ pub struct Perplexity {
     pub nll: f64,
 }
 
-/// Perplexity of `model` on `text` with windows of `ctx` tokens.
-pub fn perplexity(
-    model: &Model,
-    text: &str,
-    ctx: usize,
-    cancel: &CancelToken,
-) -> Result<Perplexity> {
-    if ctx < 4 {
-        return Err(Error::config(
-            "perplexity",
-            format!("ctx must be at least 4 tokens, got {ctx}"),
-        ));
-    }
-    let mut tokens = model.tokenizer.encode(text)?;
-    let bos = model.llama.config.bos_token_id.filter(|_| model.add_bos);
-    if let Some(bos) = bos {
-        tokens.insert(0, bos);
-    }
-    let chunks = tokens.len() / ctx;
-    if chunks == 0 {
-        return Err(Error::msg(format!(
-            "perplexity: the text has {} tokens, fewer than one window of ctx = {ctx}; use a longer text or a smaller ctx",
-            tokens.len()
-        )));
-    }
-    let first = ctx / 2;
-    let mut total_nll = 0.0f64;
-    let mut scored = 0usize;
-    for c in 0..chunks {
-        cancel.check()?;
-        let mut window = tokens[c * ctx..(c + 1) * ctx].to_vec();
+/// The scoring windows of a text for a model: its tokens cut into `count` windows of `ctx`.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    tokens: Vec<u32>,
+    bos: Option<u32>,
+    pub ctx: usize,
+    pub count: usize,
+}
+
+impl Windows {
+    /// `text` tokenized for `model`, in windows of `ctx`; at most `max_chunks` of them when given
+    /// (llama-perplexity's `--chunks`).
+    pub fn new(
+        model: &Model,
+        text: &str,
+        ctx: usize,
+        max_chunks: Option<usize>,
+    ) -> Result<Windows> {
+        if ctx < 4 {
+            return Err(Error::config(
+                "perplexity",
+                format!("ctx must be at least 4 tokens, got {ctx}"),
+            ));
+        }
+        let mut tokens = model.tokenizer.encode(text)?;
+        let bos = model.llama.config.bos_token_id.filter(|_| model.add_bos);
         if let Some(bos) = bos {
+            tokens.insert(0, bos);
+        }
+        let mut count = tokens.len() / ctx;
+        if count == 0 {
+            return Err(Error::msg(format!(
+                "perplexity: the text has {} tokens, fewer than one window of ctx = {ctx}; use a longer text or a smaller ctx",
+                tokens.len()
+            )));
+        }
+        if let Some(max) = max_chunks {
+            count = count.min(max.max(1));
+        }
+        Ok(Windows {
+            tokens,
+            bos,
+            ctx,
+            count,
+        })
+    }
+
+    /// Positions scored per window: the second half, less the last (its next token is outside).
+    pub fn scored_per_window(&self) -> usize {
+        self.ctx - self.ctx / 2 - 1
+    }
+
+    /// Window `c` through `model`: the log-probabilities at its scored positions (n, V), f32, and
+    /// the tokens they should predict (n).
+    pub fn log_probs(&self, model: &Model, c: usize) -> Result<(Tensor, Tensor)> {
+        let (ctx, first) = (self.ctx, self.ctx / 2);
+        let mut window = self.tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if let Some(bos) = self.bos {
             window[0] = bos;
         }
         let ids = Tensor::new(window.as_slice(), &model.llama.device)?.unsqueeze(0)?; // (1, ctx)
         let logits = model.llama.forward(&ids, None, None, Logits::From(first))?; // (1, ctx - first, V)
-        let logp = log_softmax(&logits.squeeze(0)?)?; // (ctx - first, V)
-        let n = ctx - first - 1; // the last position has no next token inside the window
-        let targets: Vec<u32> = (first..ctx - 1).map(|j| tokens[c * ctx + j + 1]).collect();
-        let targets = Tensor::new(targets.as_slice(), &model.llama.device)?.unsqueeze(1)?; // (n, 1)
-        let picked = logp.narrow(0, 0, n)?.gather(&targets, 1)?; // (n, 1)
+        let logp = log_softmax(&logits.squeeze(0)?.to_dtype(DType::F32)?)?; // (ctx - first, V)
+        let n = self.scored_per_window();
+        let targets: Vec<u32> = (first..ctx - 1)
+            .map(|j| self.tokens[c * ctx + j + 1])
+            .collect();
+        let targets = Tensor::new(targets.as_slice(), &model.llama.device)?; // (n)
+        Ok((logp.narrow(0, 0, n)?, targets))
+    }
+}
+
+/// Perplexity of `model` on `text` with windows of `ctx` tokens (at most `max_chunks` windows).
+pub fn perplexity(
+    model: &Model,
+    text: &str,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    cancel: &CancelToken,
+) -> Result<Perplexity> {
+    let windows = Windows::new(model, text, ctx, max_chunks)?;
+    let mut total_nll = 0.0f64;
+    let mut scored = 0usize;
+    for c in 0..windows.count {
+        cancel.check()?;
+        let (logp, targets) = windows.log_probs(model, c)?;
+        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
         total_nll -= picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        scored += n;
+        scored += targets.dim(0)?;
     }
     let nll = total_nll / scored as f64;
     Ok(Perplexity {
         ppl: nll.exp(),
         tokens: scored,
-        chunks,
+        chunks: windows.count,
         nll,
     })
 }

@@ -263,6 +263,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
         }
     };
     let embed = dense("token_embd.weight")?;
+    let embed_type = gguf.qtensor("token_embd.weight", cpu)?.dtype();
     let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let p = format!("blk.{i}");
@@ -315,7 +316,10 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
     }
     stop_ids.sort();
     stop_ids.dedup();
-    let llama = Llama::new(cfg, embed, blocks, norm, lm_head, dense_dtype);
+    let mut llama = Llama::new(cfg, embed, blocks, norm, lm_head, dense_dtype);
+    if opts.quantized {
+        llama.embed_type = Some(embed_type);
+    }
     Ok(Model::new(ModelParts {
         llama,
         chat_template: gguf.string("tokenizer.chat_template"),

@@ -16,4 +16,8 @@ mod matvec_avx2;
 #[cfg(target_arch = "x86_64")]
 mod matvec_avx512;
 pub mod mixture;
+pub mod plan;
+pub mod plot;
 pub mod quantize;
+pub mod quantize_model;
+pub mod report;

@@ -455,7 +455,8 @@ mod model_api {
     }
 
     /// Perplexity as llama-perplexity computes it: `text_or_path` is text or a file; options
-    /// `ctx` (window, default 512). Returns `#{ ppl, tokens, chunks, nll }`.
+    /// `ctx` (window, default 512), `chunks` (at most this many windows, as llama-perplexity's
+    /// `--chunks`). Returns `#{ ppl, tokens, chunks, nll }`.
     #[rhai_fn(return_raw)]
     pub fn perplexity(
         ctx: NativeCallContext,
@@ -463,8 +464,9 @@ mod model_api {
         text_or_path: &str,
         opts: Map,
     ) -> ScriptResult<Map> {
-        let o = Options::new("perplexity options", opts, &["ctx"])?;
+        let o = Options::new("perplexity options", opts, &["ctx", "chunks"])?;
         let window = o.int("ctx")?.unwrap_or(512).max(0) as usize;
+        let chunks = o.int("chunks")?.map(|c| c.max(1) as usize);
         let text = if Path::new(text_or_path).is_file() {
             std::fs::read_to_string(text_or_path)
                 .map_err(|e| crate::Error::io(text_or_path, e))
@@ -472,7 +474,8 @@ mod model_api {
         } else {
             text_or_path.to_string()
         };
-        let p = perplexity::perplexity(&model, &text, window, &host(&ctx).cancel).script()?;
+        let p =
+            perplexity::perplexity(&model, &text, window, chunks, &host(&ctx).cancel).script()?;
         let mut m = Map::new();
         m.insert("ppl".into(), Dynamic::from(p.ppl));
         m.insert("nll".into(), Dynamic::from(p.nll));

@@ -1,5 +1,5 @@
-//! Script API, area "quant": `gguf_info`, `export_gguf`. Thin bindings over [`crate::gguf`] (more of the
-//! quantization area lands with issue 7).
+//! Script API, area "quant": `gguf_info`, `export_gguf`, `quantize`, `quant_report`. Thin bindings
+//! over [`crate::gguf`] and [`crate::quant`].
 
 use rhai::plugin::*;
 use rhai::INT;
@@ -30,6 +30,98 @@ fn to_dynamic(v: &crate::gguf::Value) -> Dynamic {
         V::String(s) => Dynamic::from(s.clone()),
         V::Array(_, items) => Dynamic::from(items.iter().map(to_dynamic).collect::<rhai::Array>()),
     }
+}
+
+/// A quantization plan from script options: `type` (a preset or F32/F16/BF16; `default_type` when
+/// absent), `rules` (`[#{ pattern, type }]` or `["PATTERN=TYPE"]`, first match wins),
+/// `output_type`, `token_embd_type`, `pure`. `what` names the options in errors.
+pub fn plan_from(
+    o: &crate::script::options::Options,
+    what: &str,
+    default_type: &str,
+) -> crate::script::errors::ScriptResult<crate::quant::plan::QuantPlan> {
+    use crate::quant::plan::{writable_type, QuantPlan, Target, TypeRule};
+    use crate::script::errors::runtime;
+    let type_name = o.string("type")?.unwrap_or_else(|| default_type.into());
+    let target =
+        Target::named(&type_name).map_err(|e| runtime(format!("{what}: key \"type\": {e}")))?;
+    let mut plan = QuantPlan::new(target);
+    for (i, rule) in o
+        .array("rules")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let at = format!("{what}: rules[{i}]");
+        let parsed = if rule.is_string() {
+            TypeRule::parse(&rule.to_string(), &at)
+        } else if let Some(m) = rule.clone().try_cast::<rhai::Map>() {
+            let field = |k: &str| {
+                m.get(k)
+                    .filter(|v| v.is_string())
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| runtime(format!("{at}: needs a string \"{k}\" (e.g. #{{ pattern: \"ffn_down\", type: \"Q6_K\" }})")))
+            };
+            TypeRule::new(&field("pattern")?, &field("type")?, &at)
+        } else {
+            return Err(runtime(format!(
+                "{at}: expected #{{ pattern, type }} or \"PATTERN=TYPE\", got {}",
+                rule.type_name()
+            )));
+        };
+        plan.rules.push(parsed.map_err(|e| runtime(e.to_string()))?);
+    }
+    let typed = |key: &str| -> crate::script::errors::ScriptResult<Option<crate::gguf::GgmlType>> {
+        match o.string(key)? {
+            Some(name) => Ok(Some(
+                writable_type(&name, &format!("{what}: key \"{key}\""))
+                    .map_err(|e| runtime(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    };
+    plan.output_type = typed("output_type")?;
+    plan.token_embd_type = typed("token_embd_type")?;
+    plan.pure = o.bool("pure")?.unwrap_or(false);
+    Ok(plan)
+}
+
+/// The plan's option keys.
+pub const PLAN_KEYS: &[&str] = &["type", "rules", "output_type", "token_embd_type", "pure"];
+
+/// A quantization report as a script map.
+fn report_map(r: &crate::quant::report::QuantReport, file_size: Option<u64>) -> rhai::Map {
+    let mut tensors = rhai::Array::new();
+    for t in &r.tensors {
+        let mut m = rhai::Map::new();
+        m.insert("name".into(), t.name.clone().into());
+        m.insert("type".into(), t.ggml_type.into());
+        m.insert("bits_per_weight".into(), Dynamic::from(t.bits_per_weight));
+        m.insert("elements".into(), Dynamic::from(t.elements as INT));
+        m.insert("rmse".into(), Dynamic::from(t.rmse));
+        m.insert("max_abs".into(), Dynamic::from(t.max_abs));
+        m.insert("snr_db".into(), Dynamic::from(t.snr_db));
+        tensors.push(m.into());
+    }
+    let mut m = rhai::Map::new();
+    m.insert("tensors".into(), tensors.into());
+    m.insert("weight_bytes".into(), Dynamic::from(r.weight_bytes as INT));
+    m.insert("bits_per_weight".into(), Dynamic::from(r.bits_per_weight));
+    if let Some(size) = file_size {
+        m.insert("file_size".into(), Dynamic::from(size as INT));
+    }
+    if let Some(a) = &r.agreement {
+        m.insert("ppl".into(), Dynamic::from(a.ppl));
+        m.insert("ppl_reference".into(), Dynamic::from(a.ppl_reference));
+        m.insert("kl_mean".into(), Dynamic::from(a.kl_mean));
+        m.insert("kl_max".into(), Dynamic::from(a.kl_max));
+        m.insert("top1".into(), Dynamic::from(a.top1));
+        m.insert("tokens".into(), Dynamic::from(a.tokens as INT));
+        m.insert("chunks".into(), Dynamic::from(a.chunks as INT));
+        m.insert("ctx".into(), Dynamic::from(a.ctx as INT));
+    }
+    m.insert("table".into(), r.table().into());
+    m
 }
 
 #[export_module]
@@ -91,20 +183,19 @@ pub mod quant_api {
 
     /// Write `model` as a llama GGUF that llama.cpp loads. Options: `type`: "F32", "F16"
     /// (default) or "BF16" for every 2-D weight, or a llama-quantize preset ("Q8_0", "Q4_0",
-    /// "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q6_K") with its per-tensor types,
-    /// `adapter` (a LoRA adapter or its folder, merged in first). Returns `#{ path, tensors,
-    /// bytes, file_type }`. The model must have been loaded from a GGUF (its tokenizer is copied).
+    /// "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S/M/L", "Q4_K_S/M", "Q5_K_S/M", "Q6_K") with its
+    /// per-tensor types; `rules: [#{ pattern, type }]` (regular expressions on llama.cpp tensor
+    /// names, first match wins, as llama-quantize's `--tensor-type`); `output_type`,
+    /// `token_embd_type`; `pure` (no per-tensor mixture); `adapter` (a LoRA adapter or its folder,
+    /// merged in first). Returns `#{ path, tensors, bytes, file_type }`. The model must have been
+    /// loaded from a GGUF (its tokenizer is copied).
     #[rhai_fn(return_raw)]
     pub fn export_gguf(model: crate::model::Model, path: &str, opts: Map) -> ScriptResult<Map> {
         use crate::script::errors::runtime;
-        let o = crate::script::options::Options::new(
-            "export_gguf options",
-            opts,
-            &["type", "adapter"],
-        )?;
-        let type_name = o.string("type")?.unwrap_or_else(|| "F16".into());
-        let target = crate::gguf::export::ExportType::named(&type_name)
-            .map_err(|e| runtime(format!("export_gguf options: key \"type\": {e}")))?;
+        let mut keys = super::PLAN_KEYS.to_vec();
+        keys.push("adapter");
+        let o = crate::script::options::Options::new("export_gguf options", opts, &keys)?;
+        let plan = super::plan_from(&o, "export_gguf options", "F16")?;
         let adapter = match o.value("adapter") {
             None => None,
             Some(v) if v.is_string() => Some(
@@ -115,11 +206,12 @@ pub mod quant_api {
                 runtime("export_gguf options: key \"adapter\": expected an adapter (run.adapter, load_adapter(dir)) or its folder")
             })?),
         };
-        let r = crate::gguf::export::export_gguf(
+        let r = crate::gguf::export::export_gguf_planned(
             &model,
             adapter.as_ref(),
             std::path::Path::new(path),
-            &crate::gguf::export::ExportOptions { target },
+            &plan,
+            &mut |_| {},
         )
         .script()?;
         let mut m = Map::new();
@@ -128,6 +220,162 @@ pub mod quant_api {
         m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
         m.insert("file_type".into(), Dynamic::from(r.file_type as INT));
         Ok(m)
+    }
+
+    /// `model` quantized in memory, as `export_gguf` with the same options would write it and
+    /// `load_model(file, #{ quantized: true })` would read it back: `quantize(model, "Q4_K_M")`,
+    /// or `quantize(model, #{ type, rules, output_type, token_embd_type, pure })`.
+    #[rhai_fn(return_raw)]
+    pub fn quantize(
+        model: crate::model::Model,
+        type_or_options: Dynamic,
+    ) -> ScriptResult<crate::model::Model> {
+        use crate::script::errors::runtime;
+        let opts = if type_or_options.is_string() {
+            let mut m = Map::new();
+            m.insert("type".into(), type_or_options);
+            m
+        } else {
+            type_or_options.try_cast::<Map>().ok_or_else(|| {
+                runtime("quantize: the second argument is a type (\"Q4_K_M\") or options #{ type, rules, output_type, token_embd_type, pure }")
+            })?
+        };
+        let o = crate::script::options::Options::new("quantize options", opts, super::PLAN_KEYS)?;
+        let plan = super::plan_from(&o, "quantize options", "Q8_0")?;
+        crate::quant::quantize_model::quantize_model(&model, &plan).script()
+    }
+
+    /// What quantization cost: `model` (quantized, or the path of a quantized .gguf, loaded with
+    /// `quantized: true`) against `reference` (the unquantized model). Options: `text` (text or a
+    /// file; without it only the per-tensor errors), `ctx` (512), `chunks` (all), `activations`
+    /// ("f32", the default: the cost of the weights alone; "ggml": activations rounded to 8 bits
+    /// as llama.cpp's CPU kernels do, for figures that compare with llama-perplexity's), `quiet`
+    /// (false: the table is printed). Returns `#{ tensors: [#{ name, type, bits_per_weight, elements, rmse,
+    /// max_abs, snr_db }], weight_bytes, bits_per_weight, file_size (for a path), ppl,
+    /// ppl_reference, kl_mean, kl_max, top1, tokens, chunks, ctx, table }`.
+    #[rhai_fn(return_raw)]
+    pub fn quant_report(
+        ctx: NativeCallContext,
+        model: Dynamic,
+        reference: crate::model::Model,
+        opts: Map,
+    ) -> ScriptResult<Map> {
+        use crate::script::errors::runtime;
+        let o = crate::script::options::Options::new(
+            "quant_report options",
+            opts,
+            &["text", "ctx", "chunks", "quiet", "activations"],
+        )?;
+        let (model, file_size) = if model.is_string() {
+            let path = model.to_string();
+            let size = std::fs::metadata(&path)
+                .map_err(|e| crate::Error::io(&path, e))
+                .script()?
+                .len();
+            let load = crate::model::LoadOptions {
+                quantized: true,
+                device: crate::model::device_name(&reference.llama.device),
+                ..Default::default()
+            };
+            (crate::model::load(&path, &load).script()?, Some(size))
+        } else {
+            let m = model.try_cast::<crate::model::Model>().ok_or_else(|| {
+                runtime("quant_report: the first argument is a quantized model or the path of a quantized .gguf")
+            })?;
+            (m, None)
+        };
+        let text = match o.string("text")? {
+            Some(t) if std::path::Path::new(&t).is_file() => Some(
+                std::fs::read_to_string(&t)
+                    .map_err(|e| crate::Error::io(&t, e))
+                    .script()?,
+            ),
+            other => other,
+        };
+        let ggml_activations = match o.string("activations")?.as_deref() {
+            None | Some("f32") => false,
+            Some("ggml") | Some("llama.cpp") => true,
+            Some(other) => {
+                return Err(runtime(format!(
+                    "quant_report options: key \"activations\": \"{other}\" is not \"f32\" (exact, the default) or \"ggml\" (rounded to 8 bits as llama.cpp's CPU kernels do)"
+                )))
+            }
+        };
+        let ro = crate::quant::report::ReportOptions {
+            text,
+            ctx: o.int("ctx")?.map(|c| c.max(0) as usize),
+            chunks: o.int("chunks")?.map(|c| c.max(1) as usize),
+            ggml_activations,
+        };
+        let host = crate::script::engine::host(&ctx);
+        let r = crate::quant::report::report(&model, &reference, &ro, &host.cancel).script()?;
+        if !o.bool("quiet")?.unwrap_or(false) {
+            host.output.write(&r.table());
+        }
+        Ok(super::report_map(&r, file_size))
+    }
+
+    /// The size–quality trade-off as a chart (`.png` or `.svg`): one dot per entry of `points`,
+    /// each a map with `label`, `bits_per_weight` and the figure to draw (a `quant_report` result
+    /// with a `label` added will do). Options: `y` (the key drawn, default "ppl"), `y_label`,
+    /// `title`, `reference` (the unquantized value, a dashed line).
+    #[rhai_fn(return_raw)]
+    pub fn plot_tradeoff(points: Array, path: &str, opts: Map) -> ScriptResult<()> {
+        use crate::script::errors::runtime;
+        let o = crate::script::options::Options::new(
+            "plot_tradeoff options",
+            opts,
+            &["y", "y_label", "title", "reference"],
+        )?;
+        let y = o.string("y")?.unwrap_or_else(|| "ppl".into());
+        let mut drawn = Vec::new();
+        for (i, p) in points.into_iter().enumerate() {
+            let m = p.try_cast::<Map>().ok_or_else(|| {
+                runtime(format!(
+                    "plot_tradeoff: points[{i}] is not a map with label, bits_per_weight and {y}"
+                ))
+            })?;
+            let num = |k: &str| -> ScriptResult<f64> {
+                let v = m
+                    .get(k)
+                    .ok_or_else(|| runtime(format!("plot_tradeoff: points[{i}] has no \"{k}\"")))?;
+                v.as_float()
+                    .or_else(|_| v.as_int().map(|n| n as f64))
+                    .map_err(|t| {
+                        runtime(format!(
+                            "plot_tradeoff: points[{i}].{k} is {t}, not a number"
+                        ))
+                    })
+            };
+            drawn.push(crate::quant::plot::TradeoffPoint {
+                label: m.get("label").map(|l| l.to_string()).unwrap_or_default(),
+                bits_per_weight: num("bits_per_weight")?,
+                value: num(&y)?,
+            });
+        }
+        let to = crate::quant::plot::TradeoffOptions {
+            title: o.string("title")?,
+            y_label: o.string("y_label")?.unwrap_or_else(|| y.clone()),
+            reference: o.float("reference")?,
+            ..Default::default()
+        };
+        crate::quant::plot::plot_tradeoff(&drawn, std::path::Path::new(path), &to).script()
+    }
+
+    /// [`plot_tradeoff`] of perplexity, with the default options.
+    #[rhai_fn(name = "plot_tradeoff", return_raw)]
+    pub fn plot_tradeoff_default(points: Array, path: &str) -> ScriptResult<()> {
+        plot_tradeoff(points, path, Map::new())
+    }
+
+    /// [`quant_report`] with the default options (per-tensor errors only).
+    #[rhai_fn(name = "quant_report", return_raw)]
+    pub fn quant_report_default(
+        ctx: NativeCallContext,
+        model: Dynamic,
+        reference: crate::model::Model,
+    ) -> ScriptResult<Map> {
+        quant_report(ctx, model, reference, Map::new())
     }
 
     /// [`export_gguf`] with the default options (F16).

@@ -108,21 +108,38 @@ fn an_adapter_is_merged_into_the_exported_weights() {
     );
 }
 
+/// A model that did not come from a GGUF (here `tiny`, a byte-level BPE tokenizer from a
+/// tokenizer.json) gets its tokenizer converted: read back, it tokenizes a varied text the same
+/// and computes the same logits. (llama.cpp loads the file and tokenizes the same text to the
+/// same ids; see README.)
 #[test]
-fn a_model_without_a_gguf_tokenizer_is_refused() {
+fn a_model_with_a_hugging_face_tokenizer_exports_and_reads_back() {
     let tiny = model::load("tiny", &Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = ExportOptions {
-        target: ExportType::named("F16").unwrap(),
-    };
-    let err = export_gguf(&tiny, None, &dir.path().join("t.gguf"), &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("only models loaded from a .gguf file"),
-        "{err}"
+    let path = dir.path().join("t.gguf");
+    export(&tiny, None, "F32", &path);
+    let r = GgufReader::open(&path).unwrap();
+    let key = |k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    assert_eq!(key("tokenizer.ggml.model").as_deref(), Some("gpt2"));
+    assert_eq!(key("tokenizer.ggml.pre").as_deref(), Some("gpt-2"));
+    let back = model::load(path.to_str().unwrap(), &Default::default()).unwrap();
+    let text = "Hello world!  The quick brown fox, 你好 🙂 code: fn main() {}\n\t<|im_start|>user";
+    assert_eq!(
+        tiny.tokenizer.encode(text).unwrap(),
+        back.tokenizer.encode(text).unwrap()
     );
-    assert!(!dir.path().join("t.gguf").exists());
+    assert_eq!(back.chat_template, tiny.chat_template);
+    let ids = Tensor::new(&[[5u32, 100, 200, 300, 2]], &Device::Cpu).unwrap();
+    let l = |m: &Model| -> Vec<f32> {
+        m.llama
+            .forward(&ids, None, None, Logits::All)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(l(&tiny), l(&back));
 }
 
 fn fnv(bytes: &[u8]) -> String {

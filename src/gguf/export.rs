@@ -6,8 +6,9 @@
 //! quantized by tunelab's reference quantizers); norms and other 1-D tensors stay F32, as
 //! llama.cpp's converter writes them.
 //!
-//! Not yet: models whose tokenizer did not come from a GGUF (a Hugging Face folder, `tiny`), whose
-//! vocabulary would need converting to GGUF's keys.
+//! A model that did not come from a GGUF (a Hugging Face folder, `tiny`) has its byte-level BPE
+//! tokenizer converted ([`super::tokenizer_keys`]). Not yet: SentencePiece tokenizers from
+//! Hugging Face folders, and Llama 3 rope scaling (llama.cpp's `rope_freqs` tensor).
 
 use std::path::Path;
 
@@ -149,13 +150,27 @@ pub fn export_gguf_planned(
     progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<ExportReport> {
     let ft = plan.target.file_type();
-    if model.format != "gguf" {
+    if model.config().rope_scaling.is_some() {
         return Err(Error::msg(format!(
-            "export_gguf: the model comes from {} ({}); writing its tokenizer as GGUF keys is not supported yet, only models loaded from a .gguf file",
-            model.source, model.format
+            "export_gguf: {} uses Llama 3 rope scaling, which a GGUF carries as a rope_freqs tensor tunelab does not write yet",
+            model.source
         )));
     }
-    let source = GgufReader::open(&model.source)?;
+    // A model read from a GGUF keeps that file's general.* and tokenizer keys; any other has its
+    // tokenizer converted (Hugging Face folders, tiny).
+    let source = match model.format {
+        "gguf" => Some(GgufReader::open(&model.source)?),
+        _ => None,
+    };
+    let tokenizer = match &source {
+        Some(s) => s
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .cloned()
+            .collect(),
+        None => super::tokenizer_keys::tokenizer_keys(model)?,
+    };
     let merged;
     let model = match adapter {
         Some(a) => {
@@ -167,7 +182,13 @@ pub fn export_gguf_planned(
     let c = model.config();
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
-    for (k, v) in &source.metadata {
+    if source.is_none() {
+        let name = std::path::Path::new(&model.source)
+            .file_name()
+            .map_or(model.source.clone(), |n| n.to_string_lossy().into_owned());
+        w.set("general.name", Value::String(name));
+    }
+    for (k, v) in source.iter().flat_map(|s| &s.metadata) {
         if k.starts_with("general.")
             && !matches!(
                 k.as_str(),
@@ -199,10 +220,8 @@ pub fn export_gguf_planned(
         w.set("llama.attention.value_length", u32v(c.head_dim));
     }
     w.set("general.file_type", Value::U32(ft));
-    for (k, v) in &source.metadata {
-        if k.starts_with("tokenizer.") {
-            w.set(k.clone(), v.clone());
-        }
+    for (k, v) in tokenizer {
+        w.set(k, v);
     }
     if matches!(plan.target, ExportType::Preset(_)) {
         w.set("general.quantization_version", Value::U32(2));

@@ -139,8 +139,8 @@ fn pre_tokenizer_for(pre: &str) -> Option<PreTokenizerWrapper> {
             ])
             .into(),
         ),
-        // GPT-2 itself does not add a prefix space either.
-        "gpt2" | "default" => Some(ByteLevel::new(false, true, true).into()),
+        // GPT-2 itself (llama.cpp calls it "gpt-2") does not add a prefix space either.
+        "gpt-2" | "gpt2" | "default" => Some(ByteLevel::new(false, true, true).into()),
         _ => None,
     }
 }

@@ -295,12 +295,25 @@ impl GgufReader {
 
     /// The bytes of `tensor` (one of this file's).
     pub fn tensor_bytes(&self, tensor: &TensorInfo) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; tensor.bytes() as usize];
+        self.read_tensor_into(tensor, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// The bytes of `tensor` into `buf`, which holds exactly that many.
+    pub fn read_tensor_into(&self, tensor: &TensorInfo, buf: &mut [u8]) -> Result<()> {
+        if buf.len() as u64 != tensor.bytes() {
+            return Err(Error::msg(format!(
+                "{}: tensor {} has {} bytes, not {}",
+                self.path.display(),
+                tensor.name,
+                tensor.bytes(),
+                buf.len()
+            )));
+        }
         let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         f.seek(SeekFrom::Start(self.data_offset + tensor.offset))
             .map_err(|e| Error::io(&self.path, e))?;
-        let mut buf = vec![0u8; tensor.bytes() as usize];
-        f.read_exact(&mut buf)
-            .map_err(|e| Error::io(&self.path, e))?;
-        Ok(buf)
+        f.read_exact(buf).map_err(|e| Error::io(&self.path, e))
     }
 }

@@ -1,5 +1,5 @@
 //! Quantizing a GGUF file into another, as llama-quantize does: each tensor is read from the
-//! input, turned into f32 (dequantized if it was quantized: llama-quantize's
+//! input (mapped into memory; F32 data is quantized in place), turned into f32 (dequantized if it was quantized: llama-quantize's
 //! `--allow-requantize`), quantized to the type the plan gives it, and written in the input's
 //! order under the input's metadata (with `general.file_type` and
 //! `general.quantization_version` updated). No model is built and no rows move: the file already
@@ -19,22 +19,45 @@ use crate::error::{Error, Result};
 use crate::quant::mixture::LlamaShape;
 use crate::quant::plan::QuantPlan;
 
-/// The f32 values of tensor `t` of `r`.
-fn values(r: &GgufReader, t: &TensorInfo) -> Result<Vec<f32>> {
-    let bytes = r.tensor_bytes(t)?;
+/// The f32 values of tensor `t` of `r`, whose file is mapped at `map`: F32 data is used where it
+/// lies in the map (GGUF aligns tensor data to 32 bytes), other types are converted.
+fn values<'a>(r: &GgufReader, map: &'a [u8], t: &TensorInfo) -> Result<Cow<'a, [f32]>> {
+    let start = (r.data_offset + t.offset) as usize;
+    let bytes = map.get(start..start + t.bytes() as usize).ok_or_else(|| {
+        Error::data(
+            &r.path,
+            format!("tensor {}", t.name),
+            "lies past the end of the file",
+        )
+    })?;
     Ok(match t.ggml_type.name {
-        "F32" => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        "F16" => bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        "BF16" => bytes
-            .chunks_exact(2)
-            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
+        "F32" if cfg!(target_endian = "little") => match bytemuck::try_cast_slice(bytes) {
+            Ok(v) => Cow::Borrowed(v),
+            Err(_) => Cow::Owned(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+        },
+        "F32" => Cow::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        "F16" => Cow::Owned(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+        ),
+        "BF16" => Cow::Owned(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+        ),
         name => {
             let dtype = t.ggml_type.to_candle().ok_or_else(|| {
                 Error::data(
@@ -43,12 +66,14 @@ fn values(r: &GgufReader, t: &TensorInfo) -> Result<Vec<f32>> {
                     format!("tunelab cannot read {name} tensors"),
                 )
             })?;
-            let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+            let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
             let dims: Vec<usize> = t.ne.iter().rev().map(|&n| n as usize).collect();
-            QTensor::new(storage, dims)?
-                .dequantize(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1()?
+            Cow::Owned(
+                QTensor::new(storage, dims)?
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            )
         }
     })
 }
@@ -92,6 +117,10 @@ pub fn requantize(
 ) -> Result<ExportReport> {
     let r = GgufReader::open(input)?;
     let shape = shape(&r)?;
+    let file = std::fs::File::open(input).map_err(|e| Error::io(input, e))?;
+    // SAFETY: the map is only read, and lives while `r`'s tensors are converted; like
+    // llama-quantize, tunelab assumes the input is not truncated while it runs.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(input, e))?;
     let mut w = GgufWriter::new();
     for (k, v) in &r.metadata {
         if k != "general.alignment" {
@@ -108,7 +137,7 @@ pub fn requantize(
     let mut bytes = 0u64;
     for (i, t) in r.tensors.iter().enumerate() {
         let ty = plan.tensor_type(&t.name, &t.ne, &shape);
-        let data = encode(&values(&r, t)?, t.ne[0] as usize, &ty)
+        let data = encode(&values(&r, &map, t)?, t.ne[0] as usize, &ty)
             .map_err(|e| Error::msg(format!("{}: tensor {}: {e}", input.display(), t.name)))?;
         bytes += data.len() as u64;
         progress(ExportProgress {

@@ -121,7 +121,8 @@ fn q8_0(x: &[f32; BLOCK], out: &mut Vec<u8>) {
 fn symmetric_codes(x: &[f32; BLOCK], id: f32, offset: f32, limit: u8) -> [u8; BLOCK] {
     let mut q = [0u8; BLOCK];
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = ((v * id + offset).trunc() as u8).min(limit);
+        // `as` truncates toward zero like ggml's C cast (and inlines, where `trunc` is a libm call).
+        *q = ((v * id + offset) as u8).min(limit);
     }
     q
 }
@@ -130,7 +131,7 @@ fn symmetric_codes(x: &[f32; BLOCK], id: f32, offset: f32, limit: u8) -> [u8; BL
 fn asymmetric_codes(x: &[f32; BLOCK], min: f32, id: f32, limit: u8) -> [u8; BLOCK] {
     let mut q = [0u8; BLOCK];
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = (((v - min) * id + 0.5).trunc() as u8).min(limit);
+        *q = (((v - min) * id + 0.5) as u8).min(limit);
     }
     q
 }

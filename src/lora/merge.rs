@@ -16,15 +16,7 @@ pub fn merge(model: &Model, adapter: &Adapter) -> Result<Model> {
     let mut quantized_left = false;
     for (i, block) in llama.blocks.iter_mut().enumerate() {
         for t in Target::ALL {
-            let lin = match t {
-                Target::Q => &mut block.q,
-                Target::K => &mut block.k,
-                Target::V => &mut block.v,
-                Target::O => &mut block.o,
-                Target::Gate => &mut block.gate,
-                Target::Up => &mut block.up,
-                Target::Down => &mut block.down,
-            };
+            let lin = block.linear_mut(t);
             let Some(pair) = adapter.pair(i, t) else {
                 quantized_left |= matches!(lin.weight, crate::model::linear::Weight::Quantized(..));
                 continue;

@@ -40,6 +40,19 @@ impl Block {
             Target::Down => &self.down,
         }
     }
+
+    /// The projection a LoRA target names, to change it.
+    pub fn linear_mut(&mut self, target: Target) -> &mut Linear {
+        match target {
+            Target::Q => &mut self.q,
+            Target::K => &mut self.k,
+            Target::V => &mut self.v,
+            Target::O => &mut self.o,
+            Target::Gate => &mut self.gate,
+            Target::Up => &mut self.up,
+            Target::Down => &mut self.down,
+        }
+    }
 }
 
 /// How a forward pass runs: with or without an adapter, for inference or for training.

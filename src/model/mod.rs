@@ -117,16 +117,8 @@ impl Model {
     pub fn with_ggml_activations(&self) -> Model {
         let mut llama = self.llama.clone();
         for b in &mut llama.blocks {
-            for lin in [
-                &mut b.q,
-                &mut b.k,
-                &mut b.v,
-                &mut b.o,
-                &mut b.gate,
-                &mut b.up,
-                &mut b.down,
-            ] {
-                lin.ggml_activations = true;
+            for t in crate::lora::Target::ALL {
+                b.linear_mut(t).ggml_activations = true;
             }
         }
         llama.lm_head.ggml_activations = true;

@@ -62,15 +62,7 @@ pub fn quantize_model(model: &Model, plan: &QuantPlan) -> Result<Model> {
         block.attn_norm = f32(&block.attn_norm)?;
         block.mlp_norm = f32(&block.mlp_norm)?;
         for t in Target::ALL {
-            let lin = match t {
-                Target::Q => &mut block.q,
-                Target::K => &mut block.k,
-                Target::V => &mut block.v,
-                Target::O => &mut block.o,
-                Target::Gate => &mut block.gate,
-                Target::Up => &mut block.up,
-                Target::Down => &mut block.down,
-            };
+            let lin = block.linear_mut(t);
             let name = format!("blk.{i}.{}.weight", t.gguf_part());
             let w = lin.dense_weight()?;
             let q = to_blocks(&w, type_of(&name, &w)?, &name)?;

@@ -355,7 +355,12 @@ pub mod quant_api {
         }
         let to = crate::quant::plot::TradeoffOptions {
             title: o.string("title")?,
-            y_label: o.string("y_label")?.unwrap_or_else(|| y.clone()),
+            y_label: o.string("y_label")?.unwrap_or_else(|| match y.as_str() {
+                "ppl" => "perplexity".into(),
+                "kl_mean" => "KL divergence (mean)".into(),
+                "top1" => "top-1 agreement".into(),
+                other => other.into(),
+            }),
             reference: o.float("reference")?,
             ..Default::default()
         };

@@ -295,3 +295,72 @@ fn the_quantize_command_writes_the_preset() {
     );
     assert!(!bad_out.exists());
 }
+
+/// `export_lora_gguf` writes llama.cpp's adapter layout: metadata, two F32 tensors per adapted
+/// weight with PEFT's shapes in ggml order, A as is and B's rows in llama.cpp's rotary order for
+/// q and k (rsLoRA's alpha·√r so that llama.cpp's alpha/r scale is right). (llama.cpp's `--lora`
+/// applying it to the base gives the merged model's perplexity; see README.)
+#[test]
+fn a_lora_adapter_becomes_llama_cpp_s_adapter_gguf() {
+    use tunelab::gguf::export::permute_rows;
+    use tunelab::gguf::lora_export::export_lora_gguf;
+    let tiny = model::load("tiny", &Default::default()).unwrap();
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        rslora: true,
+        ..Default::default()
+    };
+    let adapter = Adapter::new(&tiny.llama, lora, 7, "tiny").unwrap();
+    for (name, var) in adapter.named_vars() {
+        if name.ends_with("lora_B.weight") {
+            let b = var.as_tensor().rand_like(-1.0, 1.0).unwrap();
+            var.set(&b).unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lora.gguf");
+    let report = export_lora_gguf(&adapter, &tiny, &path).unwrap();
+    let c = tiny.config();
+    assert_eq!(report.tensors, 2 * 7 * c.num_hidden_layers);
+    let r = GgufReader::open(&path).unwrap();
+    let s = |k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    assert_eq!(s("general.type").as_deref(), Some("adapter"));
+    assert_eq!(s("adapter.type").as_deref(), Some("lora"));
+    assert_eq!(s("general.architecture").as_deref(), Some("llama"));
+    match r.get("adapter.lora.alpha") {
+        Some(tunelab::gguf::Value::F32(a)) => assert!((a - 16.0).abs() < 1e-5, "{a}"), // 8·√4
+        other => panic!("adapter.lora.alpha: {other:?}"),
+    }
+    let f32s = |name: &str| -> (Vec<u64>, Vec<f32>) {
+        let t = r.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(t.ggml_type.name, "F32");
+        let b = r.tensor_bytes(t).unwrap();
+        let v = b
+            .chunks_exact(4)
+            .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+            .collect();
+        (t.ne.clone(), v)
+    };
+    let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    for (target, heads) in [
+        (tunelab::lora::Target::Q, Some(c.num_attention_heads)),
+        (tunelab::lora::Target::K, Some(c.num_key_value_heads)),
+        (tunelab::lora::Target::Down, None),
+    ] {
+        let pair = adapter.pair(1, target).unwrap();
+        let base = format!("blk.1.{}.weight", target.gguf_part());
+        let (ne_a, a) = f32s(&format!("{base}.lora_a"));
+        let (ne_b, b) = f32s(&format!("{base}.lora_b"));
+        let (rank, n_in) = pair.a.as_tensor().dims2().unwrap();
+        let (n_out, _) = pair.b.as_tensor().dims2().unwrap();
+        assert_eq!(ne_a, vec![n_in as u64, rank as u64], "{base} A");
+        assert_eq!(ne_b, vec![rank as u64, n_out as u64], "{base} B");
+        assert_eq!(a, flat(pair.a.as_tensor()), "{base}: A is written as is");
+        let want_b = match heads {
+            Some(h) => permute_rows(&flat(pair.b.as_tensor()), rank, h),
+            None => flat(pair.b.as_tensor()),
+        };
+        assert_eq!(b, want_b, "{base}: B");
+    }
+}

@@ -8,10 +8,12 @@
 //! - [`read`]: [`read::GgufReader`], the header parsed and checked; tensor bytes read on demand.
 //! - [`write`]: [`write::GgufWriter`], metadata and tensors in order, padded, written atomically.
 //! - [`export`]: a model (plus a merged LoRA adapter) as a llama GGUF that llama.cpp loads.
+//! - [`lora_export`]: a LoRA adapter as llama.cpp's adapter GGUF (`--lora`).
 //! - [`tokenizer_keys`]: a Hugging Face BPE tokenizer as GGUF `tokenizer.*` keys.
 //! - [`requantize`]: a llama GGUF quantized into another, tensor by tensor (`tunelab quantize`).
 
 pub mod export;
+pub mod lora_export;
 pub mod read;
 pub mod requantize;
 pub mod tokenizer_keys;

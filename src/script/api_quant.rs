@@ -1,5 +1,5 @@
-//! Script API, area "quant": `gguf_info`, `export_gguf`, `quantize`, `quant_report`. Thin bindings
-//! over [`crate::gguf`] and [`crate::quant`].
+//! Script API, area "quant": `gguf_info`, `export_gguf`, `export_lora_gguf`, `quantize`,
+//! `quant_report`, `plot_tradeoff`. Thin bindings over [`crate::gguf`] and [`crate::quant`].
 
 use rhai::plugin::*;
 use rhai::INT;
@@ -381,6 +381,27 @@ pub mod quant_api {
         reference: crate::model::Model,
     ) -> ScriptResult<Map> {
         quant_report(ctx, model, reference, Map::new())
+    }
+
+    /// Write `adapter` (trained on `model`) as llama.cpp's LoRA adapter GGUF, which `--lora`
+    /// applies to the base model's GGUF. Returns `#{ path, tensors, bytes }`.
+    #[rhai_fn(return_raw)]
+    pub fn export_lora_gguf(
+        adapter: crate::lora::Adapter,
+        model: crate::model::Model,
+        path: &str,
+    ) -> ScriptResult<Map> {
+        let r = crate::gguf::lora_export::export_lora_gguf(
+            &adapter,
+            &model,
+            std::path::Path::new(path),
+        )
+        .script()?;
+        let mut m = Map::new();
+        m.insert("path".into(), path.into());
+        m.insert("tensors".into(), Dynamic::from(r.tensors as INT));
+        m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
+        Ok(m)
     }
 
     /// [`export_gguf`] with the default options (F16).

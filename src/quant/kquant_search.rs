@@ -111,9 +111,9 @@ impl Qkx2 {
     }
 }
 
-/// Symmetric search for the scale of codes −nmax..nmax−1 weighted by x² (`make_qx_quants`,
-/// rmse_type 1); fills `l` with code + nmax.
-pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+/// The value of largest magnitude, sign kept (the first on ties), or None when the group is all
+/// (near) zero — the start of both symmetric searches.
+fn signed_absmax(x: &[f32]) -> Option<f32> {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -121,10 +121,16 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
             max = v;
         }
     }
-    if amax < GROUP_MAX_EPS {
+    (amax >= GROUP_MAX_EPS).then_some(max)
+}
+
+/// Symmetric search for the scale of codes −nmax..nmax−1 weighted by x² (`make_qx_quants`,
+/// rmse_type 1); fills `l` with code + nmax.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let Some(max) = signed_absmax(x) else {
         l.iter_mut().for_each(|v| *v = 0);
         return 0.0;
-    }
+    };
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
@@ -166,17 +172,10 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 /// (Σw·x·q)²/Σw·q². Fills `l` with code + nmax (0 for an all-zero group); returns the
 /// least-squares scale Σw·x·q / Σw·q².
 pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let Some(max) = signed_absmax(x) else {
         l.iter_mut().for_each(|v| *v = 0);
         return 0.0;
-    }
+    };
     let iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0f32, 0f32);
     for (l, &v) in l.iter_mut().zip(x) {

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod save;
 pub mod stats;
 pub mod template;
+pub mod template_export;
 pub mod tools;
 
 pub use dataset::{Dataset, SkipReport};

@@ -254,6 +254,36 @@ impl Template {
         }
     }
 
+    /// The formatters as plain text with bos/eos written out, for the Ollama Modelfile and the
+    /// Jinja template an export writes ([`super::template_export`]). bos only when `tokens` has one.
+    pub fn flat(&self, tokens: &Tokens) -> super::template_export::FlatTemplate {
+        let text = |slots: &[Slot]| -> String {
+            slots
+                .iter()
+                .map(|s| match s {
+                    Text(t) => t.to_string(),
+                    Bos => tokens.bos.clone(),
+                    Eos => self.eos(tokens),
+                })
+                .collect()
+        };
+        let mut stop = vec![self.eos(tokens)];
+        for w in self.stop_words {
+            if !stop.iter().any(|s| s == w) {
+                stop.push(w.to_string());
+            }
+        }
+        stop.retain(|s| !s.is_empty());
+        super::template_export::FlatTemplate {
+            prefix: text(self.prefix),
+            system: text(self.system),
+            user: text(self.user),
+            assistant: text(self.assistant),
+            default_system: self.default_system.to_string(),
+            stop,
+        }
+    }
+
     /// The eos string: the first stop word when the template replaces eos.
     pub fn eos(&self, tokens: &Tokens) -> String {
         match (self.replace_eos, self.stop_words.first()) {

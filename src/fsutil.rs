@@ -48,6 +48,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Refuse to write over an existing file at `path` unless `overwrite`.
+pub fn refuse_existing_file(path: &Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        return Err(Error::msg(format!(
+            "{}: the file exists; choose a new name, or replace it with overwrite: true (--overwrite on the command line)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Build a folder atomically: `fill` writes into a temporary sibling folder, which is renamed to
 /// `dir` only when it succeeds. An existing `dir` is replaced when `replace` is true; otherwise it
 /// must be absent or empty.
@@ -63,7 +74,7 @@ pub fn write_dir_atomic(
             .is_some();
     if non_empty && !replace {
         return Err(Error::msg(format!(
-            "{}: the folder is not empty; choose a new one",
+            "{}: the folder is not empty; choose a new one, or replace it with overwrite: true (--overwrite on the command line)",
             dir.display()
         )));
     }

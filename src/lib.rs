@@ -18,6 +18,7 @@
 //! - [`train`]: supervised fine-tuning with LoRA.
 //! - [`quant`]: ggml block formats, reference quantizers and quantized kernels.
 //! - [`gguf`]: the GGUF file format, read and written.
+//! - [`export`]: every export format in one step (`tunelab export`).
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod curves;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;

@@ -3,7 +3,8 @@
 //! `tunelab` (REPL, or a script from stdin when stdin is not a terminal), `tunelab run FILE
 //! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab quantize IN OUT
 //! TYPE [--rules FILE] [--tensor-type PATTERN=TYPE]... [--output-tensor-type T]
-//! [--token-embedding-type T] [--pure]`, `tunelab --version`.
+//! [--token-embedding-type T] [--pure]`, `tunelab export --model M [--adapter A] --out PATH
+//! [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -54,6 +55,9 @@ enum Command {
         #[command(flatten)]
         plan: QuantizeFlags,
     },
+    /// Export a model, with its LoRA adapter merged in, or the adapter alone (the counterpart of
+    /// `llamafactory-cli export`).
+    Export(ExportArgs),
     /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
     Test {
         /// Folders (searched recursively) or script files.
@@ -62,6 +66,40 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         junit: Option<PathBuf>,
     },
+}
+
+/// `tunelab export`'s options.
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// The base model: a Hugging Face folder, a .gguf file, or `tiny`.
+    #[arg(long, value_name = "MODEL")]
+    model: String,
+    /// A LoRA adapter folder (PEFT format: a run's output or a checkpoint).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Where to write: a folder for hf and peft, a file for gguf and lora-gguf.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// hf (merged Hugging Face folder with an Ollama Modelfile), gguf (merged model for
+    /// llama.cpp), peft (the adapter), lora-gguf (the adapter for llama.cpp's --lora).
+    #[arg(long, default_value = "hf")]
+    format: String,
+    /// gguf: F32, F16, BF16 or a llama-quantize preset such as Q4_K_M.
+    #[arg(long = "type", value_name = "TYPE", default_value = "F16")]
+    ty: String,
+    /// hf: the largest shard, e.g. 5GB, 500MB.
+    #[arg(long, value_name = "SIZE", default_value = "5GB")]
+    shard_size: String,
+    /// hf: the weights' dtype: bf16 (default; f16 models stay f16), f16 or f32.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// hf: the chat template for the Modelfile and tokenizer_config.json (a built-in name;
+    /// default the adapter's training template, else the model's own).
+    #[arg(long)]
+    template: Option<String>,
+    /// Replace an existing output.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// llama-quantize's options for choosing tensor types.
@@ -118,6 +156,7 @@ fn main() -> ExitCode {
             ty,
             plan,
         }) => quantize(&ctx, &input, &output, &ty, &plan),
+        Some(Command::Export(args)) => export(&ctx, &args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tunelab: {e}");
@@ -255,6 +294,53 @@ fn quantize(
         types.join(", "),
         report.bytes as f64 / 1e6,
         report.file_type,
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tunelab export --model M [--adapter A] --out PATH [--format F] ...`.
+fn export(ctx: &HostContext, args: &ExportArgs) -> Result<ExitCode, Error> {
+    use tunelab::export::{ExportFormat, ExportJob};
+    let format = ExportFormat::named(&args.format)?;
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some(other) => {
+            return Err(Error::msg(format!(
+                "--dtype {other}: choose bf16, f16 or f32"
+            )))
+        }
+    };
+    let job = ExportJob {
+        format,
+        gguf_type: args.ty.clone(),
+        shard_size: tunelab::model::shards::parse_size(&args.shard_size)?,
+        dtype,
+        template: args.template.clone(),
+        overwrite: args.overwrite,
+    };
+    if format.adapter_only() && args.adapter.is_none() {
+        return Err(Error::msg(format!(
+            "--format {}: writes the adapter, so give one with --adapter DIR",
+            args.format
+        )));
+    }
+    let start = std::time::Instant::now();
+    let model = tunelab::model::load(&args.model, &Default::default())?;
+    let adapter = match &args.adapter {
+        Some(dir) => {
+            let mut a = tunelab::lora::peft::load(dir, &model.llama)?;
+            a.template = tunelab::lora::peft::training_template(dir);
+            Some(a)
+        }
+        None => None,
+    };
+    let summary = tunelab::export::export(&model, adapter.as_ref(), &args.out, &job)?;
+    ctx.output.line(&format!(
+        "wrote {summary} ({:.1} s)",
         start.elapsed().as_secs_f64()
     ));
     Ok(ExitCode::SUCCESS)

@@ -195,7 +195,7 @@ fn tiny_model_round_trips_through_a_hf_folder_and_matches_candle_llama() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("tiny-hf");
-    tunelab::model::save::save_hf(&tiny, &folder).unwrap();
+    tunelab::model::save::save_hf(&tiny, &folder, &f32_folder()).unwrap();
     let back = model::load(folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let ids = tiny
         .tokenizer
@@ -235,7 +235,7 @@ fn qwen2_biases_match_candle_transformers_qwen2() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("qwen2-tiny");
-    tunelab::model::save::save_hf(&tiny, &folder).unwrap();
+    tunelab::model::save::save_hf(&tiny, &folder, &f32_folder()).unwrap();
     let weights = folder.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
     let c = tiny.config().clone();
@@ -309,4 +309,12 @@ fn qwen2_biases_match_candle_transformers_qwen2() {
         rel_without > 100.0 * F32_REL_L2,
         "biases had no effect ({rel_without})"
     );
+}
+
+/// Save options that keep f32 weights (the default turns them into bf16, as LLaMA-Factory does).
+fn f32_folder() -> tunelab::model::save::SaveHfOptions {
+    tunelab::model::save::SaveHfOptions {
+        dtype: Some(candle_core::DType::F32),
+        ..Default::default()
+    }
 }

@@ -86,7 +86,7 @@ fn an_adapter_tunelab_saves_has_peft_s_keys_and_reads_back_the_same() {
     let (m, r) = (base(), reference());
     let a = peft::read(&fixture("rslora_all"), &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    peft::save(&a, dir.path()).unwrap();
+    peft::save(&a, dir.path(), false).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
     )

@@ -68,7 +68,7 @@ fn benchmark_scripts_run_on_small_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("tiny");
     let tiny = tunelab::model::load("tiny", &Default::default()).unwrap();
-    tunelab::model::save::save_hf(&tiny, &folder).unwrap();
+    tunelab::model::save::save_hf(&tiny, &folder, &f32_folder()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
         .args(["run", "scripts/bench/infer.rhai", "--"])
         .arg(format!("model={}", folder.display()))
@@ -107,4 +107,12 @@ fn benchmark_scripts_run_on_small_inputs() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(line["dtype"], "f32");
     assert!(line["tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+/// Save options that keep f32 weights (the default turns them into bf16, as LLaMA-Factory does).
+fn f32_folder() -> tunelab::model::save::SaveHfOptions {
+    tunelab::model::save::SaveHfOptions {
+        dtype: Some(candle_core::DType::F32),
+        ..Default::default()
+    }
 }

@@ -48,7 +48,10 @@ impl FlatTemplate {
         if user.chars().count() > user_empty_system.chars().count() {
             default_system = chars_not_in(&user_empty_system, &user);
             let sole_system = system.replacen(CONTENT, &default_system, 1);
-            user = user.get(sole_system.len()..).unwrap_or_default().to_string();
+            user = user
+                .get(sole_system.len()..)
+                .unwrap_or_default()
+                .to_string();
         }
         Ok(FlatTemplate {
             prefix: prefix.to_string(),
@@ -66,7 +69,9 @@ impl FlatTemplate {
     /// The Ollama `Modelfile` LLaMA-Factory writes beside an exported model (`FROM .`, a Go
     /// TEMPLATE, the default SYSTEM, one `PARAMETER stop` per stop string, `num_ctx 4096`).
     pub fn ollama_modelfile(&self) -> String {
-        let go = |slot: &str, placeholder: &str| slot_parts(slot, &format!("{{{{ {placeholder} }}}}")).concat();
+        let go = |slot: &str, placeholder: &str| {
+            slot_parts(slot, &format!("{{{{ {placeholder} }}}}")).concat()
+        };
         let template = format!(
             "{}{{{{ if .System }}}}{}{{{{ end }}}}{{{{ range .Messages }}}}{{{{ if eq .Role \"user\" }}}}{}{{{{ else if eq .Role \"assistant\" }}}}{}{{{{ end }}}}{{{{ end }}}}",
             go(&self.prefix, "content"),
@@ -113,7 +118,9 @@ impl FlatTemplate {
         if !self.default_system.is_empty() {
             out += &format!(
                 "{{% set system_message = '{}' %}}",
-                self.default_system.replace('\\', "\\\\").replace('\'', "\\'")
+                self.default_system
+                    .replace('\\', "\\\\")
+                    .replace('\'', "\\'")
             );
         }
         out += "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}\
@@ -197,7 +204,10 @@ mod tests {
         );
         // It equals the built-in chatml template with that default system prompt.
         let chatml = template::get("chatml").unwrap().flat(&chatml_tokens());
-        assert_eq!((&chatml.user, &chatml.assistant), (&flat.user, &flat.assistant));
+        assert_eq!(
+            (&chatml.user, &chatml.assistant),
+            (&flat.user, &flat.assistant)
+        );
     }
 
     #[test]

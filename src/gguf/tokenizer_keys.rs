@@ -7,7 +7,8 @@
 //!
 //! `tokenizer.ggml.pre` names the pre-tokenizer regex llama.cpp applies before BPE; the
 //! converter recognises it by hashing a test tokenization. tunelab recognises it by the
-//! pre-tokenizer's structure: a lone GPT-2 `ByteLevel` (regex on) → "gpt-2"; a `Split` on
+//! pre-tokenizer's structure: a lone GPT-2 `ByteLevel` (regex on) → "gpt-2"; single `Digits`
+//! then `ByteLevel` (SmolLM2's tokenizer.json) → "smollm"; a `Split` on
 //! Llama 3's pattern → "llama-bpe"; anything else is refused rather than written wrong.
 
 use super::types::Value;
@@ -32,6 +33,16 @@ fn pre_name(pre: &serde_json::Value) -> Option<&'static str> {
         }
         "Sequence" => {
             let parts = pre.get("pretokenizers")?.as_array()?;
+            // SmolLM2's (and StarCoder's): single digits, then GPT-2's byte-level split.
+            if let [digits, byte_level] = parts.as_slice() {
+                if digits["type"] == "Digits"
+                    && digits["individual_digits"] == true
+                    && byte_level["type"] == "ByteLevel"
+                    && byte_level.get("use_regex").and_then(|v| v.as_bool()) != Some(false)
+                {
+                    return Some("smollm");
+                }
+            }
             let split = parts.iter().find(|p| p["type"] == "Split")?;
             let pattern = split["pattern"]["Regex"].as_str()?;
             pattern

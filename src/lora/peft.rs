@@ -58,9 +58,9 @@ pub fn write_files(adapter: &Adapter, dir: &Path) -> Result<()> {
     crate::fsutil::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
 }
 
-/// Save `adapter` as a PEFT folder `dir`, replacing an earlier adapter there.
-pub fn save(adapter: &Adapter, dir: &Path) -> Result<()> {
-    crate::fsutil::write_dir_atomic(dir, true, |tmp| write_files(adapter, tmp))
+/// Save `adapter` as a PEFT folder `dir`, which must be absent or empty unless `overwrite`.
+pub fn save(adapter: &Adapter, dir: &Path, overwrite: bool) -> Result<()> {
+    crate::fsutil::write_dir_atomic(dir, overwrite, |tmp| write_files(adapter, tmp))
 }
 
 /// Read a PEFT folder written by tunelab or PEFT, for `llama` (shapes are checked).

@@ -17,6 +17,7 @@ pub mod parity;
 pub mod perplexity;
 pub mod rope;
 pub mod save;
+pub mod shards;
 pub mod spm;
 pub mod tiny;
 pub mod tokenizer;

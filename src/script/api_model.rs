@@ -454,14 +454,6 @@ mod model_api {
         Ok(m)
     }
 
-    /// Write `model` as a Hugging Face folder (`config.json`, `model.safetensors`, tokenizer files,
-    /// `generation_config.json`) that transformers and `load_model` read; written under a
-    /// temporary name and renamed. (Sharding, dtype and the Ollama Modelfile come with issue 8.)
-    #[rhai_fn(return_raw)]
-    pub fn save_hf(model: Model, dir: &str) -> ScriptResult<()> {
-        crate::model::save::save_hf(&model, Path::new(dir)).script()
-    }
-
     /// Perplexity as llama-perplexity computes it: `text_or_path` is text or a file; options
     /// `ctx` (window, default 512), `chunks` (at most this many windows, as llama-perplexity's
     /// `--chunks`). Returns `#{ ppl, tokens, chunks, nll }`.

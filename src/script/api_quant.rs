@@ -1,4 +1,4 @@
-//! Script API, area "quant": `gguf_info`, `export_gguf`, `export_lora_gguf`, `quantize`,
+//! Script API, area "quant": `gguf_info`, `export_gguf`, `quantize`,
 //! `quant_report`, `plot_tradeoff`. Thin bindings over [`crate::gguf`] and [`crate::quant`].
 
 use rhai::plugin::*;
@@ -187,25 +187,27 @@ pub mod quant_api {
     /// per-tensor types; `rules: [#{ pattern, type }]` (regular expressions on llama.cpp tensor
     /// names, first match wins, as llama-quantize's `--tensor-type`); `output_type`,
     /// `token_embd_type`; `pure` (no per-tensor mixture); `adapter` (a LoRA adapter or its folder,
-    /// merged in first). Returns `#{ path, tensors, bytes, file_type }`. The model must have been
+    /// merged in first); `overwrite` (replace an existing file). Returns `#{ path, tensors, bytes, file_type }`. The model must have been
     /// loaded from a GGUF (its tokenizer is copied).
     #[rhai_fn(return_raw)]
     pub fn export_gguf(model: crate::model::Model, path: &str, opts: Map) -> ScriptResult<Map> {
-        use crate::script::errors::runtime;
         let mut keys = super::PLAN_KEYS.to_vec();
-        keys.push("adapter");
+        keys.extend(["adapter", "overwrite"]);
         let o = crate::script::options::Options::new("export_gguf options", opts, &keys)?;
         let plan = super::plan_from(&o, "export_gguf options", "F16")?;
         let adapter = match o.value("adapter") {
+            Some(v) => Some(crate::script::api_export::adapter_option(
+                v,
+                &model,
+                "export_gguf options",
+            )?),
             None => None,
-            Some(v) if v.is_string() => Some(
-                crate::lora::peft::read(std::path::Path::new(&v.to_string()), &model.llama.device)
-                    .script()?,
-            ),
-            Some(v) => Some(v.try_cast::<crate::lora::Adapter>().ok_or_else(|| {
-                runtime("export_gguf options: key \"adapter\": expected an adapter (run.adapter, load_adapter(dir)) or its folder")
-            })?),
         };
+        crate::fsutil::refuse_existing_file(
+            std::path::Path::new(path),
+            o.bool("overwrite")?.unwrap_or(false),
+        )
+        .script()?;
         let r = crate::gguf::export::export_gguf_planned(
             &model,
             adapter.as_ref(),
@@ -381,27 +383,6 @@ pub mod quant_api {
         reference: crate::model::Model,
     ) -> ScriptResult<Map> {
         quant_report(ctx, model, reference, Map::new())
-    }
-
-    /// Write `adapter` (trained on `model`) as llama.cpp's LoRA adapter GGUF, which `--lora`
-    /// applies to the base model's GGUF. Returns `#{ path, tensors, bytes }`.
-    #[rhai_fn(return_raw)]
-    pub fn export_lora_gguf(
-        adapter: crate::lora::Adapter,
-        model: crate::model::Model,
-        path: &str,
-    ) -> ScriptResult<Map> {
-        let r = crate::gguf::lora_export::export_lora_gguf(
-            &adapter,
-            &model,
-            std::path::Path::new(path),
-        )
-        .script()?;
-        let mut m = Map::new();
-        m.insert("path".into(), path.into());
-        m.insert("tensors".into(), Dynamic::from(r.tensors as INT));
-        m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
-        Ok(m)
     }
 
     /// [`export_gguf`] with the default options (F16).

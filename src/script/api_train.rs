@@ -372,12 +372,6 @@ pub mod train_api {
         Ok(adapter)
     }
 
-    /// Save the adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors).
-    #[rhai_fn(global, return_raw, pure)]
-    pub fn save(adapter: &mut Adapter, dir: &str) -> ScriptResult<()> {
-        crate::lora::peft::save(adapter, Path::new(dir)).script()
-    }
-
     /// A new model with the adapter folded into its weights (W + alpha/r·B·A); the base is
     /// unchanged. Quantized projections that the adapter touches become dense f32.
     #[rhai_fn(return_raw)]

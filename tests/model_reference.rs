@@ -45,9 +45,11 @@ const PROMPTS: &[&str] = &[
 /// kernels differ between CPUs, hence the margin). The strict checks are the two below.
 const QUANTIZED_REL_L2: f32 = 0.1;
 const DEQUANTIZED_REL_L2: f32 = 0.1;
-/// tunelab's quantized forward vs its own dequantized forward: the same weights and f32
-/// activations; only the summation order of the fused kernel differs.
-const QUANTIZED_VS_F32_REL_L2: f32 = 1e-4;
+/// tunelab's quantized forward vs its own dequantized forward: the same weights; few-token
+/// inputs go through the generation kernel, which on CPUs with AVX-512 VNNI rounds activations to
+/// 16-bit blocks (measured 5.5e-4 on these prompts, against 4.4e-2 for llama.cpp-style 8-bit
+/// rounding) and elsewhere keeps them f32 (only the summation order differs: ~1e-5).
+const QUANTIZED_VS_F32_REL_L2: f32 = 2e-3;
 /// Dequantized f32 forward vs candle-transformers' f32 `llama` on the same weights: only float
 /// summation order differs.
 const F32_REL_L2: f32 = 1e-4;

@@ -85,7 +85,7 @@ impl CustomOp1 for QuantizedFrozen {
         let data = x.as_slice::<f32>()?;
         let data = &data[layout.start_offset()..layout.start_offset() + shape.elem_count()];
         let input = Tensor::from_slice(data, shape, &candle_core::Device::Cpu)?;
-        let y = super::linear::quantized_forward(&self.matmul, &self.shape, &input)
+        let y = super::linear::quantized_forward(&self.matmul, &self.shape, &input, None)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let dims = y.shape().clone();
         let (storage, y_layout) = y.storage_and_layout();

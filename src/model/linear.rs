@@ -9,24 +9,32 @@
 //!
 //! Shapes: weight (out, in); `forward` maps (…, in) → (…, out).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::Result;
 use crate::quant::blocks::Format;
+use crate::quant::interleaved::{self, Interleaved};
 use crate::quant::matvec;
 
 /// Up to this many activation rows go through the fused kernel; more are a GEMM on the
 /// dequantized weight (where the blocked f32 GEMM is faster than decoding per row).
 const FUSED_MAX_ROWS: usize = 16;
 
-/// (…, in) × quantized (out, in)ᵀ, keeping activations in f32 where the format allows.
+/// A quantized weight's row-interleaved copy for generation ([`crate::quant::interleaved`]),
+/// built on first use; None inside when the format or shape has none.
+pub type InterleavedCache = Arc<OnceLock<Option<Interleaved>>>;
+
+/// (…, in) × quantized (out, in)ᵀ, keeping activations in f32 where the format allows — or, for
+/// few rows of Q4_0/Q4_1/Q8_0 on CPUs with AVX-512 VNNI and an `interleaved` cache to hold the
+/// rearranged weights, rounded to 16 bits.
 pub(crate) fn quantized_forward(
     m: &QMatMul,
     shape: &candle_core::Shape,
     x: &Tensor,
+    interleaved: Option<&InterleavedCache>,
 ) -> Result<Tensor> {
     let q = match m {
         QMatMul::QTensor(q) => q,
@@ -52,7 +60,17 @@ pub(crate) fn quantized_forward(
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let data = q.data()?;
-    let y = matvec::matmul(format, &data, n, k, &xs, rows);
+    let fast = interleaved
+        .filter(|_| interleaved::supports(format, n, k) && interleaved::fast_kernel_available())
+        .and_then(|cache| {
+            cache
+                .get_or_init(|| interleaved::interleave(format, &data, n, k))
+                .as_ref()
+        });
+    let y = match fast {
+        Some(w) => interleaved::matmul(w, &xs, rows),
+        None => matvec::matmul(format, &data, n, k, &xs, rows),
+    };
     *out_dims.last_mut().expect("rank ≥ 1") = n;
     Ok(Tensor::from_vec(y, out_dims, x.device())?)
 }
@@ -75,6 +93,8 @@ pub struct Linear {
     /// integers, as llama.cpp's CPU kernels do (candle's quantized matmul), instead of keeping
     /// them f32. Off by default; on for figures that must compare with llama.cpp's.
     pub ggml_activations: bool,
+    /// Quantized weights: their interleaved copy for generation, shared by clones.
+    pub interleaved: InterleavedCache,
 }
 
 impl Linear {
@@ -84,6 +104,7 @@ impl Linear {
             weight: Weight::Dense(weight),
             bias,
             ggml_activations: false,
+            interleaved: Default::default(),
         }
     }
 
@@ -95,6 +116,7 @@ impl Linear {
             weight: Weight::Quantized(Arc::new(matmul), shape),
             bias,
             ggml_activations: false,
+            interleaved: Default::default(),
         })
     }
 
@@ -178,7 +200,7 @@ impl Linear {
                     .reshape(out_dims)?
             }
             Weight::Quantized(m, _) if self.ggml_activations => m.forward(x)?,
-            Weight::Quantized(m, shape) => quantized_forward(m, shape, x)?,
+            Weight::Quantized(m, shape) => quantized_forward(m, shape, x, Some(&self.interleaved))?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,

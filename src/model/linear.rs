@@ -75,6 +75,34 @@ pub(crate) fn quantized_forward(
     Ok(Tensor::from_vec(y, out_dims, x.device())?)
 }
 
+/// Whether `x · wᵀ` is a generation-sized product of f32 tensors on the CPU (few rows, no
+/// gradient to track), which [`dense_few_rows`] computes faster than the GEMM.
+fn few_rows_f32(w: &Tensor, x: &Tensor) -> bool {
+    let k = w.dims().last().copied().unwrap_or(1).max(1);
+    w.device().is_cpu()
+        && w.dtype() == DType::F32
+        && x.dtype() == DType::F32
+        && !w.is_variable()
+        && w.is_contiguous()
+        && x.elem_count() / k <= FUSED_MAX_ROWS
+}
+
+/// (…, in) × (out, in)ᵀ by one dot product per weight row ([`super::matvec_f32`]).
+fn dense_few_rows(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let rows = x.elem_count() / k;
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        unreachable!("few_rows_f32 checked the device")
+    };
+    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
+    let y = super::matvec_f32::matmul(data, n, k, &xs, rows);
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = n;
+    Ok(Tensor::from_vec(y, dims, x.device())?)
+}
+
 /// Where the weight lives.
 #[derive(Debug, Clone)]
 pub enum Weight {
@@ -190,6 +218,7 @@ impl Linear {
     /// (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            Weight::Dense(w) if few_rows_f32(w, x) => dense_few_rows(w, x)?,
             Weight::Dense(w) => {
                 // One 2-D product over all rows (not a batched one with a broadcast weight).
                 let (n, k) = self.dims();

@@ -13,6 +13,7 @@ pub mod fused_cuda;
 pub mod gguf;
 pub mod linear;
 pub mod llama;
+pub mod matvec_f32;
 pub mod parity;
 pub mod perplexity;
 pub mod rope;

@@ -2,7 +2,8 @@
 # Benchmark: inference speed on SmolLM2-135M-Instruct (Q4_1 GGUF): prompt processing of 128
 # tokens and generation of 64 tokens, with 2 threads; tunelab (quantized and dequantized f32)
 # and, when it is built (scripts/bench/build-llama-cpp.sh), llama.cpp's llama-bench on the same
-# file in the same invocation. One JSON line per result.
+# file and on the same weights as an F32 GGUF (the dequantized model's peer), in the same
+# invocation. One JSON line per result.
 #   scripts/bench/infer.sh [reps=3]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,10 @@ CANDLE_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads target/release/tunelab ru
     | sed "s/\"tool\":\"tunelab \([^\"]*\)\"/\"tool\":\"tunelab \1 (CANDLE_NUM_THREADS=$threads)\"/"
 bench="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}/build/bin/llama-bench"
 if [ -x "$bench" ]; then
-    LD_LIBRARY_PATH="$(dirname "$bench"):${LD_LIBRARY_PATH:-}" "$bench" -m "$model" -p 128 -n 64 -t "$threads" -r "$reps" -o jsonl \
+    # The dequantized f32 model's peer: llama.cpp on the same weights written as an F32 GGUF.
+    tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+    printf 'export_gguf(load_model("%s"), "%s/f32.gguf", #{ type: "F32" });\n' "$model" "$tmp" | target/release/tunelab >/dev/null
+    LD_LIBRARY_PATH="$(dirname "$bench"):${LD_LIBRARY_PATH:-}" "$bench" -m "$model" -m "$tmp/f32.gguf" -p 128 -n 64 -t "$threads" -r "$reps" -o jsonl \
         | python3 -c '
 import json, sys
 for line in sys.stdin:

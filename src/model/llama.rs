@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::LlamaConfig;
+use super::kv_cache::{decode_attention, KvCache, LayerCache};
 use super::linear::Linear;
 use super::rope;
 use crate::error::Result;
@@ -84,31 +85,6 @@ pub struct Llama {
     /// Activation dtype (f32 for quantized weights).
     pub dtype: DType,
     pub device: Device,
-}
-
-/// Keys and values of the positions seen so far, per block: each (B, Hkv, S, D).
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    /// Positions cached so far.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Forget everything.
-    pub fn clear(&mut self) {
-        self.layers.clear();
-    }
 }
 
 /// Which positions' logits to compute (the output projection is the most expensive layer).
@@ -279,13 +255,15 @@ impl Llama {
         let cache = cache.unwrap_or(&mut owned);
         let past = cache.len();
         if cache.layers.len() < self.blocks.len() {
-            cache.layers.resize(self.blocks.len(), None);
+            cache.layers.resize_with(self.blocks.len(), || None);
         }
+        // One new position with no padding: attention reads the cache directly.
+        let decode = t == 1 && pad_mask.is_none();
         let (cos, sin) = rope::tables(&self.inv_freq, past, t, self.dtype, &self.device)?;
         let mask = attention_mask(t, past, pad_mask, self.dtype, &self.device)?; // (B|1, 1, T, S)
         let mut x = self.embed(ids)?; // (B, T, C)
         for i in 0..self.blocks.len() {
-            x = self.block(i, &x, &cos, &sin, &mask, &mut cache.layers[i], pass)?;
+            x = self.block(i, &x, &cos, &sin, &mask, &mut cache.layers[i], decode, pass)?;
         }
         let x = match which {
             Logits::All => x,
@@ -317,7 +295,7 @@ impl Llama {
         let mask = segment_mask(b, t, segments, self.dtype, &self.device)?; // (B|1, 1, T, T)
         let mut x = self.embed(ids)?;
         for i in 0..self.blocks.len() {
-            x = self.block(i, &x, &cos, &sin, &mask, &mut None, pass)?;
+            x = self.block(i, &x, &cos, &sin, &mask, &mut None, false, pass)?;
         }
         let x = x.reshape((b * t, c))?.index_select(rows, 0)?; // (N, C)
         let x = self.rms_norm(&x, &self.norm, pass)?;
@@ -348,12 +326,13 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerCache>,
+        decode: bool,
         pass: Pass,
     ) -> Result<Tensor> {
         let block = &self.blocks[i];
         let h = self.rms_norm(x, &block.attn_norm, pass)?;
-        let a = self.attention(i, &h, cos, sin, mask, cache, pass)?;
+        let a = self.attention(i, &h, cos, sin, mask, cache, decode, pass)?;
         let x = (x + a)?;
         let h = self.rms_norm(&x, &block.mlp_norm, pass)?;
         let gate = self.project(i, Target::Gate, &h, pass)?; // (B, T, F)
@@ -379,7 +358,8 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerCache>,
+        decode: bool,
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
@@ -421,19 +401,23 @@ impl Llama {
         } else {
             (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
         };
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, Hkv, S, D)
-            None => (k, v),
+        let scale = 1.0 / (d as f64).sqrt();
+        let (k, v) = if pass.train {
+            (k, v)
+        } else {
+            LayerCache::append(cache, &k, &v)? // (B, Hkv, S, D)
         };
-        if !pass.train {
-            *cache = Some((k.clone(), v.clone()));
+        if let Some(c) = cache.as_ref().filter(|c| decode && c.decodable()) {
+            if !plain_op("attention") {
+                let out = decode_attention(&q, c, scale as f32)?; // (1, 1, Hq·D)
+                return self.project(layer, Target::O, &out, pass);
+            }
         }
         // Grouped-query attention without copying keys and values per query head: the `group`
         // query heads sharing a key/value head are stacked along the time axis,
         // (B, Hq, T, D) → (B, Hkv, group·T, D), and multiplied with that head at once.
         let group = hq / hkv;
         let s_len = k.dim(2)?;
-        let scale = 1.0 / (d as f64).sqrt();
         let q = q.contiguous()?.reshape((b, hkv, group * t, d))?;
         let scores = q
             .matmul(&k.t()?.contiguous()?)? // (B, Hkv, group·T, S)
@@ -457,7 +441,7 @@ impl Llama {
     }
 }
 
-/// Whether inference runs `op` (rms_norm, rope, softmax, silu, or all) composed from plain
+/// Whether inference runs `op` (rms_norm, rope, softmax, silu, attention, or all) composed from plain
 /// operations instead of candle's fused kernel, as `TUNELAB_PLAIN_OPS=rope,softmax` asks: a
 /// diagnostic for a device or dtype where a kernel misbehaves (the training pass composes them
 /// anyway off the CPU).

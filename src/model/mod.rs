@@ -11,6 +11,7 @@ pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod fused_cuda;
 pub mod gguf;
+pub mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod matvec_f32;
@@ -30,7 +31,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 pub use config::LlamaConfig;
-pub use llama::{KvCache, Llama, Logits, Pass};
+pub use kv_cache::KvCache;
+pub use llama::{Llama, Logits, Pass};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};

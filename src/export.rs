@@ -97,14 +97,7 @@ pub fn export(
     };
     match job.format {
         ExportFormat::Hf => {
-            let merged;
-            let model = match adapter {
-                Some(a) => {
-                    merged = crate::lora::merge::merge(model, a)?;
-                    &merged
-                }
-                None => model,
-            };
+            let model = &crate::lora::merge::merged_or_base(model, adapter)?;
             let opts = SaveHfOptions {
                 shard_size: job.shard_size,
                 dtype: job.dtype,

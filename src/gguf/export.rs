@@ -171,14 +171,7 @@ pub fn export_gguf_planned(
             .collect(),
         None => super::tokenizer_keys::tokenizer_keys(model)?,
     };
-    let merged;
-    let model = match adapter {
-        Some(a) => {
-            merged = crate::lora::merge::merge(model, a)?;
-            &merged
-        }
-        None => model,
-    };
+    let model = &crate::lora::merge::merged_or_base(model, adapter)?;
     let c = model.config();
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));

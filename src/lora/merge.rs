@@ -46,3 +46,12 @@ pub fn merge(model: &Model, adapter: &Adapter) -> Result<Model> {
         eos_token: model.eos_token.clone(),
     }))
 }
+
+/// `model` with `adapter` merged in, or `model` itself (a cheap clone) when there is none: what
+/// every export writes.
+pub fn merged_or_base(model: &Model, adapter: Option<&Adapter>) -> Result<Model> {
+    match adapter {
+        Some(a) => merge(model, a),
+        None => Ok(model.clone()),
+    }
+}

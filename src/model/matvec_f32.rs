@@ -84,16 +84,7 @@ pub fn matmul(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
             .enumerate()
             .for_each(task);
     }
-    if m == 1 {
-        return y_t;
-    }
-    let mut y = vec![0f32; m * n];
-    for j in 0..n {
-        for r in 0..m {
-            y[r * n + j] = y_t[j * m + r];
-        }
-    }
-    y
+    crate::quant::matvec::transpose(y_t, n, m)
 }
 
 #[cfg(test)]

@@ -196,14 +196,18 @@ fn kernel<F: BlockFormat>(
             };
             run_task::<F>(&t, out, format);
         });
+    transpose(y_t, n_rows, m)
+}
+
+/// `y_t` (`n` × `m`, row-major: what tasks that own whole weight rows produce) as `m` × `n`.
+pub fn transpose(y_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
     if m == 1 {
         return y_t;
     }
-    // Transpose to m × n_rows.
-    let mut y = vec![0f32; m * n_rows];
-    for n in 0..n_rows {
+    let mut y = vec![0f32; m * n];
+    for j in 0..n {
         for r in 0..m {
-            y[r * n_rows + n] = y_t[n * m + r];
+            y[r * n + j] = y_t[j * m + r];
         }
     }
     y

@@ -83,20 +83,16 @@ pub mod export_api {
                     .map_err(|e| runtime(format!("{what}: key \"shard_size\": {e}")))?
             }
         }
-        let merged;
-        let model = match o.value("adapter") {
-            Some(v) => {
-                let adapter = adapter_option(v, &model, what)?;
-                if save.template.is_none() {
-                    save.template = adapter.template.clone();
-                }
-                merged = crate::lora::merge::merge(&model, &adapter).script()?;
-                &merged
-            }
-            None => &model,
+        let adapter = match o.value("adapter") {
+            Some(v) => Some(adapter_option(v, &model, what)?),
+            None => None,
         };
+        if save.template.is_none() {
+            save.template = adapter.as_ref().and_then(|a| a.template.clone());
+        }
+        let model = crate::lora::merge::merged_or_base(&model, adapter.as_ref()).script()?;
         let saved =
-            crate::model::save::save_hf(model, std::path::Path::new(dir), &save).script()?;
+            crate::model::save::save_hf(&model, std::path::Path::new(dir), &save).script()?;
         let mut m = Map::new();
         m.insert("dir".into(), dir.into());
         let files: rhai::Array = saved

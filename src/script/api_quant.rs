@@ -187,8 +187,9 @@ pub mod quant_api {
     /// per-tensor types; `rules: [#{ pattern, type }]` (regular expressions on llama.cpp tensor
     /// names, first match wins, as llama-quantize's `--tensor-type`); `output_type`,
     /// `token_embd_type`; `pure` (no per-tensor mixture); `adapter` (a LoRA adapter or its folder,
-    /// merged in first); `overwrite` (replace an existing file). Returns `#{ path, tensors, bytes, file_type }`. The model must have been
-    /// loaded from a GGUF (its tokenizer is copied).
+    /// merged in first); `overwrite` (replace an existing file). Returns `#{ path, tensors, bytes,
+    /// file_type }`. A model read from a GGUF keeps that file's tokenizer keys; others have their
+    /// byte-level BPE `tokenizer.json` converted.
     #[rhai_fn(return_raw)]
     pub fn export_gguf(model: crate::model::Model, path: &str, opts: Map) -> ScriptResult<Map> {
         let mut keys = super::PLAN_KEYS.to_vec();

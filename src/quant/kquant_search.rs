@@ -131,39 +131,86 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
         l.iter_mut().for_each(|v| *v = 0);
         return 0.0;
     };
-    let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
-            let q = code(iscale, v) as f32;
-            let w = v * v;
-            sumlx += w * v * q;
-            suml2 += w * q * q;
-        }
-        (sumlx, suml2)
-    };
-    let mut iscale = -(nmax as f32) / max;
-    for (l, &v) in l.iter_mut().zip(x) {
-        *l = (code(iscale, v) + nmax) as i8;
+    // ggml tries −nmax/max, then −(nmax + 0.1·is)/max for is = −9..9 (not 0), in that order.
+    // Candidates are independent, so their sums are computed side by side (one lane each, each
+    // summed in ggml's order: the same bits) and the choice is made afterwards, in order.
+    let mut iscales = [-(nmax as f32) / max; QX_LANES];
+    for (k, is) in (-9..=9).filter(|&is| is != 0).enumerate() {
+        iscales[k + 1] = -(nmax as f32 + 0.1 * is as f32) / max;
     }
-    let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
+    let (sumlx, suml2) = qx_sums(nmax, &iscales, x);
+    let mut chosen = 0;
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    for c in 1..QX_CANDIDATES {
+        if suml2[c] > 0.0 && sumlx[c] * sumlx[c] > best * suml2[c] {
+            chosen = c;
+            scale = sumlx[c] / suml2[c];
+            best = scale * sumlx[c];
         }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (l, &v) in l.iter_mut().zip(x) {
-                *l = (code(iscale, v) + nmax) as i8;
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
+    }
+    for (l, &v) in l.iter_mut().zip(x) {
+        *l = (nearest_int(iscales[chosen] * v).clamp(-nmax, nmax - 1) + nmax) as i8;
     }
     scale
+}
+
+/// Candidate scales of [`make_qx_quants`]: the first, then 18 more.
+const QX_CANDIDATES: usize = 19;
+/// Lanes the candidates are computed in (the padding repeats the first and is never chosen).
+const QX_LANES: usize = 32;
+
+/// Per candidate inverse scale: Σ x²·x·q and Σ x²·q² over `x`, with q its clamped code, each
+/// summed in `x`'s order. Compiled for the widest vectors this CPU has (the lanes are
+/// independent, so vectorizing changes no bit).
+fn qx_sums(nmax: i32, iscales: &[f32; QX_LANES], x: &[f32]) -> QxSums {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::matvec::{simd, Simd};
+        // SAFETY: simd() reports only features this CPU has.
+        match simd() {
+            Simd::Avx512 => return unsafe { qx_sums_avx512(nmax, iscales, x) },
+            Simd::Avx2 => return unsafe { qx_sums_avx2(nmax, iscales, x) },
+            Simd::Portable => {}
+        }
+    }
+    qx_sums_generic(nmax, iscales, x)
+}
+
+/// (Σ x²·x·q, Σ x²·q²) per candidate lane.
+type QxSums = ([f32; QX_LANES], [f32; QX_LANES]);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn qx_sums_avx512(nmax: i32, iscales: &[f32; QX_LANES], x: &[f32]) -> QxSums {
+    qx_sums_generic(nmax, iscales, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qx_sums_avx2(nmax: i32, iscales: &[f32; QX_LANES], x: &[f32]) -> QxSums {
+    qx_sums_generic(nmax, iscales, x)
+}
+
+#[inline(always)]
+fn qx_sums_generic(nmax: i32, iscales: &[f32; QX_LANES], x: &[f32]) -> QxSums {
+    // The clamp in f32 equals the clamp of the i32 code: codes are integers below 2²³.
+    let (lo, hi) = (-(nmax as f32), (nmax - 1) as f32);
+    let mut sumlx = [0f32; QX_LANES];
+    let mut suml2 = [0f32; QX_LANES];
+    for &v in x {
+        let w = v * v;
+        for c in 0..QX_LANES {
+            let q = (nearest_int(iscales[c] * v) as f32).max(lo).min(hi);
+            sumlx[c] += w * v * q;
+            suml2[c] += w * q * q;
+        }
+    }
+    (sumlx, suml2)
 }
 
 /// Symmetric search for the scale of codes −nmax..nmax−1 weighted by x² (`make_q3_quants` with

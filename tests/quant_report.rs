@@ -70,19 +70,14 @@ fn in_memory_quantization_equals_the_exported_file_reloaded() {
 const QUICK: &[&str] = &["Q8_0", "Q4_0", "Q4_K_M"];
 
 /// Presets whose perplexity is further than 0.5% from llama-perplexity's, and how far it may be.
-/// Measured 2026-11-28 (ctx 512, 4 windows of GPL-3, activations rounded as llama.cpp does):
-/// Q8_0 −0.54% (tunelab's Q8_0 lies 0.5% below the F32 reference in both activation modes,
-/// llama.cpp's 0.04% above it; the cause is not found), Q2_K and Q3_K_S (the same file on
-/// SmolLM2) +0.56%, Q3_K_M −0.56%, Q4_K_S +0.67% — their K-quant layers run candle's 8-bit
-/// kernels, which round activations as llama.cpp does but do not sum bit for bit the same. The
-/// other nine are within 0.5% (Q4_0 −0.19%, Q4_1 −0.33%, Q4_K_M −0.26%, …).
-const WIDER: &[(&str, f64)] = &[
-    ("Q8_0", 0.006),
-    ("Q2_K", 0.006),
-    ("Q3_K_S", 0.006),
-    ("Q3_K_M", 0.006),
-    ("Q4_K_S", 0.007),
-];
+/// Measured 2026-11-28 (ctx 512, 4 windows of GPL-3, activations rounded as llama.cpp does,
+/// `quant::ggml_matmul`): Q2_K and Q3_K_S (the same file on SmolLM2) +0.56%, Q6_K −0.56%. The
+/// other eleven are within 0.5%: Q4_0 −0.19%, Q4_1 −0.33%, Q5_0 −0.28%, Q5_1 −0.22%, Q8_0 −0.17%,
+/// Q3_K_M −0.31%, Q3_K_L −0.46%, Q4_K_S +0.13%, Q4_K_M +0.03%, Q5_K_S −0.42%, Q5_K_M −0.32%; the
+/// mean KL divergences agree to 1% or better (Q4_0: 0.27097 vs 0.27100). What is left differs in
+/// how candle's K-quant dot products and activation rounding sum, not in the weights (those are
+/// byte-identical to llama-quantize's).
+const WIDER: &[(&str, f64)] = &[("Q2_K", 0.007), ("Q3_K_S", 0.007), ("Q6_K", 0.007)];
 
 /// Each preset's perplexity must be within 0.5% of llama-perplexity's (or its [`WIDER`] bound).
 fn check_presets(names: &[&str]) {

@@ -75,6 +75,24 @@ pub(crate) fn quantized_forward(
     Ok(Tensor::from_vec(y, out_dims, x.device())?)
 }
 
+/// (…, in) × quantized (out, in)ᵀ with llama.cpp's activation rounding
+/// ([`crate::quant::ggml_matmul`]) on the CPU; candle's quantized matmul elsewhere.
+fn ggml_forward(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    if let QMatMul::QTensor(q) = m {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let (n, k) = q.shape().dims2()?;
+            let rows = x.elem_count() / k;
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            if let Some(y) = crate::quant::ggml_matmul::matmul(q, &xs, rows)? {
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("rank ≥ 1") = n;
+                return Ok(Tensor::from_vec(y, dims, x.device())?);
+            }
+        }
+    }
+    Ok(m.forward(x)?)
+}
+
 /// Whether `x · wᵀ` is a generation-sized product of f32 tensors on the CPU (few rows, no
 /// gradient to track), which [`dense_few_rows`] computes faster than the GEMM.
 fn few_rows_f32(w: &Tensor, x: &Tensor) -> bool {
@@ -118,7 +136,7 @@ pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
     /// Quantized weights at inference: round the activations to 8-bit blocks first and dot
-    /// integers, as llama.cpp's CPU kernels do (candle's quantized matmul), instead of keeping
+    /// integers, as llama.cpp's CPU kernels do ([`crate::quant::ggml_matmul`]), instead of keeping
     /// them f32. Off by default; on for figures that must compare with llama.cpp's.
     pub ggml_activations: bool,
     /// Quantized weights: their interleaved copy for generation, shared by clones.
@@ -228,7 +246,7 @@ impl Linear {
                     .matmul(&w.t()?)?
                     .reshape(out_dims)?
             }
-            Weight::Quantized(m, _) if self.ggml_activations => m.forward(x)?,
+            Weight::Quantized(m, _) if self.ggml_activations => ggml_forward(m, x)?,
             Weight::Quantized(m, shape) => quantized_forward(m, shape, x, Some(&self.interleaved))?,
         };
         Ok(match &self.bias {

@@ -4,35 +4,25 @@
 //! GGUF tokenizer are refused with a clear line. (That llama.cpp loads the files and generates is
 //! checked by hand; see README.)
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tunelab::gguf::export::{export_gguf, ExportOptions, ExportType};
 use tunelab::gguf::GgufReader;
 use tunelab::lora::{Adapter, LoraConfig};
-use tunelab::model::{self, Logits, Model, Pass};
+use tunelab::model::{self, Model};
 
 #[path = "support/smollm2.rs"]
 mod support;
 use support::smollm2;
 
-fn logits(m: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
-    let ids = Tensor::new(&[[1u32, 504, 3458, 282, 4649, 314, 2]], &Device::Cpu).unwrap();
-    let pass = Pass {
-        adapter,
-        ..Default::default()
-    };
-    m.llama
-        .forward_with(&ids, None, None, Logits::All, pass)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+#[path = "support/logits.rs"]
+mod compare;
+use compare::rel;
 
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let n: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-    (d / n).sqrt()
+/// SmolLM2's ids for a short chat line.
+const IDS: &[u32] = &[1, 504, 3458, 282, 4649, 314, 2];
+
+fn logits(m: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
+    compare::logits(m, IDS, adapter)
 }
 
 fn export(m: &Model, adapter: Option<&Adapter>, ty: &str, path: &std::path::Path) {
@@ -129,17 +119,11 @@ fn a_model_with_a_hugging_face_tokenizer_exports_and_reads_back() {
         back.tokenizer.encode(text).unwrap()
     );
     assert_eq!(back.chat_template, tiny.chat_template);
-    let ids = Tensor::new(&[[5u32, 100, 200, 300, 2]], &Device::Cpu).unwrap();
-    let l = |m: &Model| -> Vec<f32> {
-        m.llama
-            .forward(&ids, None, None, Logits::All)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    assert_eq!(l(&tiny), l(&back));
+    let ids = [5u32, 100, 200, 300, 2];
+    assert_eq!(
+        compare::logits(&tiny, &ids, None),
+        compare::logits(&back, &ids, None)
+    );
 }
 
 fn fnv(bytes: &[u8]) -> String {

@@ -8,41 +8,26 @@
 use std::path::Path;
 use std::process::Command;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use tunelab::export::{export, ExportFormat, ExportJob};
 use tunelab::lora::{Adapter, LoraConfig};
-use tunelab::model::{self, Logits, Model, Pass};
+use tunelab::model::{self, Model};
 
 #[path = "support/smollm2.rs"]
 mod support;
 use support::smollm2;
 
+#[path = "support/logits.rs"]
+mod compare;
+use compare::rel;
+
+/// Logits of a short chat prompt in `m`'s tokenizer.
 fn logits(m: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
     let ids = m
         .tokenizer
         .encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>")
         .unwrap();
-    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let pass = Pass {
-        adapter,
-        ..Default::default()
-    };
-    m.llama
-        .forward_with(&ids, None, None, Logits::All, pass)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let n: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-    (d / n).sqrt()
+    compare::logits(m, &ids, adapter)
 }
 
 /// The tiny preset and an adapter on every projection with random B (so it changes the logits).

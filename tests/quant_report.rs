@@ -4,10 +4,9 @@
 //! make_smollm2_ppl.sh beside it), with KL divergence and top-1 agreement close to its figures;
 //! Q4_0 costs more than Q8_0. Skipped when SmolLM2 is not fetched.
 
-use candle_core::{Device, Tensor};
 use tunelab::cancel::CancelToken;
 use tunelab::gguf::export::export_gguf_planned;
-use tunelab::model::{self, Logits, Model};
+use tunelab::model::{self, Model};
 use tunelab::quant::plan::{QuantPlan, Target, TypeRule};
 use tunelab::quant::quantize_model::quantize_model;
 use tunelab::quant::report::{agreement, tensor_errors};
@@ -18,15 +17,11 @@ use support::smollm2;
 
 const GPL3: &str = "/usr/share/common-licenses/GPL-3";
 
+#[path = "support/logits.rs"]
+mod compare;
+
 fn logits(m: &Model) -> Vec<f32> {
-    let ids = Tensor::new(&[[1u32, 504, 3458, 282, 4649, 314, 2]], &Device::Cpu).unwrap();
-    m.llama
-        .forward(&ids, None, None, Logits::All)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    compare::logits(m, &[1, 504, 3458, 282, 4649, 314, 2], None)
 }
 
 fn plan(ty: &str) -> QuantPlan {

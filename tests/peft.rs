@@ -6,9 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use tunelab::lora::{peft, Adapter};
-use tunelab::model::{self, Logits, Model, Pass};
+use tunelab::model::{self, Model};
+
+#[path = "support/logits.rs"]
+mod compare;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,20 +31,12 @@ fn last_logits(m: &Model, adapter: Option<&Adapter>, r: &serde_json::Value) -> V
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let pass = Pass {
-        adapter,
-        ..Default::default()
-    };
-    let all = m
-        .llama
-        .forward_with(&ids, None, None, Logits::All, pass)
-        .unwrap(); // (1, T, V)
-    let pos = r["position"].as_u64().unwrap() as usize;
-    all.squeeze(0).unwrap().get(pos).unwrap().to_vec1().unwrap()
+    let all = compare::logits(m, &ids, adapter); // T × V, flattened
+    let (pos, vocab) = (
+        r["position"].as_u64().unwrap() as usize,
+        m.config().vocab_size,
+    );
+    all[pos * vocab..(pos + 1) * vocab].to_vec()
 }
 
 fn max_diff(a: &[f32], b: &serde_json::Value) -> f64 {

@@ -455,6 +455,25 @@ fn tick_text(v: f64) -> String {
     }
 }
 
+/// A white drawing area with every tunelab chart's margins and label areas, and `title` above
+/// (in font `family`), ready for the axes.
+pub fn chart_frame<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, plotters::coord::Shift>,
+    title: Option<&'b str>,
+    family: &'b str,
+) -> std::result::Result<ChartBuilder<'a, 'b, DB>, String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .margin(24)
+        .x_label_area_size(70)
+        .y_label_area_size(100);
+    if let Some(title) = title {
+        builder.caption(title, (family, 34));
+    }
+    Ok(builder)
+}
+
 /// Draws the chart on a linear or logarithmic y axis.
 fn draw_with<DB: DrawingBackend>(
     chart: &Chart,
@@ -463,15 +482,7 @@ fn draw_with<DB: DrawingBackend>(
     y_text: &dyn Fn(&f64) -> String,
 ) -> std::result::Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(err)?;
-    let mut builder = ChartBuilder::on(root);
-    builder
-        .margin(24)
-        .x_label_area_size(70)
-        .y_label_area_size(100);
-    if let Some(title) = &chart.title {
-        builder.caption(title, (chart.title_family, 34));
-    }
+    let mut builder = chart_frame(root, chart.title.as_deref(), chart.title_family)?;
     let (x0, x1) = chart.x_range;
     let mut ctx = builder
         .build_cartesian_2d(RangedCoordf64::from(x0..x1), y_axis)

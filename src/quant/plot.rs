@@ -9,7 +9,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::curves::fonts;
-use crate::curves::plot::{render_file, Drawable, COLOURS};
+use crate::curves::plot::{chart_frame, render_file, Drawable, COLOURS};
 use crate::error::{Error, Result};
 
 /// One preset on the chart.
@@ -93,15 +93,7 @@ impl Drawable for Tradeoff<'_> {
         root: &DrawingArea<DB, plotters::coord::Shift>,
     ) -> std::result::Result<(), String> {
         let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-        root.fill(&WHITE).map_err(err)?;
-        let mut builder = ChartBuilder::on(root);
-        builder
-            .margin(24)
-            .x_label_area_size(70)
-            .y_label_area_size(100);
-        if let Some(title) = &self.opts.title {
-            builder.caption(title, (self.family, 34));
-        }
+        let mut builder = chart_frame(root, self.opts.title.as_deref(), self.family)?;
         let mut ctx = builder
             .build_cartesian_2d(
                 RangedCoordf64::from(self.x.0..self.x.1),

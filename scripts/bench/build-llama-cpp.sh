@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build llama.cpp's tools (llama-bench, llama-perplexity, llama-quantize, llama-completion,
-# llama-tokenize), the peer the benchmarks compare with. Its source comes from the PyPI sdist of
-# llama-cpp-python, which vendors llama.cpp (the package registries are the only network here).
+# llama-tokenize, and llama-cli without its web UI), the peer the benchmarks compare with. Its
+# source comes from the PyPI sdist of llama-cpp-python, which vendors llama.cpp (the package registries are the only network here).
 # Builds in $LLAMA_CPP_DIR (default ${XDG_CACHE_HOME:-~/.cache}/tunelab/llama.cpp), keeping the
 # build folder so a failed or repeated build resumes; prints the folder holding the tools.
 # Needs cmake and a C++ compiler (apt-get install cmake g++). About 15 minutes on 2 cores.
 set -euo pipefail
 prefix="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}"
-tools=(llama-bench llama-perplexity llama-quantize llama-completion llama-tokenize)
-if [ -x "$prefix/build/bin/llama-completion" ] && [ -f "$prefix/build/.portable" ]; then
+tools=(llama-bench llama-perplexity llama-quantize llama-completion llama-tokenize llama-cli)
+if [ -x "$prefix/build/bin/llama-cli" ] && [ -f "$prefix/build/.portable" ]; then
     echo "$prefix/build/bin"
     exit 0
 fi
@@ -30,6 +30,7 @@ if has avx512_vnni; then flags+=(-DGGML_AVX512_VNNI=ON); fi
 if has avx512_bf16; then flags+=(-DGGML_AVX512_BF16=ON); fi
 if has avx512vbmi; then flags+=(-DGGML_AVX512_VBMI=ON); fi
 cmake -S "$prefix/src" -B "$prefix/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
       -DLLAMA_BUILD_TESTS=OFF "${flags[@]}" >&2
 cmake --build "$prefix/build" -j "$(nproc)" --target "${tools[@]}" >&2
 touch "$prefix/build/.portable"

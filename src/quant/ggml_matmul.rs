@@ -13,6 +13,8 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -38,22 +40,25 @@ pub fn matmul(w: &QTensor, x: &[f32], m: usize) -> Result<Option<Vec<f32>>> {
     Ok(Some(y))
 }
 
-/// The weight bytes as blocks of `T` (copied when the bytes are not aligned for `T`).
 fn run<T: GgmlType>(bytes: &[u8], mkn: (usize, usize, usize), x: &[f32]) -> Result<Vec<f32>> {
+    products(&blocks_of::<T>(bytes), mkn, x)
+}
+
+/// The weight bytes as blocks of `T` (copied when the bytes are not aligned for `T`).
+fn blocks_of<T: GgmlType>(bytes: &[u8]) -> Cow<'_, [T]> {
     let count = bytes.len() / std::mem::size_of::<T>();
-    let copied: Vec<T>;
-    let blocks: &[T] = if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) == 0 {
+    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) == 0 {
         // SAFETY: the bytes are a QTensor's storage of `count` whole blocks of `T` (a plain
         // repr(C) struct of integers and f16), and the pointer is aligned for `T`.
-        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, count) }
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, count) })
     } else {
-        copied = (0..count)
-            // SAFETY: as above; read_unaligned copies each block out of unaligned bytes.
-            .map(|i| unsafe { std::ptr::read_unaligned((bytes.as_ptr() as *const T).add(i)) })
-            .collect();
-        &copied
-    };
-    products(blocks, mkn, x)
+        Cow::Owned(
+            (0..count)
+                // SAFETY: as above; read_unaligned copies each block out of unaligned bytes.
+                .map(|i| unsafe { std::ptr::read_unaligned((bytes.as_ptr() as *const T).add(i)) })
+                .collect(),
+        )
+    }
 }
 
 /// Rows of activations taken together, so each weight row is read once per band.
@@ -180,11 +185,7 @@ mod tests {
         let data = q.data().unwrap();
         let mut y = vec![0f32; m * n];
         fn go<T: GgmlType>(d: &[u8], mkn: (usize, usize, usize), x: &[f32], y: &mut [f32]) {
-            let blocks: Vec<T> = (0..d.len() / std::mem::size_of::<T>())
-                // SAFETY: whole blocks of `T` from a QTensor's storage, read unaligned.
-                .map(|i| unsafe { std::ptr::read_unaligned((d.as_ptr() as *const T).add(i)) })
-                .collect();
-            cm(mkn, x, &blocks, y).unwrap();
+            cm(mkn, x, &blocks_of::<T>(d), y).unwrap();
         }
         let mkn = (m, k, n);
         match q.dtype() {

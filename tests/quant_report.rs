@@ -60,29 +60,25 @@ fn in_memory_quantization_equals_the_exported_file_reloaded() {
     assert!(types.contains(&("blk.2.ffn_up.weight".into(), "Q5_0")));
 }
 
-/// The presets checked on every run (each costs two model passes over the text); the others are
-/// checked by `cargo test --test quant_report -- --ignored`.
+/// The presets checked on every run, on the first 4 windows of the text (each costs two model
+/// passes); every preset is checked on the whole text by `cargo test --release --test
+/// quant_report -- --ignored`.
 const QUICK: &[&str] = &["Q8_0", "Q4_0", "Q4_K_M"];
 
-/// Presets whose perplexity is further than 0.5% from llama-perplexity's, and how far it may be.
-/// Measured 2026-11-28 (ctx 512, 4 windows of GPL-3, activations rounded as llama.cpp does,
-/// `quant::ggml_matmul`): Q2_K and Q3_K_S (the same file on SmolLM2) +0.56%, Q6_K −0.56%. The
-/// other eleven are within 0.5%: Q4_0 −0.19%, Q4_1 −0.33%, Q5_0 −0.28%, Q5_1 −0.22%, Q8_0 −0.17%,
-/// Q3_K_M −0.31%, Q3_K_L −0.46%, Q4_K_S +0.13%, Q4_K_M +0.03%, Q5_K_S −0.42%, Q5_K_M −0.32%; the
-/// mean KL divergences agree to 1% or better (Q4_0: 0.27097 vs 0.27100). What is left differs in
-/// how candle's K-quant dot products and activation rounding sum, not in the weights (those are
-/// byte-identical to llama-quantize's).
-const WIDER: &[(&str, f64)] = &[("Q2_K", 0.007), ("Q3_K_S", 0.007), ("Q6_K", 0.007)];
-
-/// Each preset's perplexity must be within 0.5% of llama-perplexity's (or its [`WIDER`] bound).
-fn check_presets(names: &[&str]) {
+/// Each preset's perplexity must be within 0.5% of llama-perplexity's as `fixture` (in
+/// tests/fixtures/quant/) records it: llama.cpp's reference kernels, which round the activations
+/// as tunelab's ggml mode does. Its faster default kernels round and sum otherwise, and with them
+/// its own figures move by up to 0.6% on 4 windows (the fixture's `ppl_default`); a quantized
+/// model is that sensitive to rounding, as each activation rounded the other way changes the
+/// next layer's input.
+fn check_presets(fixture: &str, names: &[&str]) {
     let Some(path) = smollm2() else { return };
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/quant/smollm2_ppl.json"
+    let fixture = format!(
+        "{}/tests/fixtures/quant/{fixture}",
+        env!("CARGO_MANIFEST_DIR")
     );
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
     let (ctx, chunks) = (
         expected["ctx"].as_u64().unwrap() as usize,
         expected["chunks"].as_u64().unwrap() as usize,
@@ -112,11 +108,7 @@ fn check_presets(names: &[&str]) {
             a.top1 * 100.0,
             top1 * 100.0
         );
-        let tolerance = WIDER
-            .iter()
-            .find(|(p, _)| p == name)
-            .map_or(0.005, |(_, t)| *t);
-        if ppl_err > tolerance || ref_err > 0.005 {
+        if ppl_err > 0.005 || ref_err > 0.005 {
             failures.push(format!("{name}: perplexity {:.4} vs {ppl:.4}", a.ppl));
         }
         // KL and top-1 are noisier: llama.cpp keeps the reference in 16-bit codes, and its
@@ -138,15 +130,15 @@ fn check_presets(names: &[&str]) {
 
 #[test]
 fn smollm2_report_matches_llama_perplexity_on_common_presets() {
-    check_presets(QUICK);
+    check_presets("smollm2_ppl.json", QUICK);
 }
 
 #[test]
-#[ignore = "about 4 minutes: every preset; run with --ignored"]
+#[ignore = "about 35 minutes: every preset on the whole text; run with --ignored"]
 fn smollm2_report_matches_llama_perplexity_on_every_preset() {
     let all: Vec<&str> = tunelab::quant::mixture::PRESETS
         .iter()
         .map(|p| p.name)
         .collect();
-    check_presets(&all);
+    check_presets("smollm2_ppl_whole.json", &all);
 }

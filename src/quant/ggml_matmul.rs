@@ -1,7 +1,8 @@
 //! llama.cpp's CPU arithmetic for quantized weights, for figures that must compare with
 //! llama-perplexity's: each activation row is rounded to the weight type's dot-product partner
 //! (Q8_0 blocks for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) and dotted in
-//! integers, block by block, as ggml's `mul_mat` does (candle's `vec_dot` kernels, one per row pair).
+//! integers, block by block, as ggml's `mul_mat` does (candle's `vec_dot` kernels, one per row pair;
+//! `quant::ggml_dot32` for Q4_1/Q5_0/Q5_1, which candle dots with scalar code).
 //!
 //! Why not candle's `QMatMul`: on CPUs with AVX-512 VNNI it repacks Q8_0, Q4_K and Q6_K weights
 //! and rounds the activations to Q8_K (one scale per 256 values) even for Q8_0 weights, which
@@ -18,6 +19,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::quant::ggml_dot32::{Dot32, UnpackedRow};
 
 /// `y[r][j] = Σ_i w[j][i] · x[r][i]` for the quantized `w` (n, k) and `x` (`m` rows of k) with
 /// ggml's activation rounding; None for types without block quantization (F32, F16, BF16).
@@ -61,6 +63,15 @@ fn blocks_of<T: GgmlType>(bytes: &[u8]) -> Cow<'_, [T]> {
     }
 }
 
+/// The bytes of ggml blocks (candle's `repr(C)` structs of integers and f16, without padding).
+fn as_bytes<U: GgmlType>(blocks: &[U]) -> &[u8] {
+    // SAFETY: every byte of a block is an initialized integer or f16 field (candle asserts each
+    // block's size equals the sum of its fields'), and u8 has no alignment requirement.
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+    }
+}
+
 /// Rows of activations taken together, so each weight row is read once per band.
 const ROW_BAND: usize = 8;
 
@@ -82,27 +93,48 @@ fn products<T: GgmlType>(w: &[T], (m, k, n): (usize, usize, usize), x: &[f32]) -
         .for_each(|(q, row)| T::VecDotType::from_float(row, q));
     let weight_row = |j: usize| &w[j * per_row..(j + 1) * per_row];
     let act_row = |r: usize| &xq[r * per_row..(r + 1) * per_row];
+    // Q4_1/Q5_0/Q5_1: each weight row unpacked once, then dotted with every activation row.
+    let kind = Dot32::of(T::DTYPE);
+    let mut activations = UnpackedRow::default();
+    if let Some(kind) = kind {
+        activations.unpack_activations(kind, as_bytes(&xq));
+    }
+    let prepare = |j: usize, unpacked: &mut UnpackedRow| {
+        if let Some(kind) = kind {
+            unpacked.unpack(kind, as_bytes(weight_row(j)));
+        }
+    };
+    let dot = |j: usize, unpacked: &UnpackedRow, r: usize| match kind {
+        Some(kind) => unpacked.dot(kind, &activations, r),
+        None => T::vec_dot(k, weight_row(j), act_row(r)),
+    };
     let mut y = vec![0f32; m * n];
     if m >= ROW_BAND * rayon::current_num_threads() {
-        y.par_chunks_mut(ROW_BAND * n)
-            .enumerate()
-            .for_each(|(band, out)| {
+        y.par_chunks_mut(ROW_BAND * n).enumerate().for_each_init(
+            UnpackedRow::default,
+            |unpacked, (band, out)| {
                 for j in 0..n {
+                    prepare(j, unpacked);
                     for (r, o) in out.chunks_mut(n).enumerate() {
-                        o[j] = T::vec_dot(k, weight_row(j), act_row(band * ROW_BAND + r));
+                        o[j] = dot(j, unpacked, band * ROW_BAND + r);
                     }
                 }
-            });
+            },
+        );
     } else {
         // Few rows (generation): the weight rows are split instead, into (n, m), then turned.
         let mut yt = vec![0f32; n * m];
-        yt.par_chunks_mut(m * 64).enumerate().for_each(|(c, out)| {
-            for (i, o) in out.chunks_mut(m).enumerate() {
-                for (r, v) in o.iter_mut().enumerate() {
-                    *v = T::vec_dot(k, weight_row(c * 64 + i), act_row(r));
+        yt.par_chunks_mut(m * 64).enumerate().for_each_init(
+            UnpackedRow::default,
+            |unpacked, (c, out)| {
+                for (i, o) in out.chunks_mut(m).enumerate() {
+                    prepare(c * 64 + i, unpacked);
+                    for (r, v) in o.iter_mut().enumerate() {
+                        *v = dot(c * 64 + i, unpacked, r);
+                    }
                 }
-            }
-        });
+            },
+        );
         for (j, col) in yt.chunks(m).enumerate() {
             for (r, v) in col.iter().enumerate() {
                 y[r * n + j] = *v;

@@ -9,6 +9,7 @@
 //! llama-quantize preset.
 
 pub mod blocks;
+pub mod ggml_dot32;
 pub mod ggml_matmul;
 pub mod interleaved;
 #[cfg(target_arch = "x86_64")]

@@ -54,9 +54,10 @@ impl Dot32 {
     }
 }
 
-/// One weight row unpacked: 32 codes per block, and each block's scale and minimum (0 for Q5_0).
+/// Blocks unpacked: 32 codes per block, each block's scale, and its second term: for a weight row
+/// the minimum `m` (0 for Q5_0), for activation rows the Q8_1 sum `s` (0 for Q8_0).
 #[derive(Default)]
-pub struct UnpackedRow {
+pub struct Unpacked {
     codes: Vec<i8>,
     scale: Vec<f32>,
     min: Vec<f32>,
@@ -66,9 +67,9 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-impl UnpackedRow {
+impl Unpacked {
     /// Unpack the weight row `bytes` (whole blocks of `kind`) into this buffer.
-    pub fn unpack(&mut self, kind: Dot32, bytes: &[u8]) {
+    pub fn unpack_weights(&mut self, kind: Dot32, bytes: &[u8]) {
         let blocks = bytes.len() / kind.block_bytes();
         self.codes.resize(blocks * QK, 0);
         self.scale.clear();
@@ -125,9 +126,9 @@ impl UnpackedRow {
         }
     }
 
-    /// Σ w·x of this weight row with activation row `row` of `activations` (rows of `blocks`
-    /// blocks, from [`UnpackedRow::unpack_activations`]).
-    pub fn dot(&self, kind: Dot32, activations: &UnpackedRow, row: usize) -> f32 {
+    /// Σ w·x of this unpacked weight row with activation row `row` of `activations` (rows of
+    /// as many blocks, from [`Unpacked::unpack_activations`]).
+    pub fn dot(&self, kind: Dot32, activations: &Unpacked, row: usize) -> f32 {
         let blocks = self.scale.len();
         let a = ActivationRow {
             codes: &activations.codes[row * blocks * QK..(row + 1) * blocks * QK],

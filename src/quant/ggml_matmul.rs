@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::quant::ggml_dot32::{Dot32, UnpackedRow};
+use crate::quant::ggml_dot32::{Dot32, Unpacked};
 
 /// `y[r][j] = Σ_i w[j][i] · x[r][i]` for the quantized `w` (n, k) and `x` (`m` rows of k) with
 /// ggml's activation rounding; None for types without block quantization (F32, F16, BF16).
@@ -95,23 +95,23 @@ fn products<T: GgmlType>(w: &[T], (m, k, n): (usize, usize, usize), x: &[f32]) -
     let act_row = |r: usize| &xq[r * per_row..(r + 1) * per_row];
     // Q4_1/Q5_0/Q5_1: each weight row unpacked once, then dotted with every activation row.
     let kind = Dot32::of(T::DTYPE);
-    let mut activations = UnpackedRow::default();
+    let mut activations = Unpacked::default();
     if let Some(kind) = kind {
         activations.unpack_activations(kind, as_bytes(&xq));
     }
-    let prepare = |j: usize, unpacked: &mut UnpackedRow| {
+    let prepare = |j: usize, unpacked: &mut Unpacked| {
         if let Some(kind) = kind {
-            unpacked.unpack(kind, as_bytes(weight_row(j)));
+            unpacked.unpack_weights(kind, as_bytes(weight_row(j)));
         }
     };
-    let dot = |j: usize, unpacked: &UnpackedRow, r: usize| match kind {
+    let dot = |j: usize, unpacked: &Unpacked, r: usize| match kind {
         Some(kind) => unpacked.dot(kind, &activations, r),
         None => T::vec_dot(k, weight_row(j), act_row(r)),
     };
     let mut y = vec![0f32; m * n];
     if m >= ROW_BAND * rayon::current_num_threads() {
         y.par_chunks_mut(ROW_BAND * n).enumerate().for_each_init(
-            UnpackedRow::default,
+            Unpacked::default,
             |unpacked, (band, out)| {
                 for j in 0..n {
                     prepare(j, unpacked);
@@ -125,7 +125,7 @@ fn products<T: GgmlType>(w: &[T], (m, k, n): (usize, usize, usize), x: &[f32]) -
         // Few rows (generation): the weight rows are split instead, into (n, m), then turned.
         let mut yt = vec![0f32; n * m];
         yt.par_chunks_mut(m * 64).enumerate().for_each_init(
-            UnpackedRow::default,
+            Unpacked::default,
             |unpacked, (c, out)| {
                 for (i, o) in out.chunks_mut(m).enumerate() {
                     prepare(c * 64 + i, unpacked);

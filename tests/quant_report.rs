@@ -134,7 +134,7 @@ fn smollm2_report_matches_llama_perplexity_on_common_presets() {
 }
 
 #[test]
-#[ignore = "about 35 minutes: every preset on the whole text; run with --ignored"]
+#[ignore = "about 22 minutes: every preset on the whole text; run with --ignored"]
 fn smollm2_report_matches_llama_perplexity_on_every_preset() {
     let all: Vec<&str> = tunelab::quant::mixture::PRESETS
         .iter()

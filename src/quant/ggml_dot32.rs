@@ -9,8 +9,8 @@
 //! integer sum per block and then `sumi · d_w · d_a (+ m_w · s_a)` block after block, so the
 //! results are bit-identical to `GgmlType::vec_dot` (tested).
 
+use crate::quant::blocks::f16_at;
 use candle_core::quantized::GgmlDType;
-use half::f16;
 
 /// One of the three formats, with its byte layout and its activation partner's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +63,6 @@ pub struct Unpacked {
     min: Vec<f32>,
 }
 
-fn half_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
 impl Unpacked {
     /// Unpack the weight row `bytes` (whole blocks of `kind`) into this buffer.
     pub fn unpack_weights(&mut self, kind: Dot32, bytes: &[u8]) {
@@ -78,7 +74,7 @@ impl Unpacked {
             .chunks_exact(kind.block_bytes())
             .zip(self.codes.chunks_exact_mut(QK))
         {
-            self.scale.push(half_at(block, 0));
+            self.scale.push(f16_at(block, 0));
             let (high, low, offset) = match kind {
                 Dot32::Q4_1 => (0u32, &block[4..20], 0i32),
                 Dot32::Q5_0 => (
@@ -95,7 +91,7 @@ impl Unpacked {
             self.min.push(if kind == Dot32::Q5_0 {
                 0.0
             } else {
-                half_at(block, 2)
+                f16_at(block, 2)
             });
             for (j, &byte) in low.iter().enumerate() {
                 let fifth_0 = ((high >> j) & 1) << 4;
@@ -117,11 +113,11 @@ impl Unpacked {
         for block in bytes.chunks_exact(step) {
             self.codes
                 .extend(block[codes_at..].iter().map(|&b| b as i8));
-            self.scale.push(half_at(block, 0));
+            self.scale.push(f16_at(block, 0));
             self.min.push(if kind == Dot32::Q5_0 {
                 0.0
             } else {
-                half_at(block, 2)
+                f16_at(block, 2)
             });
         }
     }

@@ -23,6 +23,7 @@
 
 use half::f16;
 
+use super::blocks::f16_at;
 use super::kquant_search::{make_q3_quants, nearest_int, Qkx2};
 use super::kquants::{check_len, QK_K};
 use crate::error::Result;
@@ -57,10 +58,6 @@ fn pack_2bit(l: &[u8; QK_K]) -> [u8; 64] {
 fn code_2bit(qs: &[u8], w: usize) -> u8 {
     let (n, k, t) = (w / 128, (w % 128) / 32, w % 32);
     (qs[32 * n + t] >> (2 * k)) & 3
-}
-
-fn half_at(b: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// One row in Q2_K (84 bytes per 256 weights).
@@ -127,7 +124,7 @@ pub fn dequantize_row_q2_k(b: &[u8]) -> Vec<f32> {
     let mut y = Vec::with_capacity(b.len() / Q2_K_BYTES * QK_K);
     for blk in b.chunks_exact(Q2_K_BYTES) {
         let (sc, qs) = (&blk[..16], &blk[16..80]);
-        let (d, dmin) = (half_at(blk, 80), half_at(blk, 82));
+        let (d, dmin) = (f16_at(blk, 80), f16_at(blk, 82));
         for (j, &s) in sc.iter().enumerate() {
             let (dl, ml) = (d * (s & 0xf) as f32, dmin * (s >> 4) as f32);
             y.extend((16 * j..16 * (j + 1)).map(|w| dl * code_2bit(qs, w) as f32 - ml));
@@ -211,7 +208,7 @@ pub fn dequantize_row_q3_k(b: &[u8]) -> Vec<f32> {
     let mut y = Vec::with_capacity(b.len() / Q3_K_BYTES * QK_K);
     for blk in b.chunks_exact(Q3_K_BYTES) {
         let (hmask, qs, packed) = (&blk[..32], &blk[32..96], &blk[96..108]);
-        let d = half_at(blk, 108);
+        let d = f16_at(blk, 108);
         for j in 0..16 {
             let dl = d * q3_scale(j, packed) as f32;
             y.extend((16 * j..16 * (j + 1)).map(|w| {

@@ -218,8 +218,8 @@ fn smollm2_perplexity_on_a_license_text() {
     let m = model::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap_or_else(|_| "The GNU General Public License is a free, copyleft license for software and other kinds of works. ".repeat(60));
     let text: String = text.chars().take(6000).collect();
-    let p =
-        tunelab::model::perplexity::perplexity(&m, &text, 256, None, &CancelToken::new()).unwrap();
+    let p = tunelab::model::perplexity::perplexity(&m, &text, 256, None, None, &CancelToken::new())
+        .unwrap();
     println!("SmolLM2 f32 perplexity, first 6000 characters of GPL-3, ctx 256: {:.3} over {} tokens in {} chunks", p.ppl, p.tokens, p.chunks);
     assert_eq!(p.tokens, p.chunks * 127);
     assert!(

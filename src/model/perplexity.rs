@@ -6,10 +6,11 @@
 
 use candle_core::{DType, Tensor};
 
-use super::llama::{log_softmax, Logits};
+use super::llama::{log_softmax, Logits, Pass};
 use super::Model;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
+use crate::lora::Adapter;
 
 /// The result of a perplexity run.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,14 +78,25 @@ impl Windows {
 
     /// Window `c` through `model`: the log-probabilities at its scored positions (n, V), f32, and
     /// the tokens they should predict (n).
-    pub fn log_probs(&self, model: &Model, c: usize) -> Result<(Tensor, Tensor)> {
+    pub fn log_probs(
+        &self,
+        model: &Model,
+        c: usize,
+        adapter: Option<&Adapter>,
+    ) -> Result<(Tensor, Tensor)> {
         let (ctx, first) = (self.ctx, self.ctx / 2);
         let mut window = self.tokens[c * ctx..(c + 1) * ctx].to_vec();
         if let Some(bos) = self.bos {
             window[0] = bos;
         }
         let ids = Tensor::new(window.as_slice(), &model.llama.device)?.unsqueeze(0)?; // (1, ctx)
-        let logits = model.llama.forward(&ids, None, None, Logits::From(first))?; // (1, ctx - first, V)
+        let pass = Pass {
+            adapter,
+            ..Default::default()
+        };
+        let logits = model
+            .llama
+            .forward_with(&ids, None, None, Logits::From(first), pass)?; // (1, ctx - first, V)
         let logp = log_softmax(&logits.squeeze(0)?.to_dtype(DType::F32)?)?; // (ctx - first, V)
         let n = self.scored_per_window();
         let targets: Vec<u32> = (first..ctx - 1)
@@ -95,12 +107,14 @@ impl Windows {
     }
 }
 
-/// Perplexity of `model` on `text` with windows of `ctx` tokens (at most `max_chunks` windows).
+/// Perplexity of `model` (with `adapter` applied, when given) on `text` with windows of `ctx`
+/// tokens (at most `max_chunks` windows).
 pub fn perplexity(
     model: &Model,
     text: &str,
     ctx: usize,
     max_chunks: Option<usize>,
+    adapter: Option<&Adapter>,
     cancel: &CancelToken,
 ) -> Result<Perplexity> {
     let windows = Windows::new(model, text, ctx, max_chunks)?;
@@ -108,7 +122,7 @@ pub fn perplexity(
     let mut scored = 0usize;
     for c in 0..windows.count {
         cancel.check()?;
-        let (logp, targets) = windows.log_probs(model, c)?;
+        let (logp, targets) = windows.log_probs(model, c, adapter)?;
         let picked = logp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
         total_nll -= picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         scored += targets.dim(0)?;

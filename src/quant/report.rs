@@ -210,8 +210,8 @@ pub fn agreement(
     let (mut same, mut count) = (0usize, 0usize);
     for c in 0..windows.count {
         cancel.check()?;
-        let (lq, targets) = windows.log_probs(model, c)?; // (n, V), (n)
-        let (lr, _) = windows.log_probs(reference, c)?;
+        let (lq, targets) = windows.log_probs(model, c, None)?; // (n, V), (n)
+        let (lr, _) = windows.log_probs(reference, c, None)?;
         let picked = |lp: &Tensor| -> Result<f64> {
             let p = lp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
             Ok(p.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)

@@ -8,11 +8,11 @@ use rhai::plugin::*;
 use rhai::{Array, Map};
 
 use crate::data::{Message, Role};
-use crate::generate::chat::ChatSession;
+use crate::generate::chat::{ChatSession, TemplateChoice};
 use crate::generate::sampling::SamplingOptions;
 use crate::generate::GenerateOptions;
 
-use super::errors::{runtime, ScriptResult};
+use super::errors::{runtime, IntoScript, ScriptResult};
 use super::options::Options;
 
 /// The area name `:help` groups these functions under.
@@ -68,6 +68,54 @@ fn generate_options(o: &Options) -> ScriptResult<(GenerateOptions, bool)> {
     Ok((g, o.bool("stream")?.unwrap_or(false)))
 }
 
+/// Keys that choose how a prompt is presented, shared by `generate` and `chat`.
+const PROMPT_KEYS: [&str; 3] = ["template", "system", "adapter"];
+
+/// What the prompt keys chose: the adapter (checked against the model), the template (the
+/// `template` option, else the adapter's training template; `None` when neither says) and the
+/// system prompt.
+struct PromptOptions {
+    adapter: Option<crate::lora::Adapter>,
+    template: Option<TemplateChoice>,
+    system: String,
+}
+
+/// An `adapter` option value (an adapter or its folder) that fits `model`.
+fn fitting_adapter(
+    value: rhai::Dynamic,
+    model: &crate::model::Model,
+    what: &str,
+) -> ScriptResult<crate::lora::Adapter> {
+    let adapter = crate::script::api_export::adapter_option(value, model, what)?;
+    adapter
+        .check_fits(&model.llama, std::path::Path::new(&adapter.base_model))
+        .script()?;
+    Ok(adapter)
+}
+
+/// Reads `template`, `system` and `adapter` from checked options.
+fn prompt_options(
+    o: &Options,
+    model: &crate::model::Model,
+    what: &str,
+) -> ScriptResult<PromptOptions> {
+    let adapter = match o.value("adapter") {
+        Some(v) => Some(fitting_adapter(v, model, what)?),
+        None => None,
+    };
+    // Without a template option, an adapter talks in the template it was trained with.
+    let trained_with = adapter.as_ref().and_then(|a| a.template.clone());
+    let template = match o.string("template")?.or(trained_with) {
+        Some(name) => Some(TemplateChoice::resolve(&name, model).script()?),
+        None => None,
+    };
+    Ok(PromptOptions {
+        adapter,
+        template,
+        system: o.string("system")?.unwrap_or_default(),
+    })
+}
+
 /// `[#{ role, content }]` → (system, messages).
 fn messages_from(list: Array) -> ScriptResult<(String, Vec<Message>)> {
     let mut system = String::new();
@@ -94,8 +142,12 @@ mod model_api {
 
     use rhai::{Array, Dynamic, Map, NativeCallContext, INT};
 
-    use super::{generate_options, messages_from, Chat, SAMPLING_KEYS};
+    use super::{
+        fitting_adapter, generate_options, messages_from, prompt_options, PROMPT_KEYS,
+        SAMPLING_KEYS,
+    };
     use crate::data::template;
+    use crate::data::{Message, Role};
     use crate::generate::chat::{ChatSession, TemplateChoice};
     use crate::model::perplexity;
     use crate::script::engine::host;
@@ -106,6 +158,8 @@ mod model_api {
     pub type Model = crate::model::Model;
     /// A tokenizer: `encode(text)`, `decode(ids)`.
     pub type Tokenizer = crate::model::Tokenizer;
+    /// A chat session: `ask(text)`, `history()`, `reset()`.
+    pub type Chat = super::Chat;
 
     /// Load a model: a Hugging Face folder, a `.gguf` file, or `"tiny"` (a small random Llama).
     #[rhai_fn(return_raw)]
@@ -284,9 +338,13 @@ mod model_api {
         choice.prompt(&system, &messages, &model).script()
     }
 
-    /// Continue `prompt` (raw text, no template); options: `max_new_tokens` (256), `temperature`
-    /// (0 = greedy), `top_p`, `top_k`, `min_p`, `repetition_penalty`, `seed`, `stop` (strings),
-    /// `stream` (print tokens as they come).
+    /// Continue `prompt`; options: `max_new_tokens` (256), `temperature` (0 = greedy), `top_p`,
+    /// `top_k`, `min_p`, `repetition_penalty`, `seed`, `stop` (strings), `stream` (print tokens as
+    /// they come), and as for `chat`: `adapter` (a LoRA adapter or its folder), `template`,
+    /// `system`. Without these the prompt is raw text, continued as it is. With any of them it is
+    /// sent as one user message in a chat template, as `chat` does, and the reply returned: the
+    /// `template` option, else the adapter's training template, else the model's own.
+    /// `template: "empty"` keeps the prompt raw.
     #[rhai_fn(return_raw)]
     pub fn generate(
         ctx: NativeCallContext,
@@ -294,10 +352,30 @@ mod model_api {
         prompt: &str,
         opts: Map,
     ) -> ScriptResult<String> {
-        let o = Options::new("generate options", opts, SAMPLING_KEYS)?;
-        let (g, stream) = generate_options(&o)?;
+        let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
+        keys.extend(PROMPT_KEYS);
+        let o = Options::new("generate options", opts, &keys)?;
+        let (mut g, stream) = generate_options(&o)?;
+        let p = prompt_options(&o, &model, "generate options")?;
+        g.adapter = p.adapter;
+        // As in chat: with an adapter or a system prompt and no known template, the model's own.
+        let template = match p.template {
+            Some(t) => Some(t),
+            None if !p.system.is_empty() || g.adapter.is_some() => {
+                Some(TemplateChoice::resolve("auto", &model).script()?)
+            }
+            None => None,
+        };
+        let text = match &template {
+            Some(t) => {
+                g.stop_ids.extend(t.stop_ids(&model));
+                let user = [Message::new(Role::User, prompt)];
+                t.prompt(&p.system, &user, &model).script()?
+            }
+            None => prompt.to_string(),
+        };
         let h = host(&ctx);
-        let ids = model.tokenizer.encode(prompt).script()?;
+        let ids = model.tokenizer.encode(&text).script()?;
         let out = crate::generate::generate(&model, &ids, &g, &h.cancel, &mut |t| {
             if stream {
                 h.output.write(t)
@@ -323,41 +401,20 @@ mod model_api {
     #[rhai_fn(name = "chat", return_raw)]
     pub fn chat_with(model: Model, opts: Map) -> ScriptResult<Chat> {
         let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
-        keys.extend(["template", "system", "adapter"]);
+        keys.extend(PROMPT_KEYS);
         let o = Options::new("chat options", opts, &keys)?;
         let (mut g, _) = generate_options(&o)?;
-        if let Some(v) = o.value("adapter") {
-            let adapter = if v.is_string() {
-                let dir = v.to_string();
-                let mut a =
-                    crate::lora::peft::read(Path::new(&dir), &model.llama.device).script()?;
-                a.template = crate::lora::peft::training_template(Path::new(&dir));
-                a
-            } else {
-                v.try_cast::<crate::lora::Adapter>().ok_or_else(|| {
-                    runtime("chat options: key \"adapter\": expected an adapter (run.adapter, load_adapter(dir)) or its folder")
-                })?
-            };
-            adapter
-                .check_fits(&model.llama, Path::new(&adapter.base_model))
-                .script()?;
-            g.adapter = Some(adapter);
-        }
+        let prompt = prompt_options(&o, &model, "chat options")?;
+        g.adapter = prompt.adapter;
         if o.int("max_new_tokens")?.is_none() {
             g.max_new_tokens = 512;
         }
         let stream = o.bool("stream")?.unwrap_or(true);
-        // Without a template option, an adapter talks in the template it was trained with.
-        let trained_with = g.adapter.as_ref().and_then(|a| a.template.clone());
-        let choice = TemplateChoice::resolve(
-            &o.string("template")?
-                .or(trained_with)
-                .unwrap_or_else(|| "auto".into()),
-            &model,
-        )
-        .script()?;
-        let mut session =
-            ChatSession::new(model, choice, o.string("system")?.unwrap_or_default(), g);
+        let choice = match prompt.template {
+            Some(choice) => choice,
+            None => TemplateChoice::resolve("auto", &model).script()?,
+        };
+        let mut session = ChatSession::new(model, choice, prompt.system, g);
         session.stream = stream;
         Ok(Chat(std::sync::Arc::new(std::sync::Mutex::new(session))))
     }
@@ -456,7 +513,8 @@ mod model_api {
 
     /// Perplexity as llama-perplexity computes it: `text_or_path` is text or a file; options
     /// `ctx` (window, default 512), `chunks` (at most this many windows, as llama-perplexity's
-    /// `--chunks`). Returns `#{ ppl, tokens, chunks, nll }`.
+    /// `--chunks`), `adapter` (a LoRA adapter or its folder, applied to the model). Returns
+    /// `#{ ppl, tokens, chunks, nll }`.
     #[rhai_fn(return_raw)]
     pub fn perplexity(
         ctx: NativeCallContext,
@@ -464,7 +522,11 @@ mod model_api {
         text_or_path: &str,
         opts: Map,
     ) -> ScriptResult<Map> {
-        let o = Options::new("perplexity options", opts, &["ctx", "chunks"])?;
+        let o = Options::new("perplexity options", opts, &["ctx", "chunks", "adapter"])?;
+        let adapter = match o.value("adapter") {
+            Some(v) => Some(fitting_adapter(v, &model, "perplexity options")?),
+            None => None,
+        };
         let window = o.int("ctx")?.unwrap_or(512).max(0) as usize;
         let chunks = o.int("chunks")?.map(|c| c.max(1) as usize);
         let text = if Path::new(text_or_path).is_file() {
@@ -474,8 +536,15 @@ mod model_api {
         } else {
             text_or_path.to_string()
         };
-        let p =
-            perplexity::perplexity(&model, &text, window, chunks, &host(&ctx).cancel).script()?;
+        let p = perplexity::perplexity(
+            &model,
+            &text,
+            window,
+            chunks,
+            adapter.as_ref(),
+            &host(&ctx).cancel,
+        )
+        .script()?;
         let mut m = Map::new();
         m.insert("ppl".into(), Dynamic::from(p.ppl));
         m.insert("nll".into(), Dynamic::from(p.nll));

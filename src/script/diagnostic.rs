@@ -8,7 +8,7 @@
 
 use rhai::{EvalAltResult, Position};
 
-use super::{resolver, stdlib};
+use super::{call_errors, help, resolver, stdlib};
 
 /// One place in one source file.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +123,9 @@ fn leaf_message(err: &EvalAltResult) -> String {
     match err {
         EvalAltResult::ErrorRuntime(value, _) if value.is_string() => value.to_string(),
         EvalAltResult::ErrorTerminated(..) => "cancelled (Ctrl-C)".to_string(),
+        EvalAltResult::ErrorFunctionNotFound(signature, _) => {
+            call_errors::explain_not_found(signature, &help::catalog())
+        }
         other => {
             let text = other.to_string();
             let suffix = format!(" ({})", other.position());
@@ -197,6 +200,19 @@ mod tests {
         assert_eq!(inner.file, "stdlib/assert.rhai");
         assert_eq!(inner.context, "in function 'assert_eq'");
         assert!(inner.line.is_some());
+    }
+
+    #[test]
+    fn a_method_called_with_the_wrong_type_names_script_types_and_forms() {
+        let d = fail("let c = chat(load_model(\"tiny\"));\nc.ask(5);");
+        assert_eq!(d.locations[0].line, Some(2));
+        assert!(
+            d.message
+                .starts_with("ask(Chat, int): argument 2 (text) must be a string, not an int"),
+            "{}",
+            d.message
+        );
+        assert!(!d.message.contains("tunelab::"), "{}", d.message);
     }
 
     #[test]

@@ -89,13 +89,10 @@ fn doc_lines(raw: &str) -> Vec<String> {
         .collect()
 }
 
-/// Rhai writes `NativeCallContext` and long Rust paths into signatures; users need neither.
+/// Rhai writes Rust types into signatures (`&str`, `i64`, `ScriptResult<Model>`); users read the
+/// script's names (`string`, `int`, `Model`).
 fn tidy_signature(sig: &str) -> String {
-    sig.replace("ImmutableString", "string")
-        .replace("&str", "string")
-        .replace("&mut ", "")
-        .replace("Result<", "")
-        .replace(", Box<EvalAltResult>>", "")
+    super::call_errors::script_signature(sig)
 }
 
 /// `:help` with no argument: every function name, grouped by area.

@@ -15,6 +15,7 @@ pub mod api_export;
 pub mod api_model;
 pub mod api_quant;
 pub mod api_train;
+pub mod call_errors;
 pub mod diagnostic;
 pub mod engine;
 pub mod errors;

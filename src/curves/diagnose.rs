@@ -6,18 +6,29 @@
 //! 1. **diverged** — a NaN/inf loss, or the loss ends above where it started;
 //! 2. **too_short** — fewer than [`MIN_POINTS`] finite training points;
 //! 3. **unstable** — repeated spikes far above the local trend, a sustained jump of the trend
-//!    above its running minimum, or fluctuation larger than both the level allows and the
-//!    decrease achieved;
+//!    above its running minimum, fluctuation larger than both the level allows and the decrease
+//!    achieved, or scatter wider than [`WILD_SCATTER_REL`] through the run even around a falling
+//!    trend ("fluctuating wildly": learning rate too high or batch too small). Scatter alone does
+//!    not count when an eval curve keeps improving;
 //! 4. **overfitting** (with an eval curve) — the eval loss reached its minimum and then rose
 //!    meaningfully (above [`OVERFIT_RISE`] and above its own noise) over several evaluations while
 //!    the training loss did not rise; or it stalled at its minimum for [`STALL_EVALS`] evaluations
 //!    while the training loss fell [`STALL_TRAIN_FALL`] more; `best_step` is the eval minimum;
-//! 5. **not_converging** — no clear decrease: under [`CLEAR_DROP`], or smaller than the noise;
-//! 6. **converging** — the last quarter still falls clearly (steep enough relative to the level and
+//! 5. **the eval curve decides** when it falls at every evaluation ([`EVAL_CLEAR_FALL`] in all)
+//!    while the train curve shows no clear or only a small decrease: per-batch losses of varied
+//!    examples are noisy, the eval loss is not — converging while its last three evaluations
+//!    still fall clearly, converged when it levels off;
+//! 6. **not_converging** — no clear decrease: under [`CLEAR_DROP`], or smaller than the noise;
+//! 7. **converged** when the train loss still falls but the eval loss has not improved over the
+//!    last quarter of its evaluations (more steps would memorise; `best_step` is its minimum);
+//! 8. **converging** — the last quarter still falls clearly (steep enough relative to the level and
 //!    to the whole decrease, and statistically significant) and, with an eval curve, the eval loss
 //!    still improves ([`EVAL_PROGRESS`]); or the last three evaluations each fall clearly;
-//! 7. **converged** — fell substantially ([`SUBSTANTIAL_DROP`]) and is now flat;
-//! 8. **underfitting** — flat, after only a small decrease: stuck at a high level.
+//! 9. **converged** — fell substantially ([`SUBSTANTIAL_DROP`]) and is now flat;
+//! 10. **underfitting** — flat, after only a small decrease: stuck at a high level.
+//!
+//! Whenever the eval loss has not improved over the last fifth of its evaluations, the advice
+//! says so (short of overfitting, instability and divergence, whose advice covers it).
 //!
 //! Levels are medians of the first and last tenth of the points; the trend is a rolling median
 //! (spikes do not move it, LLaMA-Factory's per-epoch drops stay sharp steps, not noise); noise is
@@ -51,10 +62,25 @@ pub const JUMP_REL: f64 = 0.30;
 /// Relative fluctuation above this (σ/level) is oscillation, when it also exceeds the decrease:
 /// healthy LoRA runs logged every few steps fluctuate well under 15%.
 pub const OSCILLATION_REL: f64 = 0.30;
+/// Scatter this wide (σ of the points around the trend, relative to it) over the whole run and
+/// over its second half is "fluctuating wildly", unstable even around a clearly falling trend: the
+/// book's reading of such a curve is a learning rate too high or a batch too small. A quarter of
+/// the level, less the σ estimate's own error on a 30-point curve; healthy LoRA runs scatter
+/// under 12%.
+pub const WILD_SCATTER_REL: f64 = 0.20;
+/// The eval loss lower at every evaluation and by this much in all (relative) is learning, however
+/// noisy the per-batch train loss: an eval loss averages the whole validation set, and four
+/// falling points in a row happen by chance 1 time in 24.
+pub const EVAL_CLEAR_FALL: f64 = 0.02;
 /// Eval loss this far above its minimum is a meaningful rise (under it is noise or a plateau).
 pub const OVERFIT_RISE: f64 = 0.05;
 /// At least this many evaluations after the minimum ("several evaluations", not one bad point).
 pub const MIN_EVALS_AFTER_MIN: usize = 2;
+/// The eval loss has stalled when this share of its evaluations (and at least
+/// [`MIN_EVALS_AFTER_MIN`]) came after its minimum: more training stopped helping it.
+pub const STALL_FRACTION: f64 = 0.2;
+/// The most a stall of the eval loss can be trusted (a few flat evaluations are a judgement).
+pub const STALL_CONFIDENCE: f64 = 0.8;
 /// Eval loss stalled at its minimum for this many later evaluations...
 pub const STALL_EVALS: usize = 3;
 /// ...while the train loss fell this much more since the minimum is the onset of overfitting:
@@ -208,8 +234,32 @@ fn margin(value: f64, threshold: f64) -> f64 {
     0.5 + 0.45 * d
 }
 
-/// Reads `train` (and `eval` when given).
+/// Reads `train` (and `eval` when given). When the eval loss has stalled, the advice says so
+/// whatever the train loss shows (short of overfitting, instability or divergence, whose advice
+/// covers it).
 pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
+    let mut d = read(train, eval);
+    let stalled_since = eval
+        .map(finite_points)
+        .and_then(|(s, v, _)| EvalReading::new(&s, &v))
+        .and_then(|e| e.stalled_since);
+    if let Some(step) = stalled_since {
+        match d.verdict {
+            Verdict::Converged => d.advice = stall_advice(step),
+            Verdict::Converging | Verdict::Underfitting | Verdict::NotConverging => {
+                d.advice = format!(
+                    "The eval loss has not improved since step {step}. {}",
+                    d.advice
+                )
+            }
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The verdict with its standard advice.
+fn read(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
     let (steps, values, bad) = finite_points(train);
     let eval_points = eval.map(finite_points);
     let best_step = eval.and_then(|e| e.argmin());
@@ -270,12 +320,22 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
         );
     }
 
-    if let Some(d) = unstable(&t) {
-        return make(Verdict::Unstable, d.0, d.1, d.2);
+    let eval_reading = eval_points
+        .as_ref()
+        .and_then(|(s, v, _)| EvalReading::new(s, v));
+    // Scatter of the per-batch train loss is judged against the eval curve when there is one: an
+    // eval loss that keeps improving shows the run learns, whatever the batches do.
+    let eval_improves = eval_reading.as_ref().is_some_and(|e| e.keeps_improving());
+    if let Some(u) = unstable(&t, eval_improves) {
+        let mut d = make(Verdict::Unstable, u.confidence, u.headline, u.evidence);
+        if let Some(advice) = u.advice {
+            d.advice = advice.to_string();
+        }
+        return d;
     }
 
-    if let Some((esteps, evalues, _)) = &eval_points {
-        if let Some(e) = EvalReading::new(esteps, evalues) {
+    {
+        if let Some(e) = &eval_reading {
             let train_at_best = t.trend_at(e.best_step);
             let train_change = t.end / train_at_best.abs().max(1e-12) - 1.0;
             if e.overfits() && train_change <= TRAIN_RISE_TOLERANCE {
@@ -338,9 +398,6 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
         }
     }
 
-    let eval_reading = eval_points
-        .as_ref()
-        .and_then(|(s, v, _)| EvalReading::new(s, v));
     let eval_note = eval_reading
         .as_ref()
         .zip(eval_points.as_ref().map(|p| p.1[0]))
@@ -356,7 +413,62 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
         })
         .unwrap_or_default();
 
+    // The eval curve keeps improving where the train curve shows no clear decrease or a plateau:
+    // the verdict follows the eval loss (the train loss of varied batches is noisy).
+    let follow_eval = |e: &EvalReading| -> Diagnosis {
+        let first = eval_points.as_ref().map_or(e.last, |p| p.1[0]);
+        let evidence = format!(
+            "{}; but the eval loss fell at every one of its {} evaluations, {} → {} ({}): the \
+             model learns, and the per-batch train loss scatters as batches of varied examples do",
+            t.summary(),
+            e.n,
+            num(first),
+            num(e.last),
+            pct(-e.total_fall)
+        );
+        let mut d = if e.still_falling() {
+            let (rel, share) = e.tail_fall.unwrap_or_default();
+            make(
+                Verdict::Converging,
+                margin(rel, STILL_FALLING_REL).min(margin(share, STILL_FALLING_SHARE)),
+                format!(
+                    "converging: eval loss still falls ({} over the last 3)",
+                    pct(rel)
+                ),
+                evidence,
+            )
+        } else {
+            make(
+                Verdict::Converged,
+                margin(e.total_fall, EVAL_CLEAR_FALL),
+                format!(
+                    "converged: eval loss fell at every evaluation, to {}",
+                    num(e.last)
+                ),
+                format!("{evidence}; its last steps are small: it is levelling off"),
+            )
+        };
+        if t.noise_end_rel >= WILD_SCATTER_REL {
+            d.advice = format!(
+                "{} The train loss scatters ±{} around its trend, too widely to read: a larger \
+                 batch (or gradient_accumulation_steps) or a lower learning rate steadies it; \
+                 until then the eval loss is the guide.",
+                d.advice,
+                pct(t.noise_end_rel)
+            );
+        }
+        d
+    };
+
     let (drop_rel, drop_abs) = (t.drop_rel(), t.drop_abs());
+    let no_clear_drop = drop_rel < CLEAR_DROP
+        || drop_abs < t.noise_abs()
+        || drop_abs < LEVEL_CHANGE_SIGMAS * t.level_change_se();
+    if let Some(e) = eval_reading.as_ref().filter(|e| e.keeps_improving()) {
+        if no_clear_drop || drop_rel < SUBSTANTIAL_DROP {
+            return follow_eval(e);
+        }
+    }
     if drop_rel < CLEAR_DROP
         || drop_abs < t.noise_abs()
         || drop_abs < LEVEL_CHANGE_SIGMAS * t.level_change_se()
@@ -392,13 +504,29 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
             tstat
         )
     };
+    let train_still_falls =
+        tail_rel >= STILL_FALLING_REL && share >= STILL_FALLING_SHARE && tstat <= -STILL_FALLING_T;
+    let stalled_since = eval_reading.as_ref().and_then(|e| e.stalled_since);
+    if let (true, Some(step), Some(e)) = (train_still_falls, stalled_since, &eval_reading) {
+        // More steps lower the train loss but no longer the eval loss: done, not "train longer".
+        let mut d = make(
+            Verdict::Converged,
+            // A few flat evaluations are a judgement, never certain.
+            margin(tail_rel, STILL_FALLING_REL).min(STALL_CONFIDENCE),
+            format!("converged: eval loss flat since step {step} while train loss still falls"),
+            format!(
+                "{}; {tail_text}{eval_note}; the eval loss has not improved over its last {} \
+                 evaluations",
+                t.summary(),
+                e.after
+            ),
+        );
+        d.best_step = Some(step as usize);
+        return d;
+    }
     // With an eval curve, "more training helps" also needs the eval loss to be improving.
     let eval_allows = eval_reading.as_ref().is_none_or(|e| e.improving());
-    if eval_allows
-        && tail_rel >= STILL_FALLING_REL
-        && share >= STILL_FALLING_SHARE
-        && tstat <= -STILL_FALLING_T
-    {
+    if eval_allows && train_still_falls {
         let confidence =
             margin(tail_rel, STILL_FALLING_REL).min(margin(share, STILL_FALLING_SHARE));
         return make(
@@ -467,8 +595,29 @@ pub fn diagnose(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
     )
 }
 
-/// (confidence, headline, evidence) when the training curve is unstable.
-fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
+/// Why a training curve is unstable.
+struct Instability {
+    confidence: f64,
+    headline: String,
+    evidence: String,
+    /// Advice other than the verdict's standard one.
+    advice: Option<&'static str>,
+}
+
+/// The advice for a loss that scatters wildly around a falling trend.
+const SCATTER_ADVICE: &str = "The loss fluctuates wildly: the learning rate is too high or the \
+    batch too small. Lower the learning rate 3-10×, raise the batch size (or \
+    gradient_accumulation_steps), and keep gradient clipping (max_grad_norm 1.0).";
+
+/// Why the training curve is unstable, if it is. Scatter alone (oscillation, wild fluctuation)
+/// does not count when `eval_improves`: the eval curve then shows the run learning.
+fn unstable(t: &TrainReading, eval_improves: bool) -> Option<Instability> {
+    let found = |confidence: f64, headline: String, evidence: String| Instability {
+        confidence,
+        headline,
+        evidence,
+        advice: None,
+    };
     if t.spikes.len() >= MIN_SPIKES {
         let (step, value, trend) = t
             .spikes
@@ -476,7 +625,7 @@ fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
             .copied()
             .max_by(|a, b| (a.1 / a.2).total_cmp(&(b.1 / b.2)))?;
         let worst = value / trend - 1.0;
-        return Some((
+        return Some(found(
             margin(t.spikes.len() as f64, 1.0).min(margin(worst, SPIKE_REL)),
             format!("unstable: {} loss spikes", t.spikes.len()),
             format!(
@@ -493,7 +642,7 @@ fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
     }
     let (jump, step) = t.jump;
     if jump > JUMP_REL && jump > JUMP_SIGMAS * t.trend_se_rel() {
-        return Some((
+        return Some(found(
             margin(jump, JUMP_REL),
             format!("unstable: loss jumped +{} at step {step}", pct(jump)),
             format!(
@@ -503,10 +652,13 @@ fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
             ),
         ));
     }
+    if eval_improves {
+        return None;
+    }
     let drop_hidden =
         t.noise_abs() > t.drop_abs() || t.drop_abs() < LEVEL_CHANGE_SIGMAS * t.level_change_se();
     if t.noise_rel > OSCILLATION_REL && drop_hidden {
-        return Some((
+        return Some(found(
             margin(t.noise_rel, OSCILLATION_REL),
             format!("unstable: loss oscillates ±{}", pct(t.noise_rel)),
             format!(
@@ -517,7 +669,36 @@ fn unstable(t: &TrainReading) -> Option<(f64, String, String)> {
             ),
         ));
     }
+    // Near zero (a memorised training set) the relative scatter of tiny losses means nothing.
+    if t.noise_end_rel >= WILD_SCATTER_REL && t.end > LOW_LOSS {
+        return Some(Instability {
+            confidence: margin(t.noise_end_rel, WILD_SCATTER_REL),
+            headline: format!(
+                "unstable: loss fluctuates wildly (±{})",
+                pct(t.noise_end_rel)
+            ),
+            evidence: format!(
+                "the loss scatters ±{} around its trend through the run (±{} or more in its \
+                 second half too), beyond the {} a healthy run shows; {}",
+                pct(t.noise_rel),
+                pct(t.noise_end_rel),
+                pct(WILD_SCATTER_REL),
+                t.summary()
+            ),
+            advice: Some(SCATTER_ADVICE),
+        });
+    }
     None
+}
+
+/// The advice when the eval loss has stalled (see [`STALL_FRACTION`]).
+fn stall_advice(step: f64) -> String {
+    format!(
+        "The eval loss has not improved since step {step}: more training at these settings would \
+         mostly memorise the training set. Keep the checkpoint of best_step \
+         (early_stopping_patience keeps it); for a lower eval loss add data or raise the LoRA \
+         rank."
+    )
 }
 
 #[cfg(test)]
@@ -531,7 +712,7 @@ mod tests {
 
     /// Deterministic pseudo-noise in [-1, 1].
     fn wobble(i: f64) -> f64 {
-        ((i * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
+        ((i * 12.9898).sin() * 43758.5453).rem_euclid(1.0) * 2.0 - 1.0
     }
 
     #[test]
@@ -586,6 +767,89 @@ mod tests {
         assert_eq!(d.verdict, Verdict::Overfitting, "{d}");
         assert_eq!(d.best_step, eval.argmin());
         assert!(d.evidence.contains("eval loss rose"), "{}", d.evidence);
+    }
+
+    #[test]
+    fn wide_scatter_around_a_falling_trend_is_unstable_unless_eval_keeps_improving() {
+        // Falls 50%, its points ±26% (σ) off the trend through the run.
+        let train = curve(
+            "loss",
+            |i| (1.0 + (-i / 60.0).exp()) * (1.0 + 0.45 * wobble(i)),
+            200,
+            1,
+        );
+        let d = diagnose(&train, None);
+        assert_eq!(d.verdict, Verdict::Unstable, "{d}");
+        assert!(d.advice.contains("batch too small"), "{d}");
+        // The same with an eval loss lower at every evaluation: the eval curve decides.
+        let eval = curve("eval_loss", |i| 1.5 - 0.05 * i, 5, 40);
+        let d = diagnose(&train, Some(&eval));
+        assert_ne!(d.verdict, Verdict::Unstable, "{d}");
+        // Scatter of a healthy run (±8%) stays converged.
+        let calm = curve(
+            "loss",
+            |i| (1.0 + (-i / 30.0).exp()) * (1.0 + 0.08 * wobble(i)),
+            200,
+            1,
+        );
+        assert_eq!(diagnose(&calm, None).verdict, Verdict::Converged);
+    }
+
+    #[test]
+    fn an_eval_loss_falling_at_every_evaluation_outweighs_a_wandering_train_loss() {
+        // The chapter's run: train 2.03 → ~1.6 by step 30, then wandering 1.6-1.8; eval
+        // 1.860 → 1.804 → 1.784 → 1.779.
+        let train = curve(
+            "loss",
+            |i| {
+                if i < 6.0 {
+                    2.03 - 0.08 * i
+                } else {
+                    1.7 + 0.1 * wobble(i)
+                }
+            },
+            16,
+            5,
+        );
+        let eval = Curve::new(
+            "eval_loss",
+            &[(20, 1.860), (40, 1.804), (60, 1.784), (80, 1.779)],
+        );
+        let d = diagnose(&train, Some(&eval));
+        assert_eq!(d.verdict, Verdict::Converged, "{d}");
+        assert!(
+            d.evidence.contains("fell at every one of its 4"),
+            "{}",
+            d.evidence
+        );
+        assert!(!d.advice.contains("No learning signal"), "{}", d.advice);
+    }
+
+    #[test]
+    fn a_stalled_eval_loss_is_never_told_to_train_longer() {
+        // Train still falling clearly; eval flat for its last 4 of 15 evaluations.
+        let train = curve("loss", |i| 1.0 + 2.0 * (-i / 150.0).exp(), 150, 1);
+        let eval = curve(
+            "eval_loss",
+            |i| {
+                if i <= 11.0 {
+                    2.0 - 0.05 * i
+                } else {
+                    1.45 + 0.002 * (i - 11.0)
+                }
+            },
+            15,
+            10,
+        );
+        let d = diagnose(&train, Some(&eval));
+        assert_eq!(d.verdict, Verdict::Converged, "{d}");
+        assert_eq!(d.best_step, Some(110));
+        assert!(
+            d.advice.contains("has not improved since step 110"),
+            "{}",
+            d.advice
+        );
+        assert!(!d.advice.contains("train longer"), "{}", d.advice);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! verdict; the thresholds they are compared with live there.
 
 use super::diagnose::{
-    EARLY_FRACTION, EDGE_FRACTION, EVAL_PROGRESS, MIN_EVALS_AFTER_MIN, MIN_EVAL_POINTS,
-    OVERFIT_NOISE_SIGMAS, OVERFIT_RISE, SPIKE_REL, SPIKE_SIGMAS, STILL_FALLING_REL,
-    STILL_FALLING_SHARE, TAIL_FRACTION,
+    EARLY_FRACTION, EDGE_FRACTION, EVAL_CLEAR_FALL, EVAL_PROGRESS, MIN_EVALS_AFTER_MIN,
+    MIN_EVAL_POINTS, OVERFIT_NOISE_SIGMAS, OVERFIT_RISE, SPIKE_REL, SPIKE_SIGMAS, STALL_FRACTION,
+    STILL_FALLING_REL, STILL_FALLING_SHARE, TAIL_FRACTION,
 };
 use super::format::{num, pct};
 use super::stats::{median, robust_sigma, rolling_median, slope_with_t};
@@ -193,6 +193,13 @@ pub(super) struct EvalReading {
     pub(super) tail_fall: Option<(f64, f64)>,
     /// How much lower the last third's lowest point is than the lowest before it (relative).
     pub(super) progress: f64,
+    /// Fall from the first evaluation to the last, relative to the first.
+    pub(super) total_fall: f64,
+    /// Every evaluation lower than the one before.
+    pub(super) falls_at_every_evaluation: bool,
+    /// The step of the minimum when at least [`STALL_FRACTION`] of the evaluations (and at least
+    /// [`MIN_EVALS_AFTER_MIN`]) came after it: the eval loss has not improved since.
+    pub(super) stalled_since: Option<f64>,
 }
 
 impl EvalReading {
@@ -224,8 +231,13 @@ impl EvalReading {
         let low = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         let before = low(&values[..k - third]);
         let progress = (before - low(&values[k - third..])) / before.abs().max(1e-12);
+        let needed = ((k as f64 * STALL_FRACTION).ceil() as usize).max(MIN_EVALS_AFTER_MIN);
+        let stalled_since = (k - 1 - i >= needed).then_some(steps[i]);
         Some(EvalReading {
             progress,
+            total_fall: whole / values[0].abs().max(1e-12),
+            falls_at_every_evaluation: values.windows(2).all(|w| w[1] < w[0]),
+            stalled_since,
             tail_fall,
             n: values.len(),
             best_step: steps[i],
@@ -251,6 +263,13 @@ impl EvalReading {
     /// Whether the eval loss made real progress recently (see [`EVAL_PROGRESS`]).
     pub(super) fn improving(&self) -> bool {
         self.progress >= EVAL_PROGRESS
+    }
+
+    /// Improving throughout: lower at every evaluation and by a clear margin in all
+    /// ([`EVAL_CLEAR_FALL`]). The eval loss averages a whole validation set, so such a curve shows
+    /// learning even when the per-batch train loss is too noisy to.
+    pub(super) fn keeps_improving(&self) -> bool {
+        self.falls_at_every_evaluation && self.total_fall >= EVAL_CLEAR_FALL
     }
 
     pub(super) fn overfits(&self) -> bool {

@@ -34,7 +34,8 @@ pub struct PlotOptions {
     /// Image size in pixels.
     pub width: u32,
     pub height: u32,
-    /// y-axis label; none uses the curves' name when they share one, else "value".
+    /// y-axis label; none uses the curves' name when they share one, "loss" when every name is
+    /// a loss (`loss`, `eval_loss`), else the names joined.
     pub y_label: Option<String>,
 }
 
@@ -209,14 +210,10 @@ impl Chart {
         } else {
             (x_range.0 - 1.0, x_range.1 + 1.0)
         };
-        let y_label = opts.y_label.clone().unwrap_or_else(|| {
-            let first = &curves[0].name;
-            if curves.iter().all(|c| &c.name == first) && !first.is_empty() {
-                first.clone()
-            } else {
-                "value".into()
-            }
-        });
+        let y_label = opts
+            .y_label
+            .clone()
+            .unwrap_or_else(|| default_y_label(curves.iter().map(|c| c.name.as_str())));
         let mut family = |text: &str| match fonts::family_for(text) {
             Ok(f) => f,
             Err(message) => {
@@ -573,9 +570,37 @@ fn draw_with<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The y-axis label when none is given: the curves' shared name, "loss" when each is a loss
+/// (`loss` with `eval_loss`), else their names joined (`loss, lr`); "value" only for unnamed
+/// curves.
+fn default_y_label<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for n in names.filter(|n| !n.is_empty()) {
+        if !distinct.contains(&n) {
+            distinct.push(n);
+        }
+    }
+    match distinct.as_slice() {
+        [] => "value".into(),
+        [one] => one.to_string(),
+        many if many.iter().all(|n| n.contains("loss")) => "loss".into(),
+        many => many.join(", "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_y_axis_says_what_the_curves_are() {
+        let label = |names: &[&str]| default_y_label(names.iter().copied());
+        assert_eq!(label(&["loss", "eval_loss"]), "loss");
+        assert_eq!(label(&["loss", "loss"]), "loss");
+        assert_eq!(label(&["grad_norm"]), "grad_norm");
+        assert_eq!(label(&["loss", "learning_rate"]), "loss, learning_rate");
+        assert_eq!(label(&["", ""]), "value");
+    }
 
     fn falling(name: &str, n: usize, every: usize) -> Curve {
         let points: Vec<(usize, f64)> = (1..=n)

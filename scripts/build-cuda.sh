@@ -12,7 +12,7 @@
 #   TUNELAB_CUDA_DIR=/opt/cu13 CUDA_COMPUTE_CAP=80 scripts/build-cuda.sh   # A100
 #
 # CUDA_COMPUTE_CAP (default 90: H100/H200) picks the GPU family candle's quantized kernels are
-# compiled for. Running the binary needs the driver and the CUDA 13 libraries (see README, GPU).
+# compiled for. Running the binary needs the driver and the CUDA 13 libraries (see docs/gpu.md).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,4 +65,4 @@ echo "build-cuda: nvcc $("$NVCC" --version | grep -oE 'release [0-9.]+'), comput
 cd "$root"
 cargo build --release --features cuda "$@"
 echo "build-cuda: built $CARGO_TARGET_DIR/release/tunelab"
-echo "build-cuda: to run it, put the CUDA 13 libraries on LD_LIBRARY_PATH (README, GPU)"
+echo "build-cuda: to run it, put the CUDA 13 libraries on LD_LIBRARY_PATH (docs/gpu.md)"

@@ -2,7 +2,7 @@
 //! logits (names, q/k permutation and metadata undone exactly), Q8_0 stays close with every 2-D
 //! weight in Q8_0 and norms in F32, a merged LoRA adapter lands in the file, and models without a
 //! GGUF tokenizer are refused with a clear line. (That llama.cpp loads the files and generates is
-//! checked by hand; see README.)
+//! checked by hand; see docs/export.md.)
 
 use candle_core::Tensor;
 use tunelab::gguf::export::{export_gguf, ExportOptions, ExportType};
@@ -101,7 +101,7 @@ fn an_adapter_is_merged_into_the_exported_weights() {
 /// A model that did not come from a GGUF (here `tiny`, a byte-level BPE tokenizer from a
 /// tokenizer.json) gets its tokenizer converted: read back, it tokenizes a varied text the same
 /// and computes the same logits. (llama.cpp loads the file and tokenizes the same text to the
-/// same ids; see README.)
+/// same ids; see docs/export.md.)
 #[test]
 fn a_model_with_a_hugging_face_tokenizer_exports_and_reads_back() {
     let tiny = model::load("tiny", &Default::default()).unwrap();
@@ -283,7 +283,7 @@ fn the_quantize_command_writes_the_preset() {
 /// `export_lora_gguf` writes llama.cpp's adapter layout: metadata, two F32 tensors per adapted
 /// weight with PEFT's shapes in ggml order, A as is and B's rows in llama.cpp's rotary order for
 /// q and k (rsLoRA's alpha·√r so that llama.cpp's alpha/r scale is right). (llama.cpp's `--lora`
-/// applying it to the base gives the merged model's perplexity; see README.)
+/// applying it to the base gives the merged model's perplexity; see docs/export.md.)
 #[test]
 fn a_lora_adapter_becomes_llama_cpp_s_adapter_gguf() {
     use tunelab::gguf::export::permute_rows;

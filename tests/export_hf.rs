@@ -3,7 +3,7 @@
 //! base + adapter; a GGUF written as a folder, and a folder written as a GGUF, read back the same;
 //! outputs are never written over unless asked, and a failed export leaves nothing behind; the
 //! `tunelab export` command writes all four formats. (transformers and PEFT reading these folders
-//! is checked by `tests/peers/export_check.sh`; see README.)
+//! is checked by `tests/peers/export_check.sh`; see docs/export.md.)
 
 use std::path::Path;
 use std::process::Command;

@@ -11,6 +11,8 @@ fn every_script_in_scripts_runs_cleanly() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+        // The quickstart has a test of its own, below.
+        .filter(|p| !p.ends_with("quickstart.rhai"))
         .collect();
     scripts.sort();
     assert!(
@@ -37,6 +39,64 @@ fn every_script_in_scripts_runs_cleanly() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The quickstart walks the whole journey and says what it wrote where: the run folder, the
+/// adapter, the GGUF exports and the quantization table all exist where its lines say.
+#[test]
+fn the_quickstart_covers_the_journey_and_says_where_it_wrote() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", "scripts/quickstart.rhai"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = stdout
+        .lines()
+        .find_map(|l| l.split("everything is in ").nth(1))
+        .expect("the last line names the run folder");
+    let run = root.join(run.trim());
+    for (line, file) in [
+        (
+            "wrote the LoRA adapter as a PEFT folder",
+            "export/adapter/adapter_config.json",
+        ),
+        (
+            "wrote the tuned model as a GGUF (F16)",
+            "export/tiny-tuned-F16.gguf",
+        ),
+        ("wrote Q8_0", "export/tiny-tuned-Q8_0.gguf"),
+        ("wrote Q4_K_M", "export/tiny-tuned-Q4_K_M.gguf"),
+        ("plots:", "loss_and_eval.png"),
+    ] {
+        assert!(stdout.contains(line), "no line \"{line}\" in\n{stdout}");
+        assert!(
+            run.join(file).is_file(),
+            "{} is missing",
+            run.join(file).display()
+        );
+    }
+    assert!(run.join("trainer_log.jsonl").is_file());
+    let table = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("preset"))
+        .take(4)
+        .collect::<Vec<_>>();
+    assert!(
+        table.len() == 4 && table[0].contains("KL divergence"),
+        "{stdout}"
+    );
+    assert!(
+        table[2].starts_with("Q8_0") && table[3].starts_with("Q4_K_M"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&run);
 }
 
 /// The benchmark scripts need big inputs; run each on a small fixture so they cannot rot.

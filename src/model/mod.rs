@@ -189,7 +189,7 @@ pub fn device(name: &str) -> Result<Device> {
                 }
             };
             if !cfg!(feature = "cuda") {
-                return Err(Error::config("device", format!("\"{other}\": this tunelab was built without CUDA; build it with `cargo build --release --features cuda` (see README, GPU)")));
+                return Err(Error::config("device", format!("\"{other}\": this tunelab was built without CUDA; build it with `cargo build --release --features cuda` (see docs/gpu.md)")));
             }
             cuda_device(ordinal)
         }

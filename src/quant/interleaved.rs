@@ -10,7 +10,7 @@
 //! operation for 16 rows. About 4 instructions per 32 weights for Q4, 2 for Q8_0.
 //!
 //! Precision: llama.cpp rounds activations to 8 bits for the same instruction trick, which costs
-//! SmolLM2 its answers (README, "How quantized models compute"). Here each block of 32 activations
+//! SmolLM2 its answers (docs/models-and-chat.md, "How quantized models compute"). Here each block of 32 activations
 //! is rounded to 16 bits against its own largest magnitude: a relative error of at most 2⁻¹⁶ of
 //! that magnitude per activation, 256 times finer than 8 bits. The offset term of Q4_0/Q4_1
 //! (`m·Σx`) uses the exact f32 sum.

@@ -186,7 +186,7 @@ pub mod train_api {
     /// A LoRA adapter: `save(dir)`; use it with `chat(model, #{ adapter })`.
     pub type Adapter = super::Adapter;
 
-    /// LoRA supervised fine-tuning with LLaMA-Factory's settings (see the README for every key):
+    /// LoRA supervised fine-tuning with LLaMA-Factory's settings (every key: docs/fine-tuning.md):
     /// `lr`, `epochs`, `batch_size`, `gradient_accumulation_steps`, `cutoff_len`, `template`,
     /// `val_size` / `eval_dataset`, `lora: #{ rank, alpha, dropout, targets, rslora }`, `out`,
     /// `resume`, `on_log: |ev| ...` (return false to stop), `progress` (bar on/off), ...

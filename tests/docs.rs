@@ -240,10 +240,47 @@ fn every_docs_page_is_linked_from_the_readme() {
     );
 }
 
+/// Every note and script a user may follow outside the docs: scripts/, the peer checks, the
+/// fixture generators and their notes, CI, and the sources.
+fn notes_and_scripts() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| {
+                ["md", "py", "sh", "rhai", "rs"].contains(&e.to_str().unwrap_or(""))
+            }) {
+                if let Ok(text) = fs::read_to_string(&path) {
+                    out.push((path, text));
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for dir in [
+        "scripts",
+        "stdlib",
+        "tests/peers",
+        "tests/fixtures",
+        "src",
+        ".ci",
+    ] {
+        walk(&repo().join(dir), &mut files);
+    }
+    if let Ok(text) = fs::read_to_string(repo().join(".ci/run")) {
+        files.push((repo().join(".ci/run"), text));
+    }
+    files
+}
+
 #[test]
 fn docs_name_no_machine_specific_paths() {
     let mut found = Vec::new();
-    for (path, text) in all_markdown() {
+    for (path, text) in all_markdown().into_iter().chain(notes_and_scripts()) {
         for (i, line) in text.lines().enumerate() {
             if let Some(prefix) = MACHINE_PATHS.iter().find(|p| line.contains(*p)) {
                 found.push(format!(
@@ -257,7 +294,8 @@ fn docs_name_no_machine_specific_paths() {
     }
     assert!(
         found.is_empty(),
-        "paths of one machine (write them relative to the repository or to $HOME):\n{}",
+        "paths of one machine (write them relative to the repository, or to $HOME or \
+         $XDG_CACHE_HOME):\n{}",
         found.join("\n")
     );
 }

@@ -5,6 +5,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+#[path = "support/skip.rs"]
+mod skip;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tunelab");
 
 /// Run `tunelab ARGS...` in `dir`, feeding `stdin`.
@@ -263,4 +266,33 @@ fn broken_pipe_is_not_a_crash() {
         .unwrap();
     check!(text(&out.stdout) == "line 0\n", out);
     check!(!text(&out.stderr).contains("panicked"), out);
+}
+
+/// The closing line of `cargo test` counts the skip notes by what they need, names the command,
+/// and clears them so the next run starts afresh.
+#[test]
+fn skipped_tests_are_counted_into_one_closing_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(skip::summarize_and_clear(dir.path()), None);
+    for (name, note) in [
+        ("models__a", "SmolLM2\trun scripts/fetch-smollm2.sh\n"),
+        ("models__b", "SmolLM2\trun scripts/fetch-smollm2.sh\n"),
+        (
+            "data__c",
+            "LLaMA-Factory's demo data\tset TUNELAB_LF_DATA\n",
+        ),
+    ] {
+        std::fs::write(dir.path().join(name), note).unwrap();
+    }
+    let line = skip::summarize_and_clear(dir.path()).unwrap();
+    assert!(line.starts_with("skipped 3 test(s)"), "{line}");
+    assert!(
+        line.contains("2 need SmolLM2: run scripts/fetch-smollm2.sh"),
+        "{line}"
+    );
+    assert!(
+        line.contains("1 need LLaMA-Factory's demo data: set TUNELAB_LF_DATA"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

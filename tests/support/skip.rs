@@ -10,7 +10,8 @@
 // Each test binary uses part of this file.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// Where the notes live: one file per skipped test, holding the reason and the remedy.
 pub fn skip_notes_dir() -> PathBuf {
@@ -47,4 +48,32 @@ pub fn skip(what: &str, remedy: &str) {
 /// The running test has what it needs: clear a note an earlier run left for it.
 pub fn ran() {
     let _ = std::fs::remove_file(note_path());
+}
+
+/// The closing line for the notes in `dir` (`None` when there are none); the notes are removed.
+pub fn summarize_and_clear(dir: &Path) -> Option<String> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    // remedy → (what, tests)
+    let mut by_remedy: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let (what, remedy) = text.trim_end().split_once('\t').unwrap_or((&text, ""));
+        let slot = by_remedy
+            .entry(remedy.to_string())
+            .or_insert_with(|| (what.to_string(), 0));
+        slot.1 += 1;
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let total: usize = by_remedy.values().map(|(_, n)| n).sum();
+    if total == 0 {
+        return None;
+    }
+    let parts: Vec<String> = by_remedy
+        .iter()
+        .map(|(remedy, (what, n))| format!("{n} need {what}: {remedy}"))
+        .collect();
+    Some(format!(
+        "skipped {total} test(s) that need what this machine lacks ({}); they pass as \"ok\" above",
+        parts.join("; ")
+    ))
 }

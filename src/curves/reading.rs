@@ -4,9 +4,9 @@
 //! verdict; the thresholds they are compared with live there.
 
 use super::diagnose::{
-    EARLY_FRACTION, EDGE_FRACTION, EVAL_CLEAR_FALL, EVAL_PROGRESS, MIN_EVALS_AFTER_MIN,
-    MIN_EVAL_POINTS, OVERFIT_NOISE_SIGMAS, OVERFIT_RISE, SPIKE_REL, SPIKE_SIGMAS, STALL_FRACTION,
-    STILL_FALLING_REL, STILL_FALLING_SHARE, TAIL_FRACTION,
+    EARLY_FRACTION, EDGE_FRACTION, EVAL_CLEAR_FALL, EVAL_PROGRESS, LEVEL_CHANGE_SIGMAS,
+    MIN_EVALS_AFTER_MIN, MIN_EVAL_POINTS, OVERFIT_NOISE_SIGMAS, OVERFIT_RISE, SPIKE_REL,
+    SPIKE_SIGMAS, STALL_FRACTION, STILL_FALLING_REL, STILL_FALLING_SHARE, TAIL_FRACTION,
 };
 use super::format::{num, pct};
 use super::stats::{median, robust_sigma, rolling_median, slope_with_t};
@@ -64,7 +64,7 @@ impl TrainReading {
         let early = ((n as f64 * EARLY_FRACTION).ceil() as usize).max(3).min(n);
         let (head, first) = (median(&values[..edge]), median(&values[..early]));
         let start_low = values[0].min(head).min(first);
-        let (start, start_points) = if first > head {
+        let (median_start, median_points) = if first > head {
             (first, early)
         } else {
             (head, edge)
@@ -84,6 +84,16 @@ impl TrainReading {
         let noise_rel = relative_noise(&values, &trend);
         let half_way = n / 2;
         let noise_end_rel = noise_rel.min(relative_noise(&values[half_way..], &trend[half_way..]));
+        // In a short log the whole early fall can lie inside the first three points, where a
+        // median hides it: the first point stands for the start when it is above the median by
+        // more than the noise could put it ([`LEVEL_CHANGE_SIGMAS`] standard errors of a point).
+        let first_point_se = 1.25 * noise_rel * median_start.abs();
+        let (start, start_points) =
+            if values[0] - median_start > LEVEL_CHANGE_SIGMAS * first_point_se.max(1e-12) {
+                (values[0], 1)
+            } else {
+                (median_start, median_points)
+            };
         let spikes = rel
             .iter()
             .enumerate()
@@ -167,9 +177,14 @@ impl TrainReading {
         } else {
             format!("rose {}", pct(-self.drop_rel()))
         };
+        let levels = if self.start_points == 1 {
+            "the first point and the median of the last tenth"
+        } else {
+            "medians of the first and last tenth"
+        };
         format!(
-            "train loss {change} (from {} to {}, medians of the first and last tenth of {} \
-             points), fluctuating ±{} around its trend",
+            "train loss {change} (from {} to {}, {levels} of {} points), fluctuating ±{} around \
+             its trend",
             num(self.start),
             num(self.end),
             self.values.len(),

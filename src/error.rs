@@ -79,7 +79,9 @@ impl Error {
         }
     }
 
-    /// A content error at `location` (e.g. `record 17: field "output"`) inside `path`.
+    /// A content error at `location` (e.g. `record 17: field "output"`) inside `path`. Line
+    /// breaks are shown as `\n`: names and values quoted from a file may hold them, and the error
+    /// stays one line.
     pub fn data(
         path: impl AsRef<Path>,
         location: impl Into<String>,
@@ -87,8 +89,8 @@ impl Error {
     ) -> Self {
         Error::Data {
             path: path.as_ref().to_path_buf(),
-            location: location.into(),
-            message: message.into(),
+            location: one_line(location.into()),
+            message: one_line(message.into()),
         }
     }
 
@@ -114,9 +116,30 @@ impl Error {
     }
 }
 
+/// `text` with its line breaks shown as `\n` and `\r`.
+fn one_line(text: String) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    text.replace('\n', "\\n").replace('\r', "\\r")
+}
+
+/// A candle error as one line: its contexts joined with `: `, without the backtrace candle appends
+/// to its errors when `RUST_BACKTRACE` is set (its own Display puts each on a line of its own).
+pub fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        E::WrappedContext { wrapped, context } => format!("{context}: {wrapped}"),
+        other => other.to_string(),
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::Msg(format!("tensor error: {e}"))
+        Error::Msg(format!("tensor error: {}", candle_message(&e)))
     }
 }
 
@@ -147,5 +170,23 @@ mod tests {
             "model.gguf: No such file or directory (HINT: run scripts/fetch-smollm2.sh)"
         );
         assert_eq!(e.exit_code(), 2);
+    }
+
+    /// Found by tests/mutation.rs: a role read from a file held a line break, and candle's
+    /// contexts and backtraces each take a line; errors stay one line.
+    #[test]
+    fn data_errors_and_candle_messages_are_one_line() {
+        let e = Error::data("x.jsonl", "line 3", "role \"functio\n_call\" at position 1");
+        assert_eq!(
+            e.to_string(),
+            "x.jsonl: line 3: role \"functio\\n_call\" at position 1"
+        );
+        let candle = candle_core::Error::UnwrapNone
+            .bt()
+            .context("missing GGUF metadata key `tokenizer.ggml.merges`");
+        assert_eq!(
+            candle_message(&candle),
+            "missing GGUF metadata key `tokenizer.ggml.merges`: unwrap none"
+        );
     }
 }

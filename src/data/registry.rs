@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 pub const REGISTRY_FILE: &str = "dataset_info.json";
 /// Largest registry file read.
 const MAX_REGISTRY_BYTES: u64 = 64 << 20;
+/// Largest `num_samples` accepted (67,108,864 records): the sampled order is built in memory,
+/// 16 bytes a record, so a mistyped or corrupt count must not ask for terabytes.
+const MAX_NUM_SAMPLES: u64 = 1 << 26;
 
 /// How records are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,13 +374,17 @@ fn parse_entry(path: &Path, name: &str, attrs: &Value) -> Result<Entry> {
     };
     let num_samples = match obj.get("num_samples") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
-            Error::data(
-                path,
-                at("num_samples"),
-                format!("expected a positive integer, got {v}"),
-            )
-        })? as usize),
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|&n| n > 0 && n <= MAX_NUM_SAMPLES)
+                .ok_or_else(|| {
+                    Error::data(
+                        path,
+                        at("num_samples"),
+                        format!("expected a positive integer up to {MAX_NUM_SAMPLES}, got {v}"),
+                    )
+                })? as usize,
+        ),
     };
     let columns = match obj.get("columns") {
         None | Some(Value::Null) => Columns::defaults(),

@@ -192,11 +192,12 @@ impl GgmlType {
     }
 
     /// Bytes of a tensor of `elements` weights (a whole number of blocks), or None when
-    /// `elements` is not one.
+    /// `elements` is not one or the bytes would not fit in a u64 (a corrupt file's dimensions).
     pub fn bytes_for(&self, elements: u64) -> Option<u64> {
         elements
             .is_multiple_of(self.block)
-            .then(|| elements / self.block * self.bytes)
+            .then(|| (elements / self.block).checked_mul(self.bytes))
+            .flatten()
     }
 
     /// Bits per weight.

@@ -12,8 +12,12 @@ use serde_json::json;
 
 use super::adapter::{Adapter, LoraPair};
 use super::config::{LoraConfig, Target};
-use crate::error::{Error, Result};
+use crate::error::{candle_message, Error, Result};
 use crate::model::Llama;
+
+/// Layer numbers in tensor names are below this (more than any model has): the adapter's
+/// layer table is sized by the largest, which comes from the file.
+const MAX_LAYERS: usize = 1 << 16;
 
 /// The adapter's `adapter_config.json`.
 pub fn config_json(adapter: &Adapter) -> serde_json::Value {
@@ -120,17 +124,23 @@ pub fn read(dir: &Path, device: &candle_core::Device) -> Result<Adapter> {
             weights_path.display()
         )));
     }
-    let tensors = candle_core::safetensors::load(&weights_path, device)
-        .map_err(|e| Error::msg(format!("{}: {e}", weights_path.display())))?;
+    let tensors = candle_core::safetensors::load(&weights_path, device).map_err(|e| {
+        Error::msg(format!(
+            "{}: {}",
+            weights_path.display(),
+            candle_message(&e)
+        ))
+    })?;
     let mut targets = Vec::new();
     let mut a_parts: HashMap<(usize, Target), candle_core::Tensor> = HashMap::new();
     let mut b_parts: HashMap<(usize, Target), candle_core::Tensor> = HashMap::new();
     for (name, tensor) in tensors {
-        let (layer, target, is_a) = parse_name(&name).ok_or_else(|| {
+        let parsed = parse_name(&name).filter(|(layer, ..)| *layer < MAX_LAYERS);
+        let (layer, target, is_a) = parsed.ok_or_else(|| {
             Error::data(
                 &weights_path,
                 format!("tensor \"{name}\""),
-                "not a LoRA factor of a Llama block projection (expected base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight and the like)",
+                format!("not a LoRA factor of a Llama block projection (expected base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight and the like, N below {MAX_LAYERS})"),
             )
         })?;
         let expected_rank = if is_a {

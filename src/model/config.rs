@@ -73,6 +73,9 @@ impl LlamaConfig {
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
         ] {
             if v == 0 || v > MAX_DIMENSION {
                 return bad(format!(

@@ -17,7 +17,7 @@ use candle_core::quantized::{ggml_file, gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 
 use super::config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
-use crate::error::{Error, Result};
+use crate::error::{candle_message, Error, Result};
 
 /// An open GGUF file with its header read and checked.
 pub struct GgufFile {
@@ -34,11 +34,32 @@ impl GgufFile {
             Error::data(
                 path,
                 "header",
-                format!("not a readable GGUF file ({e}); is the download complete?"),
+                format!(
+                    "not a readable GGUF file ({}); is the download complete?",
+                    candle_message(&e)
+                ),
             )
         })?;
         for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
+            // Checked: the dimensions come from the file, and their product can overflow. A tensor
+            // of no elements is refused too: candle reads its (empty) bytes as a slice of blocks,
+            // which is undefined behaviour for a zero-length buffer.
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    Error::data(
+                        path,
+                        format!("tensor \"{name}\""),
+                        format!(
+                            "dimensions {:?} hold no elements or more than memory can; the file is corrupt",
+                            info.shape.dims()
+                        ),
+                    )
+                })?;
             let block = info.ggml_dtype.block_size();
             if elems % block != 0 {
                 return Err(Error::data(
@@ -50,8 +71,11 @@ impl GgufFile {
                     ),
                 ));
             }
-            let bytes = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
+            let end = ((elems / block) as u64)
+                .checked_mul(info.ggml_dtype.type_size() as u64)
+                .and_then(|bytes| bytes.checked_add(info.offset))
+                .and_then(|e| e.checked_add(content.tensor_data_offset))
+                .unwrap_or(u64::MAX);
             if end > file_len {
                 return Err(Error::data(
                     path,
@@ -196,7 +220,7 @@ impl GgufFile {
         let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         self.content
             .tensor(&mut file, name, device)
-            .map_err(|e| Error::data(&self.path, format!("tensor \"{name}\""), e.to_string()))
+            .map_err(|e| Error::data(&self.path, format!("tensor \"{name}\""), candle_message(&e)))
     }
 }
 
@@ -204,10 +228,14 @@ impl GgufFile {
 /// (n_head · head_dim, in): GGUF row `h·hd + 2i + j` holds HF row `h·hd + j·hd/2 + i`.
 pub fn unpermute_rows(t: &QTensor, n_head: usize, device: &Device) -> Result<QTensor> {
     let dims = t.shape().dims().to_vec();
-    let (rows, cols) = (dims[0], dims[1..].iter().product::<usize>());
+    // (rows, cols): checked before indexing, as a file may give a q/k weight any shape.
+    let (rows, cols) = match dims[..] {
+        [rows, cols] => (rows, cols),
+        _ => (0, 0),
+    };
     let dtype = t.dtype();
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
-    if n_head == 0 || rows % n_head != 0 || !(rows / n_head).is_multiple_of(2) || dims.len() != 2 {
+    if rows == 0 || n_head == 0 || rows % n_head != 0 || !(rows / n_head).is_multiple_of(2) {
         return Err(Error::msg(format!(
             "a q/k weight of shape {dims:?} does not split into {n_head} heads of even size; the file does not match its own metadata"
         )));

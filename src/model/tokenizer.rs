@@ -17,7 +17,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::PreTokenizerWrapper;
 
 use super::gguf::GgufFile;
-use crate::error::{Error, Result};
+use crate::error::{candle_message, Error, Result};
 
 /// A tokenizer with the ids generation needs; cheap to clone.
 #[derive(Clone)]
@@ -77,8 +77,9 @@ impl Tokenizer {
                 format!("\"{kind}\" tokenizers in GGUF are not supported (byte-level BPE \"gpt2\" and SentencePiece \"llama\" are); load the Hugging Face folder (with tokenizer.json) instead"),
             ));
         }
+        check_merges(file, content)?;
         let mut inner = tokenizers::Tokenizer::from_gguf(content)
-            .map_err(|e| Error::data(file.path(), "tokenizer", e.to_string()))?;
+            .map_err(|e| Error::data(file.path(), "tokenizer", candle_message(&e)))?;
         let pre = file
             .string("tokenizer.ggml.pre")
             .unwrap_or_else(|| "gpt2".into());
@@ -126,6 +127,45 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Every BPE merge of a GGUF vocabulary joins two of its tokens into a third. The tokenizers
+/// crate builds the merges in a buffer the length of the longest token and panics on a merge
+/// longer than that (a GGUF whose token list was cut short; found by tests/mutation.rs), so a
+/// merge whose result is not a token is refused here, naming it.
+fn check_merges(
+    file: &GgufFile,
+    content: &candle_core::quantized::gguf_file::Content,
+) -> Result<()> {
+    use candle_core::quantized::gguf_file::Value;
+    let strings = |key: &str| -> Vec<&str> {
+        match content.metadata.get(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.to_string().ok().map(String::as_str))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let tokens: std::collections::HashSet<&str> =
+        strings("tokenizer.ggml.tokens").into_iter().collect();
+    let mut joined = String::new();
+    for (i, merge) in strings("tokenizer.ggml.merges").into_iter().enumerate() {
+        let Some((a, b)) = merge.split_once(' ') else {
+            continue; // candle's converter names a merge without a space itself
+        };
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(b);
+        if !tokens.contains(joined.as_str()) {
+            return Err(Error::data(
+                file.path(),
+                format!("metadata \"tokenizer.ggml.merges\" [{i}]"),
+                format!("merge \"{merge}\" makes a token that is not in tokenizer.ggml.tokens; the vocabulary is cut short or corrupt"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The pre-tokenizer for a GGUF `tokenizer.ggml.pre` name, where candle's default is wrong.

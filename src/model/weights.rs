@@ -11,11 +11,11 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config;
 use super::gguf::{unpermute_rows, GgufFile};
-use super::linear::Linear;
+use super::linear::{Linear, Weight};
 use super::llama::{Block, Llama};
 use super::tokenizer::Tokenizer;
 use super::{LoadOptions, Model, ModelParts};
-use crate::error::{Error, Result};
+use crate::error::{candle_message, Error, Result};
 
 /// Largest JSON side file read (config, tokenizer_config, index).
 const MAX_JSON_BYTES: u64 = 64 << 20;
@@ -98,7 +98,10 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
             Error::data(
                 &file,
                 "file",
-                format!("not a readable safetensors file ({e}); is it complete?"),
+                format!(
+                    "not a readable safetensors file ({}); is it complete?",
+                    candle_message(&e)
+                ),
             )
         })?;
         tensors.extend(loaded);
@@ -121,13 +124,13 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
             .map_err(Error::from)
     };
     let embed = take("model.embed_tokens.weight")?;
-    check_shape(
+    check_shapes(
         dir,
-        "model.embed_tokens.weight",
-        &embed,
-        &[cfg.vocab_size, cfg.hidden_size],
+        &cfg,
+        &[("model.embed_tokens.weight".into(), embed.dims())],
     )?;
-    let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+    // Not preallocated: the layer count comes from the file, and a missing layer stops the loop.
+    let mut blocks = Vec::new();
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let lin = |name: &str| -> Result<Linear> {
@@ -156,6 +159,7 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
             Linear::dense(embed.clone(), None)
         }
     };
+    check_shapes(dir, &cfg, &weight_shapes(&embed, &blocks, &norm, &lm_head))?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let tk_config = dir.join("tokenizer_config.json");
     let tk = if tk_config.is_file() {
@@ -200,16 +204,85 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Model>
     }))
 }
 
-fn check_shape(file: &Path, name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
-    if t.dims() != expected {
-        return Err(Error::data(
-            file,
-            format!("tensor \"{name}\""),
-            format!(
-                "shape {:?} does not match the config's {expected:?}",
-                t.dims()
-            ),
+/// Every weight of a loaded model by its Hugging Face name, with its shape.
+fn weight_shapes<'a>(
+    embed: &'a Tensor,
+    blocks: &'a [Block],
+    norm: &'a Tensor,
+    lm_head: &'a Linear,
+) -> Vec<(String, &'a [usize])> {
+    let linear = |l: &'a Linear| match &l.weight {
+        Weight::Dense(w) => w.dims(),
+        Weight::Quantized(_, shape) => shape.dims(),
+    };
+    let mut out = vec![
+        ("model.embed_tokens.weight".to_string(), embed.dims()),
+        ("model.norm.weight".to_string(), norm.dims()),
+        ("lm_head.weight".to_string(), linear(lm_head)),
+    ];
+    for (i, b) in blocks.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), b.attn_norm.dims()));
+        out.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            b.mlp_norm.dims(),
         ));
+        for (name, l) in [
+            ("self_attn.q_proj", &b.q),
+            ("self_attn.k_proj", &b.k),
+            ("self_attn.v_proj", &b.v),
+            ("self_attn.o_proj", &b.o),
+            ("mlp.gate_proj", &b.gate),
+            ("mlp.up_proj", &b.up),
+            ("mlp.down_proj", &b.down),
+        ] {
+            out.push((format!("{p}.{name}.weight"), linear(l)));
+            if let Some(bias) = &l.bias {
+                out.push((format!("{p}.{name}.bias"), bias.dims()));
+            }
+        }
+    }
+    out
+}
+
+/// The shape the config gives the weight called `name` (Hugging Face names).
+fn expected_shape(cfg: &config::LlamaConfig, name: &str) -> Vec<usize> {
+    let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let part = name.rsplit('.').nth(1).unwrap_or("");
+    let (out, inp) = match part {
+        "embed_tokens" | "lm_head" => (v, c),
+        "q_proj" => (q, c),
+        "k_proj" | "v_proj" => (kv, c),
+        "o_proj" => (c, q),
+        "gate_proj" | "up_proj" => (f, c),
+        "down_proj" => (c, f),
+        _ => return vec![c], // the norms
+    };
+    if name.ends_with(".bias") {
+        vec![out]
+    } else {
+        vec![out, inp]
+    }
+}
+
+/// Each weight's shape against the config: a file whose tensors disagree with its own config is
+/// refused here, naming the tensor, instead of failing (or worse) in the forward pass.
+fn check_shapes(
+    file: &Path,
+    cfg: &config::LlamaConfig,
+    shapes: &[(String, &[usize])],
+) -> Result<()> {
+    for (name, dims) in shapes {
+        let expected = expected_shape(cfg, name);
+        if *dims != expected.as_slice() {
+            return Err(Error::data(
+                file,
+                format!("tensor \"{name}\""),
+                format!("shape {dims:?} does not match the config's {expected:?}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -232,16 +305,20 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
             .to_dtype(dense_dtype)?
             .to_device(device)?)
     };
+    // A q/k tensor whose shape does not split into the metadata's heads is named with the file.
+    let in_file =
+        |tensor: &str, e: Error| Error::data(path, format!("tensor \"{tensor}\""), e.to_string());
     let linear = |name: &str, permute_heads: Option<usize>| -> Result<Linear> {
-        let mut q = gguf.qtensor(&format!("{name}.weight"), cpu)?;
+        let weight_name = format!("{name}.weight");
+        let mut q = gguf.qtensor(&weight_name, cpu)?;
         if let Some(heads) = permute_heads {
-            q = unpermute_rows(&q, heads, cpu)?;
+            q = unpermute_rows(&q, heads, cpu).map_err(|e| in_file(&weight_name, e))?;
         }
         let bias_name = format!("{name}.bias");
         let bias = if gguf.has_tensor(&bias_name) {
             let mut b = gguf.qtensor(&bias_name, cpu)?;
             if let Some(heads) = permute_heads {
-                b = unpermute_bias(&b, heads, cpu)?;
+                b = unpermute_bias(&b, heads, cpu).map_err(|e| in_file(&bias_name, e))?;
             }
             Some(
                 b.dequantize(cpu)?
@@ -264,7 +341,8 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
     };
     let embed = dense("token_embd.weight")?;
     let embed_type = gguf.qtensor("token_embd.weight", cpu)?.dtype();
-    let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+    // Not preallocated: the layer count comes from the file, and a missing layer stops the loop.
+    let mut blocks = Vec::new();
     for i in 0..cfg.num_hidden_layers {
         let p = format!("blk.{i}");
         blocks.push(Block {
@@ -292,10 +370,11 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Mod
     } else {
         linear(head_name, None)?
     };
+    check_shapes(path, &cfg, &weight_shapes(&embed, &blocks, &norm, &lm_head))?;
     // The tokenizer converter wants the parsed content; read the header again (cheap).
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| Error::data(path, "header", e.to_string()))?;
+        .map_err(|e| Error::data(path, "header", candle_message(&e)))?;
     let tokenizer = Tokenizer::from_gguf(&gguf, &content)?;
     let token = |key: &str| gguf.uint(key).and_then(|id| tokenizer.token(id as u32));
     let mut stop_ids = cfg.eos_token_ids.clone();

@@ -184,6 +184,20 @@ pub fn for_each_line(
     }
 }
 
+/// Run one call into a third-party decoder (Arrow IPC, Parquet), its panic caught and returned as
+/// the panic's message: those decoders index with offsets and lengths read from the file and some
+/// panic on a corrupt one (found by tests/mutation.rs), which must be an error naming the file,
+/// not a crash.
+pub(crate) fn decoder_call<T>(call: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder failed".into())
+    })
+}
+
 /// Strip a UTF-8 byte-order mark (spreadsheet exports often start with one).
 pub fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)

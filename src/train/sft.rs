@@ -100,10 +100,10 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     cfg.validate()?;
     let data = prepare(model, train, cfg)?;
     let plan = Plan::new(data.train.len(), cfg);
-    let out = cfg
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("train_{}", crate::clock::stamp())));
+    let out = match &cfg.out {
+        Some(out) => out.clone(),
+        None => claim_run_folder(Path::new("runs"))?,
+    };
     let mut state = TrainerState {
         fingerprint: cfg.resume_fingerprint(),
         ..Default::default()
@@ -479,6 +479,28 @@ fn adam_params(cfg: &SftConfig) -> AdamParams {
     }
 }
 
+/// A new folder `runs/train_<date-time>` for a run without `out`, created here so that two runs
+/// started in the same second (two scripts, two processes) never share one: the second gets
+/// `train_<date-time>-2`.
+fn claim_run_folder(runs: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(runs).map_err(|e| Error::io(runs, e))?;
+    let stamp = crate::clock::stamp();
+    let mut n = 1;
+    loop {
+        let name = if n == 1 {
+            format!("train_{stamp}")
+        } else {
+            format!("train_{stamp}-{n}")
+        };
+        let dir = runs.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+}
+
 /// A run folder that already holds a run is never overwritten silently.
 fn refuse_to_overwrite(out: &Path) -> Result<()> {
     if out.join("trainer_log.jsonl").exists() || checkpoint::latest(out).is_some() {
@@ -591,4 +613,19 @@ pub fn evaluate(
         n += batch.num_targets;
     }
     Ok((sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_started_in_the_same_second_get_their_own_folders() {
+        let runs = std::env::temp_dir().join(format!("tunelab-claim-{}", std::process::id()));
+        let folders: Vec<PathBuf> = (0..3).map(|_| claim_run_folder(&runs).unwrap()).collect();
+        assert!(folders.iter().all(|f| f.is_dir()), "{folders:?}");
+        assert_ne!(folders[0], folders[1]);
+        assert_ne!(folders[1], folders[2]);
+        let _ = std::fs::remove_dir_all(&runs);
+    }
 }

@@ -62,6 +62,13 @@ pub fn patched(path: &Path, at: usize, value: &[u8]) -> Vec<u8> {
     b
 }
 
+/// `path`'s bytes with `bytes` inserted at `at`.
+fn inserted(path: &Path, at: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut b = std::fs::read(path).unwrap();
+    b.splice(at..at, bytes.iter().copied());
+    b
+}
+
 /// A JSON file with `key` set to `value`.
 pub fn json_with(path: &Path, key: &str, value: serde_json::Value) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
@@ -253,6 +260,19 @@ pub fn regressions(ctx: &Context) -> Vec<Regression> {
             Load::DataPath,
             "data.parquet",
             patched(&formats.join("alpaca.parquet"), 157, &[0xff]),
+        ),
+        one(
+            "Parquet page header skipping a corrupt list at the end of the file (a hang)",
+            Load::DataPath,
+            "data.parquet",
+            inserted(
+                &formats.join("sharegpt.parquet"),
+                4,
+                &[
+                    0x9b, 0xd1, 0x12, 0x4b, 0x5f, 0x81, 0xd3, 0xf2, 0x50, 0xdd, 0x9d, 0x53, 0x17,
+                    0x34, 0x0e, 0x67, 0x8b, 0xfd, 0x10, 0x8e,
+                ],
+            ),
         ),
         one(
             "Parquet statistics whose sizes overflow (overflow panic)",

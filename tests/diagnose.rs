@@ -296,10 +296,7 @@ fn evals(k: usize, level: f64, fall: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
 type FamilyCase = (&'static str, Verdict, Vec<f64>, Option<Vec<(f64, f64)>>);
 
 /// The families of issue 17.
-fn issue17_synthetic(
-    family: usize,
-    rng: &mut Rng,
-) -> FamilyCase {
+fn issue17_synthetic(family: usize, rng: &mut Rng) -> FamilyCase {
     let n = 30 + rng.below(571);
     match family {
         0 => {

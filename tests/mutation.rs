@@ -26,7 +26,7 @@
 //! - `TUNELAB_MUTATION_TRACE=1`: print each input before it runs, and every panic on a worker
 //!   (caught ones too), to find an input that aborts the process.
 //!
-//! The long run, before a release (20,000 inputs per target; about 20 minutes on 2 cores). It
+//! The long run, before a release (20,000 inputs per target; 8 to 10 minutes on 2 cores). It
 //! stays in the test profile on purpose: dependencies are optimised there already, and overflow
 //! checks stay on, which turn wrapped lengths into findings (one Parquet panic shows only there):
 //!

@@ -296,3 +296,25 @@ fn skipped_tests_are_counted_into_one_closing_line() {
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A file that makes a third-party decoder panic gives the one error line naming the file, and
+/// nothing of the panic (its message is caught and becomes that line).
+#[test]
+fn a_corrupt_parquet_file_prints_one_error_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Byte 157 of the fixture lies in a page's bit-packed run: 0xff sends it past its buffer,
+    // where the arrow-buffer crate panics (found by tests/mutation.rs).
+    let mut bytes = std::fs::read(root.join("tests/fixtures/formats/alpaca.parquet")).unwrap();
+    bytes[157] = 0xff;
+    std::fs::write(dir.path().join("bad.parquet"), bytes).unwrap();
+    write(dir.path(), "s.rhai", "dataset(\"bad.parquet\")\n");
+    let out = tunelab_in(dir.path(), &["run", "s.rhai"], "");
+    let err = text(&out.stderr);
+    check!(out.status.code() == Some(1), out);
+    check!(
+        err.starts_with("s.rhai:1:1: bad.parquet: ") && err.contains("corrupt Parquet data"),
+        out
+    );
+    check!(!err.contains("panicked"), out);
+}

@@ -187,15 +187,45 @@ pub fn for_each_line(
 /// Run one call into a third-party decoder (Arrow IPC, Parquet), its panic caught and returned as
 /// the panic's message: those decoders index with offsets and lengths read from the file and some
 /// panic on a corrupt one (found by tests/mutation.rs), which must be an error naming the file,
-/// not a crash.
+/// not a crash. The panic is not printed either: the error that names the file is the one line
+/// the user sees.
 pub(crate) fn decoder_call<T>(call: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|panic| {
+    quiet_panics::install();
+    let was_quiet = quiet_panics::QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+    quiet_panics::QUIET.with(|q| q.set(was_quiet));
+    result.map_err(|panic| {
         panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "the decoder failed".into())
     })
+}
+
+/// A panic hook that stays silent for panics [`decoder_call`] catches on this thread and hands
+/// every other panic to the hook that was there before.
+mod quiet_panics {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        /// Set while a decoder call whose panic is caught runs on this thread.
+        pub static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Wrap the current panic hook once per process.
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(|q| q.get()) {
+                    previous(info)
+                }
+            }));
+        });
+    }
 }
 
 /// Strip a UTF-8 byte-order mark (spreadsheet exports often start with one).

@@ -135,15 +135,8 @@ impl Llama {
                 format!("{p}.post_attention_layernorm.weight"),
                 f32(&b.mlp_norm)?,
             ));
-            for (name, lin) in [
-                ("self_attn.q_proj", &b.q),
-                ("self_attn.k_proj", &b.k),
-                ("self_attn.v_proj", &b.v),
-                ("self_attn.o_proj", &b.o),
-                ("mlp.gate_proj", &b.gate),
-                ("mlp.up_proj", &b.up),
-                ("mlp.down_proj", &b.down),
-            ] {
+            for t in Target::ALL {
+                let (name, lin) = (t.path(), b.linear(t));
                 out.push((format!("{p}.{name}.weight"), lin.dense_weight()?));
                 if let Some(bias) = &lin.bias {
                     out.push((format!("{p}.{name}.bias"), f32(bias)?));

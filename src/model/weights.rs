@@ -227,15 +227,8 @@ fn weight_shapes<'a>(
             format!("{p}.post_attention_layernorm.weight"),
             b.mlp_norm.dims(),
         ));
-        for (name, l) in [
-            ("self_attn.q_proj", &b.q),
-            ("self_attn.k_proj", &b.k),
-            ("self_attn.v_proj", &b.v),
-            ("self_attn.o_proj", &b.o),
-            ("mlp.gate_proj", &b.gate),
-            ("mlp.up_proj", &b.up),
-            ("mlp.down_proj", &b.down),
-        ] {
+        for t in crate::lora::Target::ALL {
+            let (name, l) = (t.path(), b.linear(t));
             out.push((format!("{p}.{name}.weight"), linear(l)));
             if let Some(bias) = &l.bias {
                 out.push((format!("{p}.{name}.bias"), bias.dims()));

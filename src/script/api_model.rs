@@ -116,6 +116,22 @@ fn prompt_options(
     })
 }
 
+/// The checked options of `generate` and `chat` (`what` names them in errors): the map itself,
+/// the generation settings with the adapter in place, whether to stream, and the prompt choices.
+fn generation_and_prompt(
+    what: &str,
+    opts: Map,
+    model: &crate::model::Model,
+) -> ScriptResult<(Options, GenerateOptions, bool, PromptOptions)> {
+    let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
+    keys.extend(PROMPT_KEYS);
+    let o = Options::new(what, opts, &keys)?;
+    let (mut g, stream) = generate_options(&o)?;
+    let mut prompt = prompt_options(&o, model, what)?;
+    g.adapter = prompt.adapter.take();
+    Ok((o, g, stream, prompt))
+}
+
 /// `[#{ role, content }]` → (system, messages).
 fn messages_from(list: Array) -> ScriptResult<(String, Vec<Message>)> {
     let mut system = String::new();
@@ -142,10 +158,7 @@ mod model_api {
 
     use rhai::{Array, Dynamic, Map, NativeCallContext, INT};
 
-    use super::{
-        fitting_adapter, generate_options, messages_from, prompt_options, PROMPT_KEYS,
-        SAMPLING_KEYS,
-    };
+    use super::{fitting_adapter, generation_and_prompt, messages_from};
     use crate::data::template;
     use crate::data::{Message, Role};
     use crate::generate::chat::{ChatSession, TemplateChoice};
@@ -352,12 +365,7 @@ mod model_api {
         prompt: &str,
         opts: Map,
     ) -> ScriptResult<String> {
-        let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
-        keys.extend(PROMPT_KEYS);
-        let o = Options::new("generate options", opts, &keys)?;
-        let (mut g, stream) = generate_options(&o)?;
-        let p = prompt_options(&o, &model, "generate options")?;
-        g.adapter = p.adapter;
+        let (_, mut g, stream, p) = generation_and_prompt("generate options", opts, &model)?;
         // As in chat: with an adapter or a system prompt and no known template, the model's own.
         let template = match p.template {
             Some(t) => Some(t),
@@ -400,12 +408,7 @@ mod model_api {
     /// `generate` (greedy by default).
     #[rhai_fn(name = "chat", return_raw)]
     pub fn chat_with(model: Model, opts: Map) -> ScriptResult<Chat> {
-        let mut keys: Vec<&str> = SAMPLING_KEYS.to_vec();
-        keys.extend(PROMPT_KEYS);
-        let o = Options::new("chat options", opts, &keys)?;
-        let (mut g, _) = generate_options(&o)?;
-        let prompt = prompt_options(&o, &model, "chat options")?;
-        g.adapter = prompt.adapter;
+        let (o, mut g, _, prompt) = generation_and_prompt("chat options", opts, &model)?;
         if o.int("max_new_tokens")?.is_none() {
             g.max_new_tokens = 512;
         }

@@ -12,11 +12,12 @@
 //! - [`fsutil`]: atomic writes for every artifact.
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
 //! - [`data`]: LLaMA-Factory-compatible datasets.
+//! - [`ggml`]: ggml block formats, reference quantizers and quantized kernels.
 //! - [`model`]: Llama models, loaders, tokenizers, perplexity.
 //! - [`generate`]: sampling, generation, chat sessions.
 //! - [`lora`]: LoRA adapters and their PEFT files.
 //! - [`train`]: supervised fine-tuning with LoRA.
-//! - [`quant`]: ggml block formats, reference quantizers and quantized kernels.
+//! - [`quant`]: the quantization lab: presets, plans, in-memory quantize, reports, plots.
 //! - [`gguf`]: the GGUF file format, read and written.
 //! - [`export`]: every export format in one step (`tunelab export`).
 //! - [`version`]: what this build is made of.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod ggml;
 pub mod gguf;
 pub mod lora;
 pub mod model;

@@ -19,7 +19,7 @@ use super::{GgufReader, GgufWriter};
 use crate::error::{Error, Result};
 use crate::lora::Adapter;
 use crate::model::Model;
-use crate::quant::blocks::Format;
+use crate::ggml::blocks::Format;
 use crate::quant::plan::QuantPlan;
 
 /// What `export_gguf` writes.
@@ -98,8 +98,8 @@ pub fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
             .iter()
             .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
             .collect(),
-        name if crate::quant::kquants::k_quant(name).is_some() => {
-            let (row, _) = crate::quant::kquants::k_quant(name).expect("a K-quant");
+        name if crate::ggml::kquants::k_quant(name).is_some() => {
+            let (row, _) = crate::ggml::kquants::k_quant(name).expect("a K-quant");
             use rayon::prelude::*;
             let rows: Vec<Vec<u8>> = values.par_chunks(cols).map(row).collect::<Result<_>>()?;
             rows.concat()
@@ -110,7 +110,7 @@ pub fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
                     "export_gguf: tunelab cannot quantize to {name} yet"
                 ))
             })?;
-            crate::quant::quantize::quantize(format, values, cols)?
+            crate::ggml::quantize::quantize(format, values, cols)?
         }
     })
 }

@@ -3,7 +3,7 @@
 //!
 //! Quantized weights in the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on the CPU are
 //! multiplied with f32 activations: few rows (generation) through the fused kernel in
-//! [`crate::quant::matvec`], many rows (a prompt) by dequantizing the weight and using the f32
+//! [`crate::ggml::matvec`], many rows (a prompt) by dequantizing the weight and using the f32
 //! GEMM. Other formats (K-quants) and other devices use candle's `QMatMul`, which rounds the
 //! activations to 8 bits first.
 //!
@@ -15,15 +15,15 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::Result;
-use crate::quant::blocks::Format;
-use crate::quant::interleaved::{self, Interleaved};
-use crate::quant::matvec;
+use crate::ggml::blocks::Format;
+use crate::ggml::interleaved::{self, Interleaved};
+use crate::ggml::matvec;
 
 /// Up to this many activation rows go through the fused kernel; more are a GEMM on the
 /// dequantized weight (where the blocked f32 GEMM is faster than decoding per row).
 const FUSED_MAX_ROWS: usize = 16;
 
-/// A quantized weight's row-interleaved copy for generation ([`crate::quant::interleaved`]),
+/// A quantized weight's row-interleaved copy for generation ([`crate::ggml::interleaved`]),
 /// built on first use; None inside when the format or shape has none.
 pub type InterleavedCache = Arc<OnceLock<Option<Interleaved>>>;
 
@@ -76,14 +76,14 @@ pub(crate) fn quantized_forward(
 }
 
 /// (…, in) × quantized (out, in)ᵀ with llama.cpp's activation rounding
-/// ([`crate::quant::ggml_matmul`]) on the CPU; candle's quantized matmul elsewhere.
+/// ([`crate::ggml::ggml_matmul`]) on the CPU; candle's quantized matmul elsewhere.
 fn ggml_forward(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
     if let QMatMul::QTensor(q) = m {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let (n, k) = q.shape().dims2()?;
             let rows = x.elem_count() / k;
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            if let Some(y) = crate::quant::ggml_matmul::matmul(q, &xs, rows)? {
+            if let Some(y) = crate::ggml::ggml_matmul::matmul(q, &xs, rows)? {
                 let mut dims = x.dims().to_vec();
                 *dims.last_mut().expect("rank ≥ 1") = n;
                 return Ok(Tensor::from_vec(y, dims, x.device())?);
@@ -136,7 +136,7 @@ pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
     /// Quantized weights at inference: round the activations to 8-bit blocks first and dot
-    /// integers, as llama.cpp's CPU kernels do ([`crate::quant::ggml_matmul`]), instead of keeping
+    /// integers, as llama.cpp's CPU kernels do ([`crate::ggml::ggml_matmul`]), instead of keeping
     /// them f32. Off by default; on for figures that must compare with llama.cpp's.
     pub ggml_activations: bool,
     /// Quantized weights: their interleaved copy for generation, shared by clones.

@@ -53,7 +53,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::quant::matvec::{simd, Simd};
+        use crate::ggml::matvec::{simd, Simd};
         match simd() {
             // SAFETY: simd() reports only features this CPU has.
             Simd::Avx512 => return unsafe { dot_avx512(a, b) },
@@ -84,7 +84,7 @@ pub fn matmul(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
             .enumerate()
             .for_each(task);
     }
-    crate::quant::matvec::transpose(y_t, n, m)
+    crate::ggml::matvec::transpose(y_t, n, m)
 }
 
 #[cfg(test)]

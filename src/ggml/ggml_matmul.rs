@@ -2,7 +2,7 @@
 //! llama-perplexity's: each activation row is rounded to the weight type's dot-product partner
 //! (Q8_0 blocks for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) and dotted in
 //! integers, block by block, as ggml's `mul_mat` does (candle's `vec_dot` kernels, one per row pair;
-//! `quant::ggml_dot32` for Q4_1/Q5_0/Q5_1, which candle dots with scalar code).
+//! `ggml::ggml_dot32` for Q4_1/Q5_0/Q5_1, which candle dots with scalar code).
 //!
 //! Why not candle's `QMatMul`: on CPUs with AVX-512 VNNI it repacks Q8_0, Q4_K and Q6_K weights
 //! and rounds the activations to Q8_K (one scale per 256 values) even for Q8_0 weights, which
@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::quant::ggml_dot32::{Dot32, Unpacked};
+use crate::ggml::ggml_dot32::{Dot32, Unpacked};
 
 /// `y[r][j] = Σ_i w[j][i] · x[r][i]` for the quantized `w` (n, k) and `x` (`m` rows of k) with
 /// ggml's activation rounding; None for types without block quantization (F32, F16, BF16).

@@ -273,7 +273,7 @@ fn run_group(w: &Interleaved, group: &[u8], a: &Activations, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::blocks::dequantize_row;
+    use crate::ggml::blocks::dequantize_row;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 

@@ -1,5 +1,5 @@
 //! Dot products of Q4_1, Q5_0 and Q5_1 weights with 8-bit activations (Q8_1, Q8_0, Q8_1 blocks),
-//! for the ggml-mode products (`quant::ggml_matmul`). candle dots these three formats with
+//! for the ggml-mode products (`ggml::ggml_matmul`). candle dots these three formats with
 //! scalar code on x86, bit by bit out of the packed bytes, which made a whole-text `quant_report`
 //! with `activations: "ggml"` take minutes per preset. Here each weight row is unpacked once
 //! into 32 small integer codes per block and then dotted with every activation row of a band as
@@ -9,7 +9,7 @@
 //! integer sum per block and then `sumi · d_w · d_a (+ m_w · s_a)` block after block, so the
 //! results are bit-identical to `GgmlType::vec_dot` (tested).
 
-use crate::quant::blocks::f16_at;
+use crate::ggml::blocks::f16_at;
 use candle_core::quantized::GgmlDType;
 
 /// One of the three formats, with its byte layout and its activation partner's.

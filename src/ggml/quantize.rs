@@ -171,7 +171,7 @@ fn q5_1(x: &[f32; BLOCK], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::blocks::dequantize_row;
+    use crate::ggml::blocks::dequantize_row;
 
     /// Quantizing then dequantizing stays within half a step of each block's scale, except that
     /// Q4_0 and Q5_0 clamp the far side of their range (codes −8..7, −16..15 times d = max/−8,

@@ -216,7 +216,7 @@ pub fn transpose(y_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::blocks::{self, dequantize_row};
+    use crate::ggml::blocks::{self, dequantize_row};
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 

@@ -6,9 +6,9 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use tunelab::quant::blocks::Format;
-use tunelab::quant::kquants::k_quant;
-use tunelab::quant::quantize::quantize_row;
+use tunelab::ggml::blocks::Format;
+use tunelab::ggml::kquants::k_quant;
+use tunelab::ggml::quantize::quantize_row;
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())

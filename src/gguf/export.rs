@@ -17,9 +17,9 @@ use half::{bf16, f16};
 use super::types::{GgmlType, Value};
 use super::{GgufReader, GgufWriter};
 use crate::error::{Error, Result};
+use crate::ggml::blocks::Format;
 use crate::lora::Adapter;
 use crate::model::Model;
-use crate::ggml::blocks::Format;
 use crate::quant::plan::QuantPlan;
 
 /// What `export_gguf` writes.
@@ -88,6 +88,20 @@ pub fn permute_rows(w: &[f32], cols: usize, n_head: usize) -> Vec<f32> {
 
 /// `values` (rows of `cols`) encoded as `t`.
 pub fn encode(values: &[f32], cols: usize, t: &GgmlType) -> Result<Vec<u8>> {
+    encode_weighted(values, cols, t, None)
+}
+
+/// `values` (rows of `cols`) encoded as `t`, with ggml's importance-weighted quantizers when
+/// `importance` (one value per column, from an importance matrix) is given.
+pub fn encode_weighted(
+    values: &[f32],
+    cols: usize,
+    t: &GgmlType,
+    importance: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    if importance.is_some() && !matches!(t.name, "F32" | "F16" | "BF16") {
+        return Err(Error::msg("importance-weighted quantizers: not wired yet"));
+    }
     Ok(match t.name {
         "F32" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         "F16" => values

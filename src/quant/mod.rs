@@ -8,3 +8,7 @@ pub mod plan;
 pub mod plot;
 pub mod quantize_model;
 pub mod report;
+pub mod measure;
+pub mod measure_kld;
+pub mod measure_proxy;
+pub mod weights;

@@ -3,6 +3,7 @@
 //! memory (`quantize_model`), measuring what it cost (`report`) and drawing the trade-off (`plot`).
 //! The block formats and kernels themselves live one floor down, in [`crate::ggml`].
 
+pub mod allocate;
 pub mod mixture;
 pub mod plan;
 pub mod plot;

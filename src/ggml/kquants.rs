@@ -83,11 +83,14 @@ pub(crate) fn check_len(x: &[f32], name: &str) -> Result<()> {
 fn scales_mins_and_codes(xb: &[f32], search: &Qkx2, l: &mut [u8; QK_K]) -> (f16, f16, [u8; 12]) {
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
+    let mut weights = [0f32; 32];
     for j in 0..8 {
         let xs = &xb[32 * j..32 * (j + 1)];
         let sum_x2: f32 = xs.iter().fold(0.0, |a, v| a + v * v);
         let av_x = (sum_x2 / 32.0).sqrt();
-        let weights: Vec<f32> = xs.iter().map(|v| av_x + v.abs()).collect();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
         let (scale, min) = search.search(xs, &weights, &mut l[32 * j..32 * (j + 1)]);
         scales[j] = scale;
         mins[j] = min;
@@ -104,10 +107,26 @@ fn scales_mins_and_codes(xb: &[f32], search: &Qkx2, l: &mut [u8; QK_K]) -> (f16,
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    for j in 0..8 {
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    let packed = pack_scales_mins(&ls, &lm);
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+    requantize_k4(xb, d, dmin, &packed, search.nmax, l);
+    (d, dmin, packed)
+}
+
+/// Q4_K's and Q5_K's 12 bytes of 6-bit sub-block scales `ls` and mins `lm` (the inverse of
+/// [`scale_min_k4`]): j < 4 whole in bytes j and j + 4; j ≥ 4 as nibbles in byte j + 4 and top
+/// two bits in bits 6..8 of bytes j − 4 and j. Bits above the sixth are dropped as ggml's
+/// `uint8_t` stores drop them.
+pub(crate) fn pack_scales_mins(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     let mut packed = [0u8; 12];
     for j in 0..8 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        let (ls, lm) = (ls[j], lm[j]);
         if j < 4 {
             packed[j] = ls;
             packed[j + 4] = lm;
@@ -117,20 +136,30 @@ fn scales_mins_and_codes(xb: &[f32], search: &Qkx2, l: &mut [u8; QK_K]) -> (f16,
             packed[j] |= (lm >> 4) << 6;
         }
     }
-    let d = f16::from_f32(max_scale / 63.0);
-    let dmin = f16::from_f32(max_min / 63.0);
+    packed
+}
+
+/// The codes 0..=nmax of a Q4_K/Q5_K super-block recomputed from its stored scales and mins
+/// (x ≈ d·sc·q − dmin·m); a sub-block whose stored scale is 0 keeps the search's codes.
+pub(crate) fn requantize_k4(
+    xb: &[f32],
+    d: f16,
+    dmin: f16,
+    packed: &[u8; 12],
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) {
     for j in 0..8 {
-        let (sc, m) = scale_min_k4(j, &packed);
+        let (sc, m) = scale_min_k4(j, packed);
         let dj = d.to_f32() * sc as f32;
         if dj == 0.0 {
             continue;
         }
         let dm = dmin.to_f32() * m as f32;
         for i in 0..32 {
-            l[32 * j + i] = nearest_int((xb[32 * j + i] + dm) / dj).clamp(0, search.nmax) as u8;
+            l[32 * j + i] = nearest_int((xb[32 * j + i] + dm) / dj).clamp(0, nmax) as u8;
         }
     }
-    (d, dmin, packed)
 }
 
 /// One row in Q4_K (144 bytes per 256 weights).
@@ -140,17 +169,22 @@ pub fn quantize_row_q4_k(x: &[f32]) -> Result<Vec<u8>> {
     for xb in x.chunks_exact(QK_K) {
         let mut l = [0u8; QK_K];
         let (d, dmin, packed) = scales_mins_and_codes(xb, &Q4_K_SEARCH, &mut l);
-        out.extend_from_slice(&d.to_bits().to_le_bytes());
-        out.extend_from_slice(&dmin.to_bits().to_le_bytes());
-        out.extend_from_slice(&packed);
-        // Each 64 weights: byte i holds weight i (low nibble) and weight i + 32 (high).
-        for chunk in l.chunks_exact(64) {
-            for i in 0..32 {
-                out.push(chunk[i] | (chunk[i + 32] << 4));
-            }
-        }
+        push_q4_k(d, dmin, &packed, &l, &mut out);
     }
     Ok(out)
+}
+
+/// One Q4_K super-block's bytes: d, dmin, the packed scales, then per 64 weights 32 bytes whose
+/// byte i holds weight i (low nibble) and weight i + 32 (high).
+pub(crate) fn push_q4_k(d: f16, dmin: f16, packed: &[u8; 12], l: &[u8; QK_K], out: &mut Vec<u8>) {
+    out.extend_from_slice(&d.to_bits().to_le_bytes());
+    out.extend_from_slice(&dmin.to_bits().to_le_bytes());
+    out.extend_from_slice(packed);
+    for chunk in l.chunks_exact(64) {
+        for i in 0..32 {
+            out.push(chunk[i] | (chunk[i + 32] << 4));
+        }
+    }
 }
 
 /// One row in Q5_K (176 bytes per 256 weights).
@@ -160,23 +194,27 @@ pub fn quantize_row_q5_k(x: &[f32]) -> Result<Vec<u8>> {
     for xb in x.chunks_exact(QK_K) {
         let mut l = [0u8; QK_K];
         let (d, dmin, packed) = scales_mins_and_codes(xb, &Q5_K_SEARCH, &mut l);
-        // Each 64 weights c: low nibbles as Q4_K's; the fifth bit of weight i goes to bit 2c
-        // of qh[i], that of weight i + 32 to bit 2c + 1.
-        let (mut qh, mut ql) = ([0u8; 32], [0u8; 128]);
-        for (c, chunk) in l.chunks_exact(64).enumerate() {
-            for i in 0..32 {
-                let (lo, hi) = (chunk[i], chunk[i + 32]);
-                qh[i] |= ((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1));
-                ql[32 * c + i] = (lo & 0xf) | ((hi & 0xf) << 4);
-            }
-        }
-        out.extend_from_slice(&d.to_bits().to_le_bytes());
-        out.extend_from_slice(&dmin.to_bits().to_le_bytes());
-        out.extend_from_slice(&packed);
-        out.extend_from_slice(&qh);
-        out.extend_from_slice(&ql);
+        push_q5_k(d, dmin, &packed, &l, &mut out);
     }
     Ok(out)
+}
+
+/// One Q5_K super-block's bytes. Each 64 weights c: low nibbles as Q4_K's; the fifth bit of
+/// weight i goes to bit 2c of qh[i], that of weight i + 32 to bit 2c + 1.
+pub(crate) fn push_q5_k(d: f16, dmin: f16, packed: &[u8; 12], l: &[u8; QK_K], out: &mut Vec<u8>) {
+    let (mut qh, mut ql) = ([0u8; 32], [0u8; 128]);
+    for (c, chunk) in l.chunks_exact(64).enumerate() {
+        for i in 0..32 {
+            let (lo, hi) = (chunk[i], chunk[i + 32]);
+            qh[i] |= ((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1));
+            ql[32 * c + i] = (lo & 0xf) | ((hi & 0xf) << 4);
+        }
+    }
+    out.extend_from_slice(&d.to_bits().to_le_bytes());
+    out.extend_from_slice(&dmin.to_bits().to_le_bytes());
+    out.extend_from_slice(packed);
+    out.extend_from_slice(&qh);
+    out.extend_from_slice(&ql);
 }
 
 /// Sub-block j's 6-bit (scale, min) from Q4_K's 12 packed bytes (`get_scale_min_k4`).
@@ -198,56 +236,65 @@ pub fn quantize_row_q6_k(x: &[f32]) -> Result<Vec<u8>> {
     for xb in x.chunks_exact(QK_K) {
         let mut l = [0i8; QK_K];
         let mut scales = [0f32; 16];
-        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for ib in 0..16 {
-            let scale = make_qx_quants(
+            scales[ib] = make_qx_quants(
                 32,
                 &xb[16 * ib..16 * (ib + 1)],
                 &mut l[16 * ib..16 * (ib + 1)],
             );
-            scales[ib] = scale;
-            if scale.abs() > max_abs_scale {
-                max_abs_scale = scale.abs();
-                max_scale = scale;
-            }
         }
-        if max_abs_scale < GROUP_MAX_EPS {
-            out.extend(std::iter::repeat_n(0u8, 210));
-            continue;
-        }
-        let iscale = -128.0 / max_scale;
-        let d = f16::from_f32(1.0 / iscale);
-        let mut sc = [0i8; 16];
-        for ib in 0..16 {
-            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
-        }
-        for j in 0..16 {
-            let dj = d.to_f32() * sc[j] as f32;
-            if dj == 0.0 {
-                continue;
-            }
-            for i in 0..16 {
-                l[16 * j + i] = (nearest_int(xb[16 * j + i] / dj).clamp(-32, 31) + 32) as i8;
-            }
-        }
-        let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
-        for (h, chunk) in l.chunks_exact(128).enumerate() {
-            let q = |i: usize| chunk[i] as u8;
-            for i in 0..32 {
-                ql[64 * h + i] = (q(i) & 0xf) | ((q(i + 64) & 0xf) << 4);
-                ql[64 * h + i + 32] = (q(i + 32) & 0xf) | ((q(i + 96) & 0xf) << 4);
-                qh[32 * h + i] = (q(i) >> 4)
-                    | ((q(i + 32) >> 4) << 2)
-                    | ((q(i + 64) >> 4) << 4)
-                    | ((q(i + 96) >> 4) << 6);
-            }
-        }
-        out.extend_from_slice(&ql);
-        out.extend_from_slice(&qh);
-        out.extend(sc.iter().map(|&s| s as u8));
-        out.extend_from_slice(&d.to_bits().to_le_bytes());
+        push_q6_k(xb, &scales, &mut l, &mut out);
     }
     Ok(out)
+}
+
+/// The rest of a Q6_K super-block once its 16 sub-block scales are searched: the scales stored
+/// as i8 against the one of largest magnitude, the codes −32..31 recomputed from them (into `l`
+/// as code + 32), and the 210 bytes pushed. A super-block whose scales are all (near) zero is
+/// all zero bytes.
+pub(crate) fn push_q6_k(xb: &[f32], scales: &[f32; 16], l: &mut [i8; QK_K], out: &mut Vec<u8>) {
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &scale in scales {
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        out.extend(std::iter::repeat_n(0u8, 210));
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = f16::from_f32(1.0 / iscale);
+    let mut sc = [0i8; 16];
+    for ib in 0..16 {
+        sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+    for j in 0..16 {
+        let dj = d.to_f32() * sc[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for i in 0..16 {
+            l[16 * j + i] = (nearest_int(xb[16 * j + i] / dj).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+    for (h, chunk) in l.chunks_exact(128).enumerate() {
+        let q = |i: usize| chunk[i] as u8;
+        for i in 0..32 {
+            ql[64 * h + i] = (q(i) & 0xf) | ((q(i + 64) & 0xf) << 4);
+            ql[64 * h + i + 32] = (q(i + 32) & 0xf) | ((q(i + 96) & 0xf) << 4);
+            qh[32 * h + i] = (q(i) >> 4)
+                | ((q(i + 32) >> 4) << 2)
+                | ((q(i + 64) >> 4) << 4)
+                | ((q(i + 96) >> 4) << 6);
+        }
+    }
+    out.extend_from_slice(&ql);
+    out.extend_from_slice(&qh);
+    out.extend(sc.iter().map(|&s| s as u8));
+    out.extend_from_slice(&d.to_bits().to_le_bytes());
 }
 
 /// Q4_K blocks back to f32 (`dequantize_row_q4_K`).

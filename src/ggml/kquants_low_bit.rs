@@ -69,9 +69,12 @@ pub fn quantize_row_q2_k(x: &[f32]) -> Result<Vec<u8>> {
         let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
         // Mins are subtracted, so scales come out non-negative.
         let (mut max_scale, mut max_min) = (0f32, 0f32);
+        let mut weights = [0f32; 16];
         for j in 0..16 {
             let xs = &xb[16 * j..16 * (j + 1)];
-            let weights: Vec<f32> = xs.iter().map(|v| v.abs()).collect();
+            for (w, v) in weights.iter_mut().zip(xs) {
+                *w = v.abs();
+            }
             let (scale, min) = Q2_K_SEARCH.search(xs, &weights, &mut l[16 * j..16 * (j + 1)]);
             scales[j] = scale;
             mins[j] = min;
@@ -101,22 +104,36 @@ pub fn quantize_row_q2_k(x: &[f32]) -> Result<Vec<u8>> {
             }
             dmin = f16::from_f32(max_min / 15.0);
         }
-        for (j, &s) in sc.iter().enumerate() {
-            let dj = d.to_f32() * (s & 0xf) as f32;
-            if dj == 0.0 {
-                continue;
-            }
-            let dm = dmin.to_f32() * (s >> 4) as f32;
-            for i in 16 * j..16 * (j + 1) {
-                l[i] = nearest_int((xb[i] + dm) / dj).clamp(0, 3) as u8;
-            }
-        }
-        out.extend_from_slice(&sc);
-        out.extend_from_slice(&pack_2bit(&l));
-        out.extend_from_slice(&d.to_bits().to_le_bytes());
-        out.extend_from_slice(&dmin.to_bits().to_le_bytes());
+        push_q2_k(xb, &sc, d, dmin, &mut l, &mut out);
     }
     Ok(out)
+}
+
+/// The rest of a Q2_K super-block once its scales and mins are stored in `sc` (low nibble: scale,
+/// high: min; of d and dmin): the codes 0..=3 recomputed from them (a sub-block whose stored
+/// scale is 0 keeps `l`'s), and the 84 bytes pushed.
+pub(crate) fn push_q2_k(
+    xb: &[f32],
+    sc: &[u8; 16],
+    d: f16,
+    dmin: f16,
+    l: &mut [u8; QK_K],
+    out: &mut Vec<u8>,
+) {
+    for (j, &s) in sc.iter().enumerate() {
+        let dj = d.to_f32() * (s & 0xf) as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * (s >> 4) as f32;
+        for i in 16 * j..16 * (j + 1) {
+            l[i] = nearest_int((xb[i] + dm) / dj).clamp(0, 3) as u8;
+        }
+    }
+    out.extend_from_slice(sc);
+    out.extend_from_slice(&pack_2bit(l));
+    out.extend_from_slice(&d.to_bits().to_le_bytes());
+    out.extend_from_slice(&dmin.to_bits().to_le_bytes());
 }
 
 /// Q2_K blocks back to f32 (`dequantize_row_q2_K`).
@@ -160,47 +177,68 @@ pub fn quantize_row_q3_k(x: &[f32]) -> Result<Vec<u8>> {
                 max_scale = scales[j];
             }
         }
-        let mut packed = [0u8; 12];
+        let mut stored = [0u8; 16];
         let mut d = f16::ZERO;
         if max_scale != 0.0 {
             let iscale = -32.0 / max_scale;
             for j in 0..16 {
-                let q = (nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) + 32;
-                let q = q as u8;
-                if j < 8 {
-                    packed[j] = q & 0xf;
-                } else {
-                    packed[j - 8] |= (q & 0xf) << 4;
-                }
-                packed[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+                stored[j] = ((nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) + 32) as u8;
             }
             d = f16::from_f32(1.0 / iscale);
         }
-        for j in 0..16 {
-            let dj = d.to_f32() * q3_scale(j, &packed) as f32;
-            if dj == 0.0 {
-                continue;
-            }
-            for i in 16 * j..16 * (j + 1) {
-                l[i] = (nearest_int(xb[i] / dj).clamp(-4, 3) + 4) as i8;
-            }
-        }
-        // The third bit of each code to hmask, the low two to qs.
-        let mut hmask = [0u8; 32];
-        let mut low = [0u8; QK_K];
-        for (w, &q) in l.iter().enumerate() {
-            let q = q as u8;
-            if q > 3 {
-                hmask[w % 32] |= 1 << (w / 32);
-            }
-            low[w] = q & 3;
-        }
-        out.extend_from_slice(&hmask);
-        out.extend_from_slice(&pack_2bit(&low));
-        out.extend_from_slice(&packed);
-        out.extend_from_slice(&d.to_bits().to_le_bytes());
+        push_q3_k(xb, &pack_q3_scales(&stored), d, &mut l, &mut out);
     }
     Ok(out)
+}
+
+/// Q3_K's 12 bytes of 6-bit scales (stored with their offset 32): scale j's low nibble in byte j
+/// (j < 8) or the high nibble of byte j − 8, its top two bits at bits 2·(j/4) of byte 8 + j%4.
+pub(crate) fn pack_q3_scales(stored: &[u8; 16]) -> [u8; 12] {
+    let mut packed = [0u8; 12];
+    for (j, &q) in stored.iter().enumerate() {
+        if j < 8 {
+            packed[j] = q & 0xf;
+        } else {
+            packed[j - 8] |= (q & 0xf) << 4;
+        }
+        packed[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+    }
+    packed
+}
+
+/// The rest of a Q3_K super-block once its scales are packed: the codes −4..3 recomputed from
+/// d·(sc − 32) (into `l` as code + 4; a sub-block whose stored scale is 0 keeps `l`'s), and the
+/// 110 bytes pushed.
+pub(crate) fn push_q3_k(
+    xb: &[f32],
+    packed: &[u8; 12],
+    d: f16,
+    l: &mut [i8; QK_K],
+    out: &mut Vec<u8>,
+) {
+    for j in 0..16 {
+        let dj = d.to_f32() * q3_scale(j, packed) as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * (j + 1) {
+            l[i] = (nearest_int(xb[i] / dj).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    // The third bit of each code to hmask, the low two to qs.
+    let mut hmask = [0u8; 32];
+    let mut low = [0u8; QK_K];
+    for (w, &q) in l.iter().enumerate() {
+        let q = q as u8;
+        if q > 3 {
+            hmask[w % 32] |= 1 << (w / 32);
+        }
+        low[w] = q & 3;
+    }
+    out.extend_from_slice(&hmask);
+    out.extend_from_slice(&pack_2bit(&low));
+    out.extend_from_slice(packed);
+    out.extend_from_slice(&d.to_bits().to_le_bytes());
 }
 
 /// Q3_K blocks back to f32 (`dequantize_row_q3_K`).

@@ -6,7 +6,9 @@
 //! and Q8_0 (rows in groups of 16, activations rounded to 16 bits), both tested against the
 //! reference; `ggml_matmul` (on `ggml_dot32`) multiplies many rows as ggml's CPU backend does.
 //! `quantize` (32-weight formats), `kquants` and `kquants_low_bit` (256-weight K-quants, on the
-//! searches in `kquant_search`) quantize as llama-quantize does.
+//! searches in `kquant_search`) quantize as llama-quantize does; `weighted` (on
+//! `weighted_formats`) is the one entry for every type tunelab writes, with or without an
+//! importance matrix, as `llama-quantize --imatrix` quantizes.
 
 pub mod blocks;
 pub mod ggml_dot32;
@@ -23,3 +25,5 @@ mod matvec_avx2;
 #[cfg(target_arch = "x86_64")]
 mod matvec_avx512;
 pub mod quantize;
+pub mod weighted;
+mod weighted_formats;

@@ -61,7 +61,7 @@ pub fn quantize(format: Format, x: &[f32], row_len: usize) -> Result<Vec<u8>> {
     Ok(rows.concat())
 }
 
-fn push_f16(out: &mut Vec<u8>, v: f32) {
+pub(crate) fn push_f16(out: &mut Vec<u8>, v: f32) {
     out.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
 }
 
@@ -92,14 +92,14 @@ fn min_max(x: &[f32; BLOCK]) -> (f32, f32) {
 }
 
 /// Low nibbles: codes 0..16; high nibbles: codes 16..32.
-fn pack_nibbles(q: &[u8; BLOCK], out: &mut Vec<u8>) {
+pub(crate) fn pack_nibbles(q: &[u8; BLOCK], out: &mut Vec<u8>) {
     for j in 0..BLOCK / 2 {
         out.push((q[j] & 0x0f) | ((q[j + BLOCK / 2] & 0x0f) << 4));
     }
 }
 
 /// Bit 4 of code j → bit j of a little-endian u32.
-fn pack_high_bits(q: &[u8; BLOCK], out: &mut Vec<u8>) {
+pub(crate) fn pack_high_bits(q: &[u8; BLOCK], out: &mut Vec<u8>) {
     let mut qh = 0u32;
     for (j, &c) in q.iter().enumerate() {
         qh |= (((c >> 4) & 1) as u32) << j;

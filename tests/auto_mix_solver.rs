@@ -381,3 +381,244 @@ fn large_problems_with_coarse_sizes_match_dynamic_programming() {
         );
     }
 }
+
+// ---- file_size: the layout against real exports of the tiny model ----
+
+use tunelab::gguf::export::export_gguf_planned;
+use tunelab::gguf::{GgufReader, GgufWriter, Value};
+use tunelab::model::{self, Model};
+use tunelab::quant::file_size::{candidate_types, holds_rows, FileLayout};
+use tunelab::quant::plan::{QuantPlan, Target, TypeRule};
+
+fn tiny() -> Model {
+    model::load("tiny", &Default::default()).unwrap()
+}
+
+fn ty(name: &str) -> GgmlType {
+    GgmlType::from_name(name).unwrap()
+}
+
+/// A plan for `target` with `rules` (PATTERN=TYPE).
+fn plan_with(target: &str, rules: &[&str]) -> QuantPlan {
+    let mut p = QuantPlan::new(Target::named(target).unwrap());
+    p.rules = rules
+        .iter()
+        .map(|r| TypeRule::parse(r, "test rule").unwrap())
+        .collect();
+    p
+}
+
+/// Export `m` with `plan` into `dir` and return the file's size.
+fn exported_size(m: &Model, plan: &QuantPlan, dir: &std::path::Path, name: &str) -> u64 {
+    let path = dir.join(name);
+    export_gguf_planned(m, None, &path, plan, &mut |_| {}).unwrap();
+    std::fs::metadata(&path).unwrap().len()
+}
+
+#[test]
+fn the_layout_predicts_every_export_of_tiny_to_the_byte() {
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let mut plans = vec![
+        ("F32", plan_with("F32", &[])),
+        ("F16", plan_with("F16", &[])),
+        ("BF16", plan_with("BF16", &[])),
+        ("Q8_0", plan_with("Q8_0", &[])),
+        ("Q4_K_M (K types fall back)", plan_with("Q4_K_M", &[])),
+        (
+            "Q4_0 with rules",
+            plan_with(
+                "Q4_0",
+                &[
+                    "attn_v=Q8_0",
+                    "blk\\.1\\.ffn_down=F16",
+                    "ffn_up=Q5_1",
+                    "attn_q=BF16",
+                ],
+            ),
+        ),
+        ("F16 with a Q4_1 rule", plan_with("F16", &["ffn_gate=Q4_1"])),
+    ];
+    let mut embd = plan_with("Q5_0", &["attn_k=Q4_1"]);
+    embd.token_embd_type = Some(ty("F16"));
+    plans.push(("Q5_0, token_embd F16", embd));
+    let mut pure = plan_with("Q6_K", &[]);
+    pure.pure = true;
+    plans.push(("Q6_K pure", pure));
+    let mut sizes = Vec::new();
+    for (i, (what, plan)) in plans.iter().enumerate() {
+        let layout = FileLayout::new(&m, &plan.target).unwrap();
+        let predicted = layout.size_of_plan(plan).unwrap();
+        let actual = exported_size(&m, plan, dir.path(), &format!("{i}.gguf"));
+        eprintln!("{what}: predicted {predicted}, exported {actual}");
+        assert_eq!(predicted, actual, "{what}");
+        sizes.push(actual);
+    }
+    // The plans really differ, so the equalities are not one number seen nine times.
+    sizes.sort();
+    sizes.dedup();
+    assert!(sizes.len() >= 7, "{sizes:?}");
+}
+
+#[test]
+fn the_layout_of_a_model_read_from_a_gguf_keeps_that_file_s_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = dir.path().join("tiny-f16.gguf");
+    export_gguf_planned(&tiny(), None, &f16, &plan_with("F16", &[]), &mut |_| {}).unwrap();
+    let m = model::load(f16.to_str().unwrap(), &Default::default()).unwrap();
+    assert_eq!(m.format, "gguf");
+    for plan in [
+        plan_with("Q8_0", &["ffn_down=Q4_0"]),
+        plan_with("BF16", &[]),
+    ] {
+        let layout = FileLayout::new(&m, &plan.target).unwrap();
+        let actual = exported_size(&m, &plan, dir.path(), "again.gguf");
+        assert_eq!(
+            layout.size_of_plan(&plan).unwrap(),
+            actual,
+            "{}",
+            plan.target.name()
+        );
+    }
+}
+
+#[test]
+fn extra_metadata_keeps_the_size_exact() {
+    // llama-quantize's importance-matrix keys, written into a real export through the writer.
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_with("Q4_0", &["attn_v=Q8_0"]);
+    let plain = dir.path().join("plain.gguf");
+    export_gguf_planned(&m, None, &plain, &plan, &mut |_| {}).unwrap();
+    let extra = [
+        (
+            "quantize.imatrix.file",
+            Value::String("imatrix.gguf".into()),
+        ),
+        (
+            "quantize.imatrix.dataset",
+            Value::String("data/wiki.train.raw".into()),
+        ),
+        ("quantize.imatrix.entries_count", Value::I32(28)),
+        ("quantize.imatrix.chunks_count", Value::I32(100)),
+    ];
+    let r = GgufReader::open(&plain).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in r
+        .metadata
+        .iter()
+        .cloned()
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
+    {
+        w.set(k, v);
+    }
+    for t in &r.tensors {
+        w.add_tensor(
+            t.name.clone(),
+            &t.ne,
+            t.ggml_type,
+            r.tensor_bytes(t).unwrap(),
+        )
+        .unwrap();
+    }
+    let with_keys = dir.path().join("imatrix.gguf");
+    w.write(&with_keys).unwrap();
+    let mut layout = FileLayout::new(&m, &plan.target).unwrap();
+    assert_eq!(
+        layout.size_of_plan(&plan).unwrap(),
+        std::fs::metadata(&plain).unwrap().len()
+    );
+    for (k, v) in extra {
+        layout.set_metadata(k, v);
+    }
+    assert_eq!(
+        layout.size_of_plan(&plan).unwrap(),
+        std::fs::metadata(&with_keys).unwrap().len()
+    );
+}
+
+#[test]
+fn sizes_add_up_per_tensor_and_refuse_types_the_rows_cannot_hold() {
+    let m = tiny();
+    let layout = FileLayout::new(&m, &Target::named("Q8_0").unwrap()).unwrap();
+    let names: Vec<&str> = layout.weights().iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"token_embd.weight") && names.contains(&"blk.3.ffn_down.weight"));
+    assert!(!names.iter().any(|n| n.ends_with("_norm.weight")));
+    // A file is its fixed part plus each weight's padded bytes.
+    let pick = |name: &str| {
+        if name.contains("attn") {
+            ty("Q4_0")
+        } else {
+            ty("F16")
+        }
+    };
+    let sum: u64 = names
+        .iter()
+        .map(|n| layout.tensor_bytes(n, pick(n)).unwrap())
+        .sum();
+    assert_eq!(layout.size_with(pick).unwrap(), layout.fixed_bytes() + sum);
+    // tiny's rows are 128 and 384 weights: no K-quant holds them.
+    let e = layout
+        .tensor_bytes("blk.0.attn_q.weight", ty("Q4_K"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("Q4_0"),
+        "{e}"
+    );
+    let e = layout
+        .tensor_bytes("blk.9.attn_q.weight", ty("Q4_0"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no weight called"), "{e}");
+    let e = layout.weight_budget(1000).unwrap_err().to_string();
+    assert!(e.contains("fixed part") && e.contains("MB"), "{e}");
+    assert_eq!(layout.weight_budget(layout.fixed_bytes() + 5).unwrap(), 5);
+    let bpw = layout.bits_per_weight(|_| ty("Q8_0"));
+    assert!(bpw > 8.5 && bpw < 9.0, "{bpw}"); // Q8_0 is 8.5, plus the F32 norms
+}
+
+#[test]
+fn candidate_types_are_the_writable_ones_whose_blocks_divide_the_rows() {
+    let names = |n: u64| {
+        candidate_types(n)
+            .iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(128),
+        ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16", "F32"]
+    );
+    let wide = names(4096);
+    assert_eq!(wide.first(), Some(&"Q2_K"));
+    assert!(wide.contains(&"Q6_K") && wide.len() == 13, "{wide:?}");
+    assert_eq!(names(100), ["F16", "BF16", "F32"]);
+    assert!(holds_rows(ty("Q4_K"), 512) && !holds_rows(ty("Q4_K"), 384));
+}
+
+#[test]
+fn an_untied_output_and_biases_are_counted_too() {
+    use candle_core::{DType, Tensor};
+    use tunelab::model::linear::Linear;
+    // tiny, untied (its own output.weight) and with biases on attn_q and attn_v of layer 1.
+    let m = tiny();
+    let mut parts = (*m).clone();
+    parts.llama.config.tie_word_embeddings = false;
+    parts.llama.lm_head = Linear::dense((parts.llama.embed.clone() * 0.5).unwrap(), None);
+    let block = &mut parts.llama.blocks[1];
+    for lin in [&mut block.q, &mut block.v] {
+        let out = lin.dims().0;
+        lin.bias = Some(Tensor::zeros(out, DType::F32, &candle_core::Device::Cpu).unwrap());
+    }
+    let m = Model::new(parts);
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_with("Q4_0", &["attn_v=Q5_1"]);
+    plan.output_type = Some(ty("Q8_0"));
+    let layout = FileLayout::new(&m, &plan.target).unwrap();
+    assert!(layout.weight("output.weight").is_some());
+    let actual = exported_size(&m, &plan, dir.path(), "untied.gguf");
+    assert_eq!(layout.size_of_plan(&plan).unwrap(), actual);
+    let r = GgufReader::open(dir.path().join("untied.gguf")).unwrap();
+    assert!(r.tensor("blk.1.attn_v.bias").is_some() && r.tensor("output.weight").is_some());
+}

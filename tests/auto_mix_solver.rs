@@ -1,15 +1,20 @@
 //! The pieces under `auto_mix`: the budget solver (src/quant/allocate.rs) against brute force on
 //! small random problems and within budget and its lower bound on large ones; the file-size model
 //! (src/quant/file_size.rs) against real exports of the tiny model, to the byte; and the plan it
-//! becomes (src/quant/auto_plan.rs): exactly the chosen types, and a `--tensor-type-file` that
-//! reads back.
+//! becomes (src/quant/auto_plan.rs): exactly the chosen types in tunelab's export, and a
+//! `--tensor-type-file` that tunelab reads back and llama-quantize follows (when it is built).
 
 use std::time::Instant;
 
-use tunelab::gguf::GgmlType;
+use tunelab::gguf::export::export_gguf_planned;
+use tunelab::gguf::{GgmlType, GgufReader, GgufWriter, Value};
+use tunelab::model::{self, Model};
 use tunelab::quant::allocate::{
-    allocate, allocate_within, Allocation, Candidate, TensorCandidates,
+    allocate, allocate_within, Allocation, Candidate, TensorCandidates, EXACT_LIMIT,
 };
+use tunelab::quant::auto_plan::{AutoPlan, TensorChoice};
+use tunelab::quant::file_size::{candidate_types, holds_rows, FileLayout};
+use tunelab::quant::plan::{read_rules, QuantPlan, Target, TypeRule};
 use tunelab::rng::Rng;
 
 /// How the random damages relate to bytes.
@@ -384,12 +389,6 @@ fn large_problems_with_coarse_sizes_match_dynamic_programming() {
 
 // ---- file_size: the layout against real exports of the tiny model ----
 
-use tunelab::gguf::export::export_gguf_planned;
-use tunelab::gguf::{GgufReader, GgufWriter, Value};
-use tunelab::model::{self, Model};
-use tunelab::quant::file_size::{candidate_types, holds_rows, FileLayout};
-use tunelab::quant::plan::{QuantPlan, Target, TypeRule};
-
 fn tiny() -> Model {
     model::load("tiny", &Default::default()).unwrap()
 }
@@ -621,4 +620,248 @@ fn an_untied_output_and_biases_are_counted_too() {
     assert_eq!(layout.size_of_plan(&plan).unwrap(), actual);
     let r = GgufReader::open(dir.path().join("untied.gguf")).unwrap();
     assert!(r.tensor("blk.1.attn_v.bias").is_some() && r.tensor("output.weight").is_some());
+}
+
+// ---- auto_plan: the solver's answer as a plan, a file and a table ----
+
+/// A varied choice for every weight of tiny: the i-th weight takes the (i mod n)-th type its rows
+/// hold, so every writable 32-block and float type appears.
+fn varied_choices(layout: &FileLayout) -> Vec<TensorChoice> {
+    layout
+        .weights()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let types = candidate_types(t.row_len());
+            let ty = types[i % types.len()];
+            TensorChoice {
+                name: t.name.clone(),
+                ggml_type: ty,
+                bytes: layout.tensor_bytes(&t.name, ty).unwrap(),
+                score: i as f64,
+            }
+        })
+        .collect()
+}
+
+/// The ggml type of every tensor in the GGUF at `path`.
+fn file_types(path: &std::path::Path) -> std::collections::HashMap<String, &'static str> {
+    let r = GgufReader::open(path).unwrap();
+    r.tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.ggml_type.name))
+        .collect()
+}
+
+#[test]
+fn the_plan_gives_every_weight_exactly_its_chosen_type() {
+    let m = tiny();
+    let layout = FileLayout::new(&m, &Target::named("Q4_K_M").unwrap()).unwrap();
+    let choices = varied_choices(&layout);
+    let auto = AutoPlan::new(&layout, choices.clone()).unwrap();
+    let plan = auto.to_quant_plan();
+    for c in &choices {
+        let ne = &layout.weight(&c.name).unwrap().ne;
+        let got = plan.tensor_type(&c.name, ne, &layout.shape());
+        assert_eq!(got.name, c.ggml_type.name, "{}", c.name);
+    }
+    // And the export writes those types, in a file of exactly the predicted size.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auto.gguf");
+    export_gguf_planned(&m, None, &path, &plan, &mut |_| {}).unwrap();
+    let types = file_types(&path);
+    for c in &choices {
+        assert_eq!(types[&c.name], c.ggml_type.name, "{}", c.name);
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), auto.bytes);
+    let sum: u64 = choices.iter().map(|c| c.bytes).sum();
+    assert_eq!(auto.bytes, layout.fixed_bytes() + sum);
+}
+
+#[test]
+fn the_tensor_type_file_reads_back_to_the_same_types() {
+    let m = tiny();
+    let layout = FileLayout::new(&m, &Target::named("Q8_0").unwrap()).unwrap();
+    let auto = AutoPlan::new(&layout, varied_choices(&layout)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/types.txt");
+    auto.save(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    // llama-quantize reads whitespace-separated PATTERN=TYPE items and knows no comments.
+    assert_eq!(text.lines().count(), layout.weights().len());
+    assert!(text
+        .lines()
+        .all(|l| l.split_whitespace().count() == 1 && l.contains('=')));
+    assert!(!text.contains('#'));
+    assert!(text.contains("^blk\\.0\\.attn_q\\.weight$="), "{text}");
+    let mut back = QuantPlan::new(auto.target());
+    back.rules = read_rules(&path).unwrap();
+    for c in &auto.per_tensor {
+        let ne = &layout.weight(&c.name).unwrap().ne;
+        assert_eq!(
+            back.tensor_type(&c.name, ne, &layout.shape()).name,
+            c.ggml_type.name
+        );
+    }
+    // Nothing left beside it from the atomic write.
+    assert_eq!(
+        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+        1
+    );
+}
+
+#[test]
+fn solver_to_file_stays_within_a_budget_for_the_whole_file() {
+    let m = tiny();
+    let layout = FileLayout::new(&m, &Target::named("Q4_0").unwrap()).unwrap();
+    // Damage: each weight's error falls 4× per extra bit (a stand-in for a measure), with
+    // attn_v made more sensitive.
+    let tensors: Vec<TensorCandidates> = layout
+        .weights()
+        .iter()
+        .map(|t| TensorCandidates {
+            name: t.name.clone(),
+            candidates: candidate_types(t.row_len())
+                .into_iter()
+                .map(|ty| Candidate {
+                    ggml_type: ty,
+                    bytes: layout.tensor_bytes(&t.name, ty).unwrap(),
+                    damage: t.elements() as f64
+                        * (-2.0 * ty.bits_per_weight()).exp2()
+                        * if t.name.contains("attn_v") { 50.0 } else { 1.0 },
+                })
+                .collect(),
+        })
+        .collect();
+    let smallest = layout.size_with(|_| ty("Q4_0")).unwrap();
+    let file_budget = smallest + 200_000;
+    let a = allocate(&tensors, layout.weight_budget(file_budget).unwrap()).unwrap();
+    let combinations: f64 = tensors.iter().map(|t| t.candidates.len() as f64).product();
+    eprintln!(
+        "tiny: {} weights, {combinations:.1e} combinations (exact search up to {EXACT_LIMIT}), proven optimal: {}, {} states",
+        tensors.len(),
+        a.optimal,
+        a.states
+    );
+    let auto = AutoPlan::from_allocation(&layout, &tensors, &a).unwrap();
+    assert!(auto.bytes <= file_budget, "{} > {file_budget}", auto.bytes);
+    assert_eq!(auto.bytes, layout.fixed_bytes() + a.bytes);
+    assert!((auto.score() - a.damage).abs() < 1e-9 * a.damage.max(1.0));
+    // The sensitive attn_v got more bits than the cheapest type.
+    assert!(auto
+        .per_tensor
+        .iter()
+        .filter(|c| c.name.contains("attn_v"))
+        .all(|c| c.ggml_type.bits_per_weight() > 4.5));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("budget.gguf");
+    export_gguf_planned(&m, None, &path, &auto.to_quant_plan(), &mut |_| {}).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), auto.bytes);
+    let summary = auto.summary();
+    eprintln!("{summary}");
+    assert!(summary.starts_with("kind"), "{summary}");
+    assert!(summary.contains("attn_v") && summary.contains("token_embd"));
+    assert!(summary.contains(&format!("{} bytes", auto.bytes)));
+}
+
+#[test]
+fn the_summary_counts_types_per_kind_and_the_label_follows_the_majority() {
+    let m = tiny();
+    let layout = FileLayout::new(&m, &Target::named("Q8_0").unwrap()).unwrap();
+    let choices: Vec<TensorChoice> = layout
+        .weights()
+        .iter()
+        .map(|t| {
+            let ty = match t.name.as_str() {
+                n if n.contains("ffn_down") => ty("Q5_1"),
+                n if n.contains("blk.0.attn_q") => ty("F16"),
+                _ => ty("Q4_0"),
+            };
+            TensorChoice {
+                name: t.name.clone(),
+                ggml_type: ty,
+                bytes: layout.tensor_bytes(&t.name, ty).unwrap(),
+                score: 0.5,
+            }
+        })
+        .collect();
+    let auto = AutoPlan::new(&layout, choices).unwrap();
+    assert_eq!(auto.target().name(), "Q4_0");
+    let summary = auto.summary();
+    let lines: Vec<Vec<&str>> = summary
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["kind", "Q4_0", "Q5_1", "F16"], "{summary}");
+    assert_eq!(lines[1], ["token_embd", "1", ".", "."], "{summary}");
+    assert_eq!(lines[2], ["attn_q", "3", ".", "1"], "{summary}");
+    assert_eq!(lines[8], ["ffn_down", ".", "4", "."], "{summary}");
+}
+
+#[test]
+fn plans_refuse_missing_unknown_repeated_or_misreported_weights() {
+    let m = tiny();
+    let layout = FileLayout::new(&m, &Target::named("Q8_0").unwrap()).unwrap();
+    let good = varied_choices(&layout);
+    let err = |choices: Vec<TensorChoice>| AutoPlan::new(&layout, choices).unwrap_err().to_string();
+    let e = err(good[1..].to_vec());
+    assert!(
+        e.contains(&good[0].name) && e.contains("no type chosen"),
+        "{e}"
+    );
+    let mut unknown = good.clone();
+    unknown[0].name = "blk.99.attn_q.weight".into();
+    assert!(err(unknown).contains("no such weight"));
+    let mut twice = good.clone();
+    twice.push(good[3].clone());
+    assert!(err(twice).contains("chosen twice"));
+    let mut unpadded = good.clone();
+    unpadded[2].bytes += 1;
+    assert!(err(unpadded).contains("FileLayout::tensor_bytes"));
+    let mut k_quant = good.clone();
+    k_quant[0].ggml_type = ty("Q4_K");
+    assert!(err(k_quant).contains("blocks"));
+    let mut iq = good;
+    iq[0].ggml_type = ty("IQ4_NL");
+    assert!(err(iq).contains("not a type tunelab can write"));
+}
+
+/// llama-quantize reads the saved file and writes exactly the chosen types. Skipped when
+/// llama.cpp is not built (scripts/build-llama-cpp.sh).
+#[test]
+fn llama_quantize_reads_the_tensor_type_file() {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let bin = std::path::Path::new(&home).join(".cache/tunelab/llama.cpp/build/bin/llama-quantize");
+    if !bin.is_file() {
+        eprintln!("skipped: {} is not built", bin.display());
+        return;
+    }
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let f32_file = dir.path().join("tiny-f32.gguf");
+    export_gguf_planned(&m, None, &f32_file, &plan_with("F32", &[]), &mut |_| {}).unwrap();
+    let layout = FileLayout::new(&m, &Target::named("Q8_0").unwrap()).unwrap();
+    let auto = AutoPlan::new(&layout, varied_choices(&layout)).unwrap();
+    let rules = dir.path().join("types.txt");
+    auto.save(&rules).unwrap();
+    let out = dir.path().join("quantized.gguf");
+    let run = std::process::Command::new(&bin)
+        .arg("--tensor-type-file")
+        .arg(&rules)
+        .arg(&f32_file)
+        .arg(&out)
+        .arg(auto.target().name())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "llama-quantize failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let types = file_types(&out);
+    for c in &auto.per_tensor {
+        assert_eq!(types[&c.name], c.ggml_type.name, "{}", c.name);
+    }
 }

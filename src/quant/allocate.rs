@@ -22,7 +22,7 @@
 //!    beats on both bytes and damage (pruned by that bound and by the bytes the remaining tensors
 //!    need): it finds the best answer or proves there is none better. Problems of at most
 //!    [`EXACT_LIMIT`] combinations are searched to the end, so their answer is optimal; larger
-//!    ones stop after [`STATE_LIMIT`] partial choices and say whether they finished.
+//!    ones stop after considering [`STATE_LIMIT`] partial choices and say whether they finished.
 //!
 //! The solver knows nothing of models: bytes and damage come from the caller
 //! ([`super::file_size`] for bytes, the damage measures for damage).
@@ -34,9 +34,9 @@ use crate::gguf::GgmlType;
 /// no node limit, so their answer is always provably optimal.
 pub const EXACT_LIMIT: u64 = 200_000;
 
-/// Partial choices a larger problem's search may keep before the solver settles for the answer
-/// of stages 1–3 (within the budget, with its lower bound): at most ~50 MB and a fraction of a
-/// second.
+/// Partial choices a larger problem's search may consider before the solver settles for the
+/// answer of stages 1–3 (within the budget, with its lower bound): at most ~100 MB and a fraction
+/// of a second.
 pub const STATE_LIMIT: u64 = 2_000_000;
 
 /// A damage difference this small relative to the total is rounding noise, not an improvement.
@@ -77,7 +77,7 @@ pub struct Allocation {
     pub lambda: f64,
     /// Whether the search finished, which proves `damage` the least possible.
     pub optimal: bool,
-    /// Partial choices the search kept (a measure of its work).
+    /// Partial choices the search considered (a measure of its work).
     pub states: u64,
 }
 
@@ -396,7 +396,8 @@ fn best_swap(fronts: &[Front], pick: &[usize], budget: u64) -> Option<Swap> {
 /// a choice. A state is a partial choice (bytes, damage); one with no fewer bytes and no less
 /// damage than another of the same layer can never end better, so only the others are kept
 /// (Nemhauser–Ullmann), and ties between tensors collapse instead of multiplying. Returns the
-/// best choice, whether the search finished within `limit` states, and the states it kept.
+/// best choice, whether the search finished within `limit` partial choices considered, and how
+/// many it considered.
 fn prove(
     fronts: &[Front],
     pick: Vec<usize>,
@@ -452,8 +453,13 @@ fn prove(
     let mut states = vec![start];
     // For each layer, how each kept state was reached: (state of the layer before, option).
     let mut trail: Vec<Vec<(usize, usize)>> = Vec::with_capacity(order.len());
-    let mut kept = 0u64;
+    let mut considered = 0u64;
     for (d, &t) in order.iter().enumerate() {
+        // Checked before the layer is built, so the limit also caps its memory.
+        considered += (states.len() * options[t].len()) as u64;
+        if considered > limit {
+            return (pick, false, considered);
+        }
         let f = &fronts[t];
         let mut next: Vec<(State, (usize, usize))> = Vec::new();
         for (s, state) in states.iter().enumerate() {
@@ -494,10 +500,6 @@ fn prove(
             least = least.min(s.damage);
             keep
         });
-        kept += next.len() as u64;
-        if kept > limit {
-            return (pick, false, kept);
-        }
         let (layer, how): (Vec<State>, Vec<(usize, usize)>) = next.into_iter().unzip();
         states = layer;
         trail.push(how);
@@ -507,7 +509,7 @@ fn prove(
         .filter(|&s| states[s].damage < best - noise)
         .min_by(|&a, &b| states[a].damage.total_cmp(&states[b].damage));
     let Some(mut s) = winner else {
-        return (pick, true, kept);
+        return (pick, true, considered);
     };
     let mut better = base;
     for (d, how) in trail.iter().enumerate().rev() {
@@ -515,7 +517,7 @@ fn prove(
         better[order[d]] = k;
         s = parent;
     }
-    (better, true, kept)
+    (better, true, considered)
 }
 
 /// A partial choice in stage 4: its bytes, damage and reduced cost so far.

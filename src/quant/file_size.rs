@@ -87,8 +87,8 @@ pub struct FileLayout {
     /// The tensors that stay F32 (norms, biases).
     fixed: Vec<LayoutTensor>,
     shape: LlamaShape,
-    /// Whether the target is a preset (the export then writes `general.quantization_version`).
-    preset: bool,
+    /// The plan's target; a preset makes the export write `general.quantization_version`.
+    target: Target,
 }
 
 impl FileLayout {
@@ -114,7 +114,7 @@ impl FileLayout {
             by_name,
             fixed,
             shape: shape_of(model.config()),
-            preset: matches!(target, Target::Preset(_)),
+            target: *target,
         })
     }
 
@@ -139,6 +139,15 @@ impl FileLayout {
         self.by_name.get(name).map(|&i| &self.weights[i])
     }
 
+    /// The target the layout was built for.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    fn is_preset(&self) -> bool {
+        matches!(self.target, Target::Preset(_))
+    }
+
     /// What the model's mixture rules need to know of it.
     pub fn shape(&self) -> LlamaShape {
         self.shape
@@ -158,7 +167,7 @@ impl FileLayout {
         let align = self.alignment();
         let mut keys: Vec<&(String, Value)> = self.metadata.iter().collect();
         let version = ("general.quantization_version".to_string(), Value::U32(2));
-        if self.preset && !keys.iter().any(|(k, _)| *k == version.0) {
+        if self.is_preset() && !keys.iter().any(|(k, _)| *k == version.0) {
             keys.push(&version);
         }
         let header = 4
@@ -213,10 +222,10 @@ impl FileLayout {
     /// The size of the file [`export_gguf_planned`](crate::gguf::export::export_gguf_planned)
     /// writes with `plan`.
     pub fn size_of_plan(&self, plan: &QuantPlan) -> Result<u64> {
-        if matches!(plan.target, Target::Preset(_)) != self.preset {
+        if matches!(plan.target, Target::Preset(_)) != self.is_preset() {
             return Err(Error::msg(format!(
-                "file_size: the layout was built for a {} target but the plan's is {}; build it with FileLayout::new(model, &plan.target)",
-                if self.preset { "preset" } else { "float" },
+                "file_size: the layout was built for target {} but the plan's is {}, which changes the metadata; build it with FileLayout::new(model, &plan.target)",
+                self.target.name(),
                 plan.target.name()
             )));
         }
@@ -244,7 +253,7 @@ impl FileLayout {
     }
 
     /// Weights in every tensor of the file (norms and biases included).
-    pub fn parameters(&self) -> u64 {
+    pub fn elements(&self) -> u64 {
         self.weights
             .iter()
             .chain(&self.fixed)
@@ -261,7 +270,7 @@ impl FileLayout {
             .map(|t| type_of(&t.name).bytes_for(t.elements()).unwrap_or(0))
             .chain(self.fixed.iter().map(|t| 4 * t.elements()))
             .sum();
-        data as f64 * 8.0 / self.parameters().max(1) as f64
+        data as f64 * 8.0 / self.elements().max(1) as f64
     }
 }
 

@@ -4,6 +4,7 @@
 //! The block formats and kernels themselves live one floor down, in [`crate::ggml`].
 
 pub mod allocate;
+pub mod auto_plan;
 pub mod file_size;
 pub mod mixture;
 pub mod plan;

@@ -4,7 +4,8 @@
 //! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab quantize IN OUT
 //! TYPE [--rules FILE] [--tensor-type PATTERN=TYPE]... [--output-tensor-type T]
 //! [--token-embedding-type T] [--pure]`, `tunelab export --model M [--adapter A] --out PATH
-//! [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab --version`.
+//! [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab imatrix -m MODEL -f TEXT
+//! -o FILE [--ctx N] [--chunks N] [--process-output]`, `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -58,6 +59,8 @@ enum Command {
     /// Export a model, with its LoRA adapter merged in, or the adapter alone (the counterpart of
     /// `llamafactory-cli export`).
     Export(ExportArgs),
+    /// Collect an importance matrix as llama-imatrix does, for quantizing with --imatrix.
+    Imatrix(ImatrixArgs),
     /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
     Test {
         /// Folders (searched recursively) or script files.
@@ -100,6 +103,29 @@ struct ExportArgs {
     /// Replace an existing output.
     #[arg(long)]
     overwrite: bool,
+}
+
+/// `tunelab imatrix`'s options (llama-imatrix's names).
+#[derive(clap::Args, Debug)]
+struct ImatrixArgs {
+    /// The model: a Hugging Face folder, a .gguf file, or `tiny`.
+    #[arg(short = 'm', long, value_name = "MODEL")]
+    model: String,
+    /// The calibration text (a plain text file).
+    #[arg(short = 'f', long = "file", value_name = "TEXT")]
+    text: PathBuf,
+    /// Where to write: a .gguf (llama-imatrix's format) or a .dat (the legacy one).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: PathBuf,
+    /// Tokens per chunk.
+    #[arg(short = 'c', long = "ctx", value_name = "N", default_value_t = 512)]
+    ctx: usize,
+    /// At most this many chunks (default: all the text holds).
+    #[arg(long, value_name = "N")]
+    chunks: Option<usize>,
+    /// Also collect output.weight (an untied output projection).
+    #[arg(long)]
+    process_output: bool,
 }
 
 /// llama-quantize's options for choosing tensor types.
@@ -157,6 +183,7 @@ fn main() -> ExitCode {
             plan,
         }) => quantize(&ctx, &input, &output, &ty, &plan),
         Some(Command::Export(args)) => export(&ctx, &args),
+        Some(Command::Imatrix(args)) => imatrix(&ctx, &args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tunelab: {e}");
@@ -294,6 +321,57 @@ fn quantize(
         types.join(", "),
         report.bytes as f64 / 1e6,
         report.file_type,
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tunelab imatrix -m MODEL -f TEXT -o FILE`: the importance matrix of MODEL over TEXT, with
+/// a progress bar on a terminal (a line per chunk otherwise).
+fn imatrix(ctx: &HostContext, args: &ImatrixArgs) -> Result<ExitCode, Error> {
+    use tunelab::quant::imatrix::{collect_imatrix, ImatrixOptions};
+    let text = std::fs::read_to_string(&args.text).map_err(|e| Error::io(&args.text, e))?;
+    let start = std::time::Instant::now();
+    let model = tunelab::model::load(&args.model, &Default::default())?;
+    let opts = ImatrixOptions {
+        ctx: args.ctx,
+        chunks: args.chunks,
+        process_output: args.process_output,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} chunks  [{elapsed_precise}, eta {eta}]",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let mut progress = |done: usize, total: usize| match &bar {
+        Some(bar) => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+        None => eprintln!(
+            "imatrix: chunk {done}/{total} of {} tokens, {:.1} s",
+            args.ctx,
+            start.elapsed().as_secs_f64()
+        ),
+    };
+    let collected = collect_imatrix(&model, &text, &opts, &ctx.cancel, &mut progress);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let mut data = collected?;
+    // llama-imatrix records the text file's name as given.
+    data.datasets.push(args.text.display().to_string());
+    data.save(&args.output)?;
+    ctx.output.line(&format!(
+        "wrote {} ({} tensors, {} chunks), {:.1} s",
+        args.output.display(),
+        data.entries.len(),
+        data.chunk_count,
         start.elapsed().as_secs_f64()
     ));
     Ok(ExitCode::SUCCESS)

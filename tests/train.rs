@@ -105,6 +105,7 @@ fn a_fresh_adapter_changes_nothing_and_training_forward_matches_inference() {
         adapter: Some(&adapter),
         train: true,
         dropout: None,
+        ..Default::default()
     };
     let trained = m
         .llama
@@ -129,6 +130,7 @@ fn loss_of(m: &Model, adapter: &Adapter) -> Tensor {
         adapter: Some(adapter),
         train: true,
         dropout: Some(&dropout),
+        ..Default::default()
     };
     let logits = m
         .llama

@@ -11,8 +11,11 @@
 //! - [`lora_export`]: a LoRA adapter as llama.cpp's adapter GGUF (`--lora`).
 //! - [`tokenizer_keys`]: a Hugging Face BPE tokenizer as GGUF `tokenizer.*` keys.
 //! - [`requantize`]: a llama GGUF quantized into another, tensor by tensor (`tunelab quantize`).
+//! - [`imatrix_file`]: importance matrices (llama-imatrix's GGUF and legacy `.dat` files) and the
+//!   per-column weights llama-quantize takes from them.
 
 pub mod export;
+pub mod imatrix_file;
 pub mod lora_export;
 pub mod read;
 pub mod requantize;

@@ -56,6 +56,21 @@ impl Block {
     }
 }
 
+/// Where a forward pass multiplies by a weight matrix: the input of a block projection, or of
+/// the output projection (lm_head). Observers use it to name what they see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// Projection `target` of block `layer`.
+    Block(usize, Target),
+    /// The output projection.
+    Output,
+}
+
+/// Called with the input of every product a [`Site`] names, before the product: (B, T, C_in),
+/// or (N, C_in) at the training pass's output projection. The importance matrix
+/// (`crate::quant::imatrix`) sums its squares. An error stops the pass.
+pub type Observer<'a> = &'a (dyn Fn(Site, &Tensor) -> Result<()> + Sync);
+
 /// How a forward pass runs: with or without an adapter, for inference or for training.
 #[derive(Clone, Copy, Default)]
 pub struct Pass<'a> {
@@ -66,6 +81,8 @@ pub struct Pass<'a> {
     pub train: bool,
     /// The adapter's dropout (training only).
     pub dropout: Option<&'a Dropout<'a>>,
+    /// Sees the input of every block projection and of the output projection (None: no cost).
+    pub observe: Option<Observer<'a>>,
 }
 
 /// The whole network.
@@ -165,6 +182,9 @@ impl Llama {
 
     /// One projection of block `layer`, plus its LoRA update when the pass has one.
     fn project(&self, layer: usize, target: Target, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        if let Some(observe) = pass.observe {
+            observe(Site::Block(layer, target), x)?;
+        }
         let lin = self.blocks[layer].linear(target);
         // Training a dense base without dropout: the base product and the update in one op.
         if pass.train && pass.dropout.is_none_or(|d| d.p == 0.0) {
@@ -264,6 +284,9 @@ impl Llama {
             Logits::From(n) => x.narrow(1, n.min(t - 1), t - n.min(t - 1))?,
         };
         let x = self.rms_norm(&x, &self.norm, pass)?;
+        if let Some(observe) = pass.observe {
+            observe(Site::Output, &x)?;
+        }
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?) // (B, T|1, V)
     }
 
@@ -292,6 +315,9 @@ impl Llama {
         }
         let x = x.reshape((b * t, c))?.index_select(rows, 0)?; // (N, C)
         let x = self.rms_norm(&x, &self.norm, pass)?;
+        if let Some(observe) = pass.observe {
+            observe(Site::Output, &x)?;
+        }
         let logits = if pass.train {
             self.lm_head.forward_frozen(&x)?
         } else {

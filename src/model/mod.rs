@@ -32,7 +32,7 @@ use candle_core::{DType, Device};
 
 pub use config::LlamaConfig;
 pub use kv_cache::KvCache;
-pub use llama::{Llama, Logits, Pass};
+pub use llama::{Llama, Logits, Observer, Pass, Site};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};

@@ -248,6 +248,7 @@ fn run_side(model: &Model, items: &[Item], opts: &ParityOptions) -> Result<Side>
         adapter: Some(&adapter),
         train: true,
         dropout: None,
+        ..Default::default()
     };
     let logits = llama.forward_train(&batch.ids, &batch.positions, None, &batch.rows, pass)?;
     let (sum, _) = cross_entropy_sum(&logits, &batch.targets)?;

@@ -6,6 +6,8 @@
 pub mod allocate;
 pub mod auto_plan;
 pub mod file_size;
+pub mod imatrix;
+pub mod imatrix_stats;
 pub mod mixture;
 pub mod plan;
 pub mod plot;

@@ -11,7 +11,9 @@ use crate::cancel::CancelToken;
 use crate::output::Output;
 
 use super::resolver::ScriptResolver;
-use super::{api_core, api_curves, api_data, api_export, api_model, api_quant, api_train};
+use super::{
+    api_core, api_curves, api_data, api_export, api_imatrix, api_model, api_quant, api_train,
+};
 
 /// What the scripts of one engine share with the native code they call.
 #[derive(Clone, Debug)]
@@ -78,6 +80,7 @@ pub fn api_modules() -> Vec<AreaModule> {
         (api_train::AREA, api_train::module()),
         (api_curves::AREA, api_curves::module()),
         (api_quant::AREA, api_quant::module()),
+        (api_imatrix::AREA, api_imatrix::module()),
         (api_export::AREA, api_export::module()),
     ]
 }

@@ -164,6 +164,17 @@ mod tests {
     }
 
     #[test]
+    fn importance_matrix_functions_are_listed_with_quantization() {
+        let catalog = catalog();
+        for name in ["imatrix", "load_imatrix", "importance", "stats", "save"] {
+            assert!(
+                catalog.iter().any(|f| f.name == name && f.area == "quant"),
+                "{name} is not in the quant area of :help"
+            );
+        }
+    }
+
+    #[test]
     fn describe_shows_signature_and_docs() {
         let catalog = catalog();
         let text = describe(&catalog, "sleep").unwrap();

@@ -83,6 +83,7 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
         adapter: Some(&adapter),
         train: true,
         dropout: Some(&dropout),
+        ..Default::default()
     };
     let (mut steps, mut fwd, mut bwd, mut opt, mut losses) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -238,6 +238,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             adapter: Some(&adapter),
             train: true,
             dropout: Some(&dropout),
+            ..Default::default()
         };
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut step_loss = 0f64;
@@ -598,6 +599,7 @@ pub fn evaluate(
         adapter: Some(adapter),
         train: false,
         dropout: None,
+        ..Default::default()
     };
     let (mut sum, mut correct, mut n) = (0f64, 0usize, 0usize);
     let items: Vec<&Item> = data.eval.iter().collect();

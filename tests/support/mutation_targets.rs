@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use tunelab::cancel::CancelToken;
 use tunelab::data::registry::Columns;
 use tunelab::data::{self, OnError};
+use tunelab::gguf::imatrix_file::{ImatrixData, ImatrixEntry};
 use tunelab::gguf::GgufReader;
 use tunelab::lora::{peft, Adapter, LoraConfig};
 use tunelab::model::{self, Logits, Model, Pass};
@@ -53,6 +54,9 @@ pub enum Load {
     DataPath,
     /// `data::load` of a registered name through a mutated dataset_info.json.
     DataName,
+    /// `ImatrixData::load` of an importance matrix (GGUF or legacy `.dat`), then what
+    /// llama-quantize and `--show-statistics` read from it, and both writers.
+    Imatrix,
 }
 
 /// A valid input and where it lives.
@@ -152,6 +156,7 @@ pub fn targets(ctx: &Context) -> Vec<Target> {
         ..Seed::beside(name, &formats, "dataset_info.json")
     };
     let arrow_stream = formats.join("alpaca_saved/data-00000-of-00001.arrow");
+    let imatrix = fixture("imatrix");
     vec![
         Target {
             name: "gguf-reader",
@@ -321,7 +326,71 @@ pub fn targets(ctx: &Context) -> Vec<Target> {
             mutation: Mutation::Json(&DATA_DICT),
             load: Load::DataName,
         },
+        Target {
+            name: "imatrix-gguf",
+            file: "m.imatrix.gguf",
+            seeds: vec![
+                Seed::gguf(
+                    "llama-imatrix-tiny",
+                    std::fs::read(imatrix.join("tiny.imatrix.gguf")).unwrap(),
+                    scratch,
+                ),
+                Seed::gguf(
+                    "experts",
+                    experts_imatrix()
+                        .to_gguf_writer()
+                        .unwrap()
+                        .to_bytes()
+                        .unwrap(),
+                    scratch,
+                ),
+            ],
+            mutation: Mutation::Gguf,
+            load: Load::Imatrix,
+        },
+        Target {
+            name: "imatrix-dat",
+            file: "m.imatrix.dat",
+            seeds: vec![
+                file("llama-imatrix-tiny", imatrix.join("tiny.imatrix.dat")),
+                Seed {
+                    name: "experts".into(),
+                    bytes: experts_imatrix().to_legacy_bytes().unwrap(),
+                    companion: None,
+                    gguf: None,
+                    names: Vec::new(),
+                },
+            ],
+            mutation: Mutation::Binary,
+            load: Load::Imatrix,
+        },
     ]
+}
+
+/// An importance matrix with a stacked-experts entry (two matrices, one never routed to).
+fn experts_imatrix() -> ImatrixData {
+    let mut d = ImatrixData {
+        chunk_count: 2,
+        chunk_size: 64,
+        datasets: vec!["a.txt".into(), "b.txt".into()],
+        has_metadata: true,
+        ..Default::default()
+    };
+    d.entries.insert(
+        "blk.0.ffn_down_exps.weight".into(),
+        ImatrixEntry {
+            in_sum2: vec![1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0],
+            counts: vec![128.0, 0.0],
+        },
+    );
+    d.entries.insert(
+        "blk.1.ffn_down_exps.weight".into(),
+        ImatrixEntry {
+            in_sum2: vec![5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 2.0, 3.0],
+            counts: vec![64.0, 64.0],
+        },
+    );
+    d
 }
 
 // ---- one input -----------------------------------------------------------------------------------
@@ -454,6 +523,17 @@ pub fn load(
                 _ => file.display().to_string(),
             };
             data::load(&what, &opts, &CancelToken::new())?;
+        }
+        Load::Imatrix => {
+            let d = ImatrixData::load(file)?;
+            for name in d.entries.keys() {
+                d.importance(name);
+            }
+            tunelab::quant::imatrix_stats::imatrix_stats(&d);
+            let _ = d.quantize_keys("m.imatrix");
+            // Writing it back may refuse (a name too long for GGUF) but must not panic.
+            let _ = d.to_gguf_writer().and_then(|w| w.to_bytes());
+            let _ = d.to_legacy_bytes();
         }
     }
     Ok(())

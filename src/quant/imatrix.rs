@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, TensorId};
 
 use crate::cancel::CancelToken;
 use crate::data::template::{render_jinja, Tokens};
@@ -85,6 +85,7 @@ pub fn collect_imatrix(
 ) -> Result<ImatrixData> {
     let chunks = Chunks::new(model, text, opts)?;
     let sums: Mutex<Sums> = Mutex::new(BTreeMap::new());
+    let last: Mutex<Option<(TensorId, Tensor)>> = Mutex::new(None);
     let observe = |site: Site, x: &Tensor| -> Result<()> {
         let name = tensor_name(model, site);
         if !collected(&name, opts.process_output) {
@@ -95,11 +96,7 @@ pub fn collect_imatrix(
         if tokens < MIN_TOKENS {
             return Ok(());
         }
-        let sq = x
-            .to_dtype(DType::F32)?
-            .reshape((tokens, c))?
-            .sqr()?
-            .sum(0)?; // (C)
+        let sq = column_squares(x, tokens, c, &last)?; // (C)
         let mut sums = sums.lock().unwrap_or_else(|p| p.into_inner());
         match sums.get_mut(&name) {
             Some((acc, n)) => {
@@ -130,6 +127,29 @@ pub fn collect_imatrix(
     }
     let sums = sums.into_inner().unwrap_or_else(|p| p.into_inner());
     finish(sums, opts.ctx)
+}
+
+/// Σ over tokens of x² per column, (C), of `x` (…, C) holding `tokens` rows. attn_q/k/v (and
+/// ffn_gate/up) see the very same tensor one after another: `last` keeps the previous answer.
+/// The sum over tokens is a product with a row of ones: candle's reduction over the first axis
+/// walks the columns one element at a time (6.8 ms for 512 × 1536 here, against 0.6 ms).
+fn column_squares(
+    x: &Tensor,
+    tokens: usize,
+    c: usize,
+    last: &Mutex<Option<(TensorId, Tensor)>>,
+) -> Result<Tensor> {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((id, sq)) = last.as_ref() {
+        if *id == x.id() {
+            return Ok(sq.clone());
+        }
+    }
+    let sq = x.to_dtype(DType::F32)?.reshape((tokens, c))?.sqr()?; // (T, C)
+    let ones = Tensor::ones((1, tokens), DType::F32, x.device())?;
+    let sum = ones.matmul(&sq)?.squeeze(0)?; // (C)
+    *last = Some((x.id(), sum.clone()));
+    Ok(sum)
 }
 
 /// The collected sums as the file holds them.

@@ -100,7 +100,7 @@ pub fn encode_weighted(
     importance: Option<&[f32]>,
 ) -> Result<Vec<u8>> {
     if importance.is_some() && !matches!(t.name, "F32" | "F16" | "BF16") {
-        return Err(Error::msg("importance-weighted quantizers: not wired yet"));
+        return crate::ggml::weighted::quantize_weighted(t.name, values, cols, importance);
     }
     Ok(match t.name {
         "F32" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -233,6 +233,15 @@ pub fn export_gguf_planned(
     if matches!(plan.target, ExportType::Preset(_)) {
         w.set("general.quantization_version", Value::U32(2));
     }
+    // What llama-quantize records about an importance matrix (its key/value overrides, in order).
+    for (k, v) in plan
+        .importance
+        .iter()
+        .flat_map(|i| i.keys.iter())
+        .flat_map(|k| k.metadata())
+    {
+        w.set(k, v);
+    }
     let f32_type = GgmlType::from_name("F32").expect("F32");
     let mut bytes = 0u64;
     let tensors = model.llama.hf_tensors()?;
@@ -262,7 +271,10 @@ pub fn export_gguf_planned(
         } else {
             plan.tensor_type(&name, &ne, &crate::quant::plan::shape_of(c))
         };
-        let data = encode(&values, cols, &t_type)?;
+        let importance = plan
+            .importance_for(&name, cols, &t_type)
+            .map_err(|e| Error::msg(format!("export_gguf: {e}")))?;
+        let data = encode_weighted(&values, cols, &t_type, importance)?;
         bytes += data.len() as u64;
         progress(ExportProgress {
             done: i + 1,

@@ -206,6 +206,25 @@ impl Linear {
         })
     }
 
+    /// (…, in) → (…, out) from plain candle operations, so a dense weight held in a
+    /// [`candle_core::Var`] gets its gradient (quantized weights stay frozen).
+    pub fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
+        let Weight::Dense(w) = &self.weight else {
+            return self.forward_frozen(x);
+        };
+        let (n, k) = self.dims();
+        let mut out_dims = x.dims().to_vec();
+        *out_dims.last_mut().expect("rank ≥ 1") = n;
+        let y = x
+            .reshape((x.elem_count() / k, k))?
+            .matmul(&w.t()?)?
+            .reshape(out_dims)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
     /// [`Linear::forward_frozen`] plus a LoRA update `scale·(x Aᵀ) Bᵀ`, fused when the weight is
     /// dense f32 on the CPU (None otherwise: the caller adds the update itself).
     pub fn forward_frozen_lora(

@@ -83,6 +83,9 @@ pub struct Pass<'a> {
     pub dropout: Option<&'a Dropout<'a>>,
     /// Sees the input of every block projection and of the output projection (None: no cost).
     pub observe: Option<Observer<'a>>,
+    /// Training: dense base weights get their gradients too (a plain product instead of the
+    /// frozen one), for measures that ask how the loss moves with each weight.
+    pub weight_grads: bool,
 }
 
 /// The whole network.
@@ -201,7 +204,9 @@ impl Llama {
                 }
             }
         }
-        let y = if pass.train {
+        let y = if pass.train && pass.weight_grads {
+            lin.forward_differentiable(x)?
+        } else if pass.train {
             lin.forward_frozen(x)?
         } else {
             lin.forward(x)?
@@ -318,7 +323,9 @@ impl Llama {
         if let Some(observe) = pass.observe {
             observe(Site::Output, &x)?;
         }
-        let logits = if pass.train {
+        let logits = if pass.train && pass.weight_grads {
+            self.lm_head.forward_differentiable(&x)?
+        } else if pass.train {
             self.lm_head.forward_frozen(&x)?
         } else {
             self.lm_head.forward(&x)?

@@ -4,7 +4,7 @@
 //! model adds one, and only the second half is scored — position j predicts token j+1 for
 //! j in ctx/2 .. ctx-1. Perplexity is exp(mean negative log-likelihood) over all scored tokens.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::llama::{log_softmax, Logits, Pass};
 use super::Model;
@@ -76,6 +76,26 @@ impl Windows {
         self.ctx - self.ctx / 2 - 1
     }
 
+    /// Window `c`'s token ids (1, ctx) and the positions it scores (n), for a pass that computes
+    /// the log-probabilities itself (the training forward of the gradient measures).
+    pub fn ids_and_scored_rows(&self, c: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let first = self.ctx / 2;
+        let rows: Vec<u32> = (first..first + self.scored_per_window())
+            .map(|r| r as u32)
+            .collect();
+        Ok((self.ids(c, device)?, Tensor::new(rows.as_slice(), device)?))
+    }
+
+    /// Window `c`'s token ids, BOS first when the model adds one: (1, ctx).
+    fn ids(&self, c: usize, device: &Device) -> Result<Tensor> {
+        let ctx = self.ctx;
+        let mut window = self.tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if let Some(bos) = self.bos {
+            window[0] = bos;
+        }
+        Ok(Tensor::new(window.as_slice(), device)?.unsqueeze(0)?)
+    }
+
     /// Window `c` through `model`: the log-probabilities at its scored positions (n, V), f32, and
     /// the tokens they should predict (n).
     pub fn log_probs(
@@ -85,11 +105,7 @@ impl Windows {
         adapter: Option<&Adapter>,
     ) -> Result<(Tensor, Tensor)> {
         let (ctx, first) = (self.ctx, self.ctx / 2);
-        let mut window = self.tokens[c * ctx..(c + 1) * ctx].to_vec();
-        if let Some(bos) = self.bos {
-            window[0] = bos;
-        }
-        let ids = Tensor::new(window.as_slice(), &model.llama.device)?.unsqueeze(0)?; // (1, ctx)
+        let ids = self.ids(c, &model.llama.device)?; // (1, ctx)
         let pass = Pass {
             adapter,
             ..Default::default()

@@ -10,8 +10,8 @@
 //! | tensor | rule |
 //! |---|---|
 //! | `output` (or `token_embd` when tied) | Q8_0 if the row is not whole blocks of the base type or the base is Q8_0, else Q6_K |
-//! | `attn_v` | Q2_K: Q4_K if n_head/n_head_kv ≥ 4 else Q3_K; Q3_K_M: Q5_K for i < 2, else Q4_K; Q3_K_L: Q5_K; Q4_K_S: Q5_K for i < 4; Q4_K_M, Q5_K_M: Q6_K where `use_more_bits(i, n)`; then, in a 70B (80 layers, grouped-query attention), Q3_K/Q4_K become Q5_K |
-//! | `ffn_down` | Q2_K: Q3_K; Q3_K_M: Q5_K for i < n/16, else Q4_K; Q3_K_L: Q5_K; Q4_K_S: Q5_K for i < n/8; Q4_K_M, Q5_K_M: Q6_K where `use_more_bits(i, n)` |
+//! | `attn_v` | Q2_K: Q4_K if n_head/n_head_kv ≥ 4 else Q3_K; Q2_K_S: Q4_K if n_head/n_head_kv ≥ 4; Q3_K_M: Q5_K for i < 2, else Q4_K; Q3_K_L: Q5_K; Q4_K_S: Q5_K for i < 4; Q4_K_M, Q5_K_M: Q6_K where `use_more_bits(i, n)`; then, in a 70B (80 layers, grouped-query attention), Q3_K/Q4_K become Q5_K |
+//! | `ffn_down` | Q2_K: Q3_K; Q2_K_S: Q4_K for i < n/8; Q3_K_M: Q5_K for i < n/16, else Q4_K; Q3_K_L: Q5_K; Q4_K_S: Q5_K for i < n/8; Q4_K_M, Q5_K_M: Q6_K where `use_more_bits(i, n)`; with an importance matrix, Q4_0 → Q4_1 and Q5_0 → Q5_1 for i < n/8 |
 //! | `attn_output` | Q2_K: Q3_K; Q3_K_M: Q4_K; Q3_K_L: Q5_K |
 //! | everything else (`attn_q`, `attn_k`, `ffn_gate`, `ffn_up`, an untied `token_embd`) | the preset's base type (llama.cpp's rules for `ffn_gate`/`ffn_up` are for IQ3_XS only) |
 //!
@@ -52,6 +52,7 @@ pub const PRESETS: &[Preset] = &[
     preset("Q5_0", 8, "Q5_0"),
     preset("Q5_1", 9, "Q5_1"),
     preset("Q2_K", 10, "Q2_K"),
+    preset("Q2_K_S", 21, "Q2_K"),
     preset("Q3_K_S", 11, "Q3_K"),
     preset("Q3_K_M", 12, "Q3_K"),
     preset("Q3_K_L", 13, "Q3_K"),
@@ -78,7 +79,7 @@ impl Preset {
         }
         let offered: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
         Err(Error::msg(format!(
-            "\"{name}\" is not a quantization preset tunelab offers; use one of {} (the IQ and Q2_K_S presets need an importance matrix, which tunelab does not compute)",
+            "\"{name}\" is not a quantization preset tunelab offers; use one of {} (tunelab does not write the IQ types)",
             offered.join(", ")
         )))
     }
@@ -119,9 +120,23 @@ fn ty(name: &str) -> GgmlType {
     GgmlType::from_name(name).expect("a known ggml type")
 }
 
+impl Preset {
+    /// Whether llama-quantize refuses this preset without an importance matrix (Q2_K_S: its
+    /// Q2_K tensors are only good enough with one).
+    pub fn needs_imatrix(&self) -> bool {
+        self.name == "Q2_K_S"
+    }
+}
+
 /// The type `preset` gives the llama tensor `name` (dimensions `ne`, row length first) in a
-/// model of `shape`.
-pub fn tensor_type(preset: &Preset, name: &str, ne: &[u64], shape: &LlamaShape) -> GgmlType {
+/// model of `shape`, quantized with an importance matrix or not (`has_imatrix`).
+pub fn tensor_type(
+    preset: &Preset,
+    name: &str,
+    ne: &[u64],
+    shape: &LlamaShape,
+    has_imatrix: bool,
+) -> GgmlType {
     if ne.len() < 2 || name.ends_with("_norm.weight") || !name.ends_with(".weight") {
         return ty("F32");
     }
@@ -144,7 +159,7 @@ pub fn tensor_type(preset: &Preset, name: &str, ne: &[u64], shape: &LlamaShape) 
                 t => t,
             })
         } else if name.ends_with("ffn_down.weight") {
-            ffn_down(preset.name, i, n)
+            ffn_down(preset.name, i, n, has_imatrix)
         } else if name.ends_with("attn_output.weight") {
             attn_output(preset.name)
         } else {
@@ -168,6 +183,7 @@ fn attn_v(preset: &str, i: usize, shape: &LlamaShape) -> Option<&'static str> {
     match preset {
         "Q2_K" if shape.n_gqa() >= 4 => Some("Q4_K"),
         "Q2_K" => Some("Q3_K"),
+        "Q2_K_S" if shape.n_gqa() >= 4 => Some("Q4_K"),
         "Q3_K_M" if i < 2 => Some("Q5_K"),
         "Q3_K_M" => Some("Q4_K"),
         "Q3_K_L" => Some("Q5_K"),
@@ -178,14 +194,19 @@ fn attn_v(preset: &str, i: usize, shape: &LlamaShape) -> Option<&'static str> {
 }
 
 /// `ffn_down` of layer `i` of `n`, where the preset has a rule for it.
-fn ffn_down(preset: &str, i: usize, n: usize) -> Option<&'static str> {
+fn ffn_down(preset: &str, i: usize, n: usize, has_imatrix: bool) -> Option<&'static str> {
     match preset {
         "Q2_K" => Some("Q3_K"),
+        "Q2_K_S" if i < n / 8 => Some("Q4_K"),
         "Q3_K_M" if i < n / 16 => Some("Q5_K"),
         "Q3_K_M" => Some("Q4_K"),
         "Q3_K_L" => Some("Q5_K"),
         "Q4_K_M" | "Q5_K_M" if use_more_bits(i, n) => Some("Q6_K"),
         "Q4_K_S" if i < n / 8 => Some("Q5_K"),
+        // With an importance matrix only: llama.cpp guards the first layers' ffn_down, which
+        // "go crazy" in Q4_0/Q5_0 even with one, and keeps the same file as before without one.
+        "Q4_0" if has_imatrix && i < n / 8 => Some("Q4_1"),
+        "Q5_0" if has_imatrix && i < n / 8 => Some("Q5_1"),
         _ => None,
     }
 }
@@ -259,7 +280,14 @@ mod tests {
     fn k_presets_follow_llama_cpp_s_rules() {
         let shape = smollm2();
         let t = |preset: &str, name: &str| {
-            tensor_type(&Preset::named(preset).unwrap(), name, &[1536, 576], &shape).name
+            tensor_type(
+                &Preset::named(preset).unwrap(),
+                name,
+                &[1536, 576],
+                &shape,
+                false,
+            )
+            .name
         };
         assert_eq!(t("Q2_K", "blk.7.attn_v.weight"), "Q3_K"); // n_gqa 3 < 4
         assert_eq!(t("Q2_K", "blk.7.ffn_down.weight"), "Q3_K");
@@ -286,7 +314,7 @@ mod tests {
             ..shape
         };
         let q2 = Preset::named("Q2_K").unwrap();
-        let v = tensor_type(&q2, "blk.0.attn_v.weight", &[1536, 576], &gqa4);
+        let v = tensor_type(&q2, "blk.0.attn_v.weight", &[1536, 576], &gqa4, false);
         assert_eq!(v.name, "Q4_K");
         let llama70b = LlamaShape {
             n_layer: 80,
@@ -295,7 +323,7 @@ mod tests {
             tied: false,
         };
         let q3s = Preset::named("Q3_K_S").unwrap();
-        let v = tensor_type(&q3s, "blk.0.attn_v.weight", &[8192, 1024], &llama70b);
+        let v = tensor_type(&q3s, "blk.0.attn_v.weight", &[8192, 1024], &llama70b, false);
         assert_eq!(v.name, "Q5_K");
     }
 
@@ -312,8 +340,32 @@ mod tests {
             ("Q3_K_M", "token_embd.weight", "Q8_0"),
         ] {
             let p = Preset::named(preset).unwrap();
-            let t = tensor_type(&p, name, &[576, 576], &shape);
+            let t = tensor_type(&p, name, &[576, 576], &shape, false);
             assert_eq!(t.name, want, "{preset} {name}");
         }
+    }
+
+    /// What an importance matrix changes: the first n/8 ffn_down of Q4_0/Q5_0 go to Q4_1/Q5_1
+    /// (llama.cpp's guard), and Q2_K_S exists (its Q2_K tensors need the matrix).
+    #[test]
+    fn an_importance_matrix_guards_the_first_ffn_down_layers() {
+        let shape = smollm2();
+        let down = |preset: &str, layer: usize, imatrix: bool| {
+            let p = Preset::named(preset).unwrap();
+            let name = format!("blk.{layer}.ffn_down.weight");
+            tensor_type(&p, &name, &[1536, 576], &shape, imatrix).name
+        };
+        // 30 layers: n/8 = 3.
+        assert_eq!(down("Q4_0", 0, true), "Q4_1");
+        assert_eq!(down("Q4_0", 2, true), "Q4_1");
+        assert_eq!(down("Q4_0", 3, true), "Q4_0");
+        assert_eq!(down("Q4_0", 0, false), "Q4_0");
+        assert_eq!(down("Q5_0", 1, true), "Q5_1");
+        assert_eq!(down("Q4_1", 0, true), "Q4_1");
+        assert_eq!(down("Q2_K_S", 0, true), "Q4_K");
+        assert_eq!(down("Q2_K_S", 3, true), "Q2_K");
+        let q2ks = Preset::named("Q2_K_S").unwrap();
+        assert!(q2ks.needs_imatrix() && q2ks.file_type == 21);
+        assert!(!Preset::named("Q2_K").unwrap().needs_imatrix());
     }
 }

@@ -4,6 +4,7 @@
 //! The block formats and kernels themselves live one floor down, in [`crate::ggml`].
 
 pub mod allocate;
+pub mod auto_mix;
 pub mod auto_plan;
 pub mod file_size;
 pub mod imatrix;
@@ -14,6 +15,7 @@ pub mod plot;
 pub mod quantize_model;
 pub mod report;
 pub mod measure;
+pub mod measure_gradient;
 pub mod measure_kld;
 pub mod measure_proxy;
 pub mod weights;

@@ -162,6 +162,43 @@ pub struct QuantPlan {
     pub token_embd_type: Option<GgmlType>,
     /// Every weight gets the target's base type: no per-tensor mixture.
     pub pure: bool,
+    /// An importance matrix: quantize with ggml's importance-weighted quantizers, and apply the
+    /// preset rules llama-quantize applies when it has one.
+    pub importance: Option<std::sync::Arc<Importance>>,
+}
+
+/// What quantization takes from an importance matrix: each tensor's per-column weights exactly
+/// as llama-quantize hands them to ggml, and what the quantized file records about the matrix.
+#[derive(Debug, Clone, Default)]
+pub struct Importance {
+    /// llama.cpp tensor name → one value per column.
+    pub per_tensor: std::collections::HashMap<String, Vec<f32>>,
+    /// The `quantize.imatrix.*` keys a quantized file records (None: write none).
+    pub keys: Option<crate::gguf::imatrix_file::QuantizeImatrixKeys>,
+}
+
+impl Importance {
+    /// What quantization takes from `data`, loaded from (or to be saved as) `file`: the
+    /// per-column weights llama-quantize would compute from it and the keys it would record.
+    pub fn from_imatrix(
+        data: &crate::gguf::imatrix_file::ImatrixData,
+        file: &str,
+    ) -> Result<Importance> {
+        let per_tensor = data
+            .entries
+            .keys()
+            .filter_map(|name| Some((name.clone(), data.importance(name)?)))
+            .collect();
+        Ok(Importance {
+            per_tensor,
+            keys: Some(data.quantize_keys(file)?),
+        })
+    }
+
+    /// The weights of tensor `name`, when the matrix has them.
+    pub fn of(&self, name: &str) -> Option<&[f32]> {
+        self.per_tensor.get(name).map(|v| v.as_slice())
+    }
 }
 
 impl QuantPlan {
@@ -173,7 +210,40 @@ impl QuantPlan {
             output_type: None,
             token_embd_type: None,
             pure: false,
+            importance: None,
         }
+    }
+
+    /// Whether quantizing with an importance matrix.
+    pub fn has_imatrix(&self) -> bool {
+        self.importance.is_some()
+    }
+
+    /// The importance weights tensor `name` (rows of `cols`) is quantized to `ty` with: None
+    /// without a matrix or when the matrix has no entry for it (llama-quantize then quantizes it
+    /// without, as here). Errors, as llama-quantize's, when the entry has the wrong length, or when
+    /// the preset needs a matrix (Q2_K_S) for a Q2_K tensor and there is none.
+    pub fn importance_for(&self, name: &str, cols: usize, ty: &GgmlType) -> Result<Option<&[f32]>> {
+        let found = self.importance.as_deref().and_then(|i| i.of(name));
+        if let Some(values) = found {
+            if values.len() != cols {
+                return Err(Error::msg(format!(
+                    "the importance matrix has {} values for {name}, whose rows have {cols}; it was collected on another model — collect one on this model",
+                    values.len()
+                )));
+            }
+        }
+        let needs = matches!(self.target, Target::Preset(p) if p.needs_imatrix())
+            && ty.name == "Q2_K"
+            && !matches!(name, "token_embd.weight" | "output.weight");
+        if needs && found.is_none() {
+            let preset = self.target.name();
+            return Err(Error::msg(match &self.importance {
+                None => format!("{preset} needs an importance matrix (for {name}): collect one with imatrix(model, text) or `tunelab imatrix`, and pass it as imatrix"),
+                Some(_) => format!("{preset} needs importance data for {name}, which the importance matrix lacks; collect the matrix on this model"),
+            }));
+        }
+        Ok(found)
     }
 
     /// The type of llama.cpp tensor `name` with shape `ne` (row length first) in a model of
@@ -201,7 +271,7 @@ impl QuantPlan {
                 GgmlType::from_name(p.base).expect("a preset's base type"),
                 ne0,
             ),
-            Target::Preset(p) => mixture::tensor_type(&p, name, ne, shape),
+            Target::Preset(p) => mixture::tensor_type(&p, name, ne, shape, self.has_imatrix()),
         }
     }
 }
@@ -320,5 +390,42 @@ mod tests {
         std::fs::write(&lines, "attn_v=Q8_0\nnonsense\n").unwrap();
         let e = read_rules(&lines).unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn importance_is_checked_against_the_tensor_and_the_preset() {
+        let q4 = GgmlType::from_name("Q4_0").unwrap();
+        let q2 = GgmlType::from_name("Q2_K").unwrap();
+        let mut p = plan("Q4_0");
+        assert_eq!(
+            p.importance_for("blk.0.attn_q.weight", 4, &q4).unwrap(),
+            None
+        );
+        let mut imatrix = Importance::default();
+        imatrix
+            .per_tensor
+            .insert("blk.0.attn_q.weight".into(), vec![1.0; 4]);
+        p.importance = Some(std::sync::Arc::new(imatrix));
+        assert_eq!(
+            p.importance_for("blk.0.attn_q.weight", 4, &q4).unwrap(),
+            Some(&[1.0f32; 4][..])
+        );
+        let e = p.importance_for("blk.0.attn_q.weight", 8, &q4).unwrap_err();
+        assert!(
+            e.to_string().contains("4 values for blk.0.attn_q.weight"),
+            "{e}"
+        );
+        // Q2_K_S: a Q2_K tensor without importance data is refused, naming what to do.
+        let mut s = plan("Q2_K_S");
+        let e = s
+            .importance_for("blk.3.ffn_down.weight", 1536, &q2)
+            .unwrap_err();
+        assert!(e.to_string().contains("needs an importance matrix"), "{e}");
+        assert!(s.importance_for("token_embd.weight", 576, &q2).is_ok());
+        s.importance = p.importance.clone();
+        let e = s
+            .importance_for("blk.3.ffn_down.weight", 1536, &q2)
+            .unwrap_err();
+        assert!(e.to_string().contains("lacks"), "{e}");
     }
 }

@@ -15,21 +15,25 @@ use candle_core::{DType, Device, Tensor};
 
 use super::plan::QuantPlan;
 use crate::error::{Error, Result};
-use crate::gguf::export::encode;
+use crate::gguf::export::encode_weighted;
 use crate::gguf::GgmlType;
 use crate::lora::config::Target;
 use crate::model::linear::Linear;
 use crate::model::{Model, ModelParts};
 
-/// `w` (rows, cols) as a tensor of ggml type `ty`, on the CPU.
-fn to_blocks(w: &Tensor, ty: GgmlType, name: &str) -> Result<QTensor> {
+/// `w` (rows, cols) as a tensor of ggml type `ty`, on the CPU, quantized with the plan's
+/// importance matrix when it has one.
+fn to_blocks(w: &Tensor, ty: GgmlType, name: &str, plan: &QuantPlan) -> Result<QTensor> {
     let (rows, cols) = w.dims2()?;
     let values: Vec<f32> = w
         .to_dtype(DType::F32)?
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1()?;
-    let bytes = encode(&values, cols, &ty)
+    let importance = plan
+        .importance_for(name, cols, &ty)
+        .map_err(|e| Error::msg(format!("quantize: {e}")))?;
+    let bytes = encode_weighted(&values, cols, &ty, importance)
         .map_err(|e| Error::msg(format!("quantize: tensor {name}: {e}")))?;
     let dtype = ty
         .to_candle()
@@ -65,7 +69,7 @@ pub fn quantize_model(model: &Model, plan: &QuantPlan) -> Result<Model> {
             let lin = block.linear_mut(t);
             let name = format!("blk.{i}.{}.weight", t.gguf_part());
             let w = lin.dense_weight()?;
-            let q = to_blocks(&w, type_of(&name, &w)?, &name)?;
+            let q = to_blocks(&w, type_of(&name, &w)?, &name, plan)?;
             let bias = lin.bias.as_ref().map(f32).transpose()?;
             *lin = Linear::quantized(on_device(q, &device)?, bias)?;
         }
@@ -75,6 +79,7 @@ pub fn quantize_model(model: &Model, plan: &QuantPlan) -> Result<Model> {
         &embed_w,
         type_of("token_embd.weight", &embed_w)?,
         "token_embd.weight",
+        plan,
     )?;
     llama.embed = embed_q.dequantize(&Device::Cpu)?.to_device(&device)?;
     llama.embed_type = Some(embed_q.dtype());
@@ -82,7 +87,7 @@ pub fn quantize_model(model: &Model, plan: &QuantPlan) -> Result<Model> {
         Linear::quantized(on_device(embed_q, &device)?, None)?
     } else {
         let w = model.llama.lm_head.dense_weight()?;
-        let q = to_blocks(&w, type_of("output.weight", &w)?, "output.weight")?;
+        let q = to_blocks(&w, type_of("output.weight", &w)?, "output.weight", plan)?;
         Linear::quantized(on_device(q, &device)?, None)?
     };
     llama.norm = f32(&llama.norm)?;

@@ -83,11 +83,47 @@ pub fn plan_from(
     plan.output_type = typed("output_type")?;
     plan.token_embd_type = typed("token_embd_type")?;
     plan.pure = o.bool("pure")?.unwrap_or(false);
+    plan.importance = importance_from(o, what)?;
     Ok(plan)
 }
 
+/// The `imatrix` option: an importance matrix from `imatrix(...)`/`load_imatrix(...)`, or the
+/// path of a `.gguf`/`.dat` imatrix file.
+pub fn importance_from(
+    o: &crate::script::options::Options,
+    what: &str,
+) -> crate::script::errors::ScriptResult<Option<std::sync::Arc<crate::quant::plan::Importance>>> {
+    use crate::gguf::imatrix_file::ImatrixData;
+    use crate::quant::plan::Importance;
+    use crate::script::errors::runtime;
+    let Some(value) = o.value("imatrix") else {
+        return Ok(None);
+    };
+    let (data, file) = if value.is_string() {
+        let path = value.to_string();
+        let data = ImatrixData::load(&path)
+            .map_err(|e| runtime(format!("{what}: key \"imatrix\": {e}")))?;
+        (data, path)
+    } else {
+        return Err(runtime(format!(
+            "{what}: key \"imatrix\": expected an importance matrix (from imatrix() or load_imatrix()) or the path of one, got {}",
+            value.type_name()
+        )));
+    };
+    let importance = Importance::from_imatrix(&data, &file)
+        .map_err(|e| runtime(format!("{what}: key \"imatrix\": {e}")))?;
+    Ok(Some(std::sync::Arc::new(importance)))
+}
+
 /// The plan's option keys.
-pub const PLAN_KEYS: &[&str] = &["type", "rules", "output_type", "token_embd_type", "pure"];
+pub const PLAN_KEYS: &[&str] = &[
+    "type",
+    "rules",
+    "output_type",
+    "token_embd_type",
+    "pure",
+    "imatrix",
+];
 
 /// A quantization report as a script map.
 fn report_map(r: &crate::quant::report::QuantReport, file_size: Option<u64>) -> rhai::Map {

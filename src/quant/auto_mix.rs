@@ -1,0 +1,277 @@
+//! Automatic mixed precision: a type per tensor so that the whole GGUF file fits a budget and the
+//! measured damage is least. Three steps, each its own module:
+//!
+//! 1. candidates per tensor — the types asked for (or [`DEFAULT_CANDIDATES`]) that fit its rows,
+//!    leaving out the reference's own storage types: re-quantizing a Q4_1 weight to Q4_1 is
+//!    lossless, and an allocator must not win by exploiting that;
+//! 2. damage per tensor and candidate, measured one of three ways ([`super::measure`]);
+//! 3. the budget solver ([`super::allocate`]) on exact byte counts ([`super::file_size`]).
+//!
+//! The result is an [`AutoPlan`]: the chosen type of every tensor, as a plan that quantizes a
+//! model or exports a file exactly so, and as a llama-quantize `--tensor-type-file`.
+
+use std::sync::Arc;
+
+use crate::cancel::CancelToken;
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::model::perplexity::Windows;
+use crate::model::Model;
+
+use super::allocate::{allocate, Allocation, Candidate, TensorCandidates};
+use super::auto_plan::AutoPlan;
+use super::file_size::FileLayout;
+use super::measure::{DamageTable, Measure, DEFAULT_CANDIDATES};
+use super::measure_gradient::measure_gradient;
+use super::measure_kld::{measure_kld, KlReference};
+use super::measure_proxy::measure_proxy;
+use super::mixture::Preset;
+use super::plan::{Importance, QuantPlan, Target};
+use super::weights::{dense_reference, storage_types, weight_tensors};
+
+/// How big the file may be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// The whole file, in bytes.
+    Bytes(u64),
+    /// The whole file's bits over every weight in it (norms included): a little above the
+    /// figure llama.cpp prints on loading, which leaves out the header.
+    BitsPerWeight(f64),
+}
+
+impl Budget {
+    /// `"105MB"`, `"98.5 MiB"`, `"1.2GB"`, `"123456"` (bytes): decimal units are powers of 1000,
+    /// binary ones (KiB, MiB, GiB) of 1024.
+    pub fn parse_size(text: &str) -> Result<Budget> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = (t[..split].trim(), t[split..].trim());
+        let value: f64 = number.parse().map_err(|_| {
+            Error::msg(format!(
+                "budget \"{text}\": expected a size such as \"105MB\", \"98.5MiB\" or a number of bytes"
+            ))
+        })?;
+        let scale = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" | "k" => 1e3,
+            "mb" | "m" => 1e6,
+            "gb" | "g" => 1e9,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            _ => {
+                return Err(Error::msg(format!(
+                    "budget \"{text}\": unknown unit \"{unit}\"; use B, KB, MB, GB, KiB, MiB or GiB"
+                )))
+            }
+        };
+        if !(value > 0.0) || !value.is_finite() {
+            return Err(Error::msg(format!("budget \"{text}\": must be above zero")));
+        }
+        Ok(Budget::Bytes((value * scale).round() as u64))
+    }
+}
+
+/// What `auto_mix` needs besides the model.
+#[derive(Clone)]
+pub struct AutoMixOptions {
+    pub budget: Budget,
+    pub measure: Measure,
+    /// The types to choose from (None: [`DEFAULT_CANDIDATES`]).
+    pub candidates: Option<Vec<GgmlType>>,
+    /// Quantize (and, for the proxy, weigh the error) with this importance matrix.
+    pub importance: Option<Arc<Importance>>,
+    /// Calibration text, needed by `kld` and `gradient`.
+    pub text: Option<String>,
+    /// Window length for `kld`/`gradient` (default 512).
+    pub ctx: usize,
+    /// At most this many windows of the text.
+    pub chunks: Option<usize>,
+}
+
+/// What `auto_mix` chose and why.
+#[derive(Debug, Clone)]
+pub struct AutoMix {
+    pub plan: AutoPlan,
+    pub table: DamageTable,
+    /// Candidate types left out because the model's weights are stored in them.
+    pub left_out: Vec<GgmlType>,
+    pub allocation: Allocation,
+    /// The budget in bytes for the whole file.
+    pub budget_bytes: u64,
+    /// `gradient` only: the KL divergence at the starting point (every tensor at its cheapest).
+    pub kl_at_cheapest: Option<f64>,
+}
+
+/// The types to choose from: `asked` (or the defaults) less the model's storage types.
+pub fn candidate_types(
+    model: &Model,
+    asked: Option<&[GgmlType]>,
+) -> Result<(Vec<GgmlType>, Vec<GgmlType>)> {
+    let wanted: Vec<GgmlType> = match asked {
+        Some(a) => a.to_vec(),
+        None => DEFAULT_CANDIDATES
+            .iter()
+            .map(|n| GgmlType::from_name(n).expect("a known type"))
+            .collect(),
+    };
+    let stored = storage_types(model);
+    let (left_out, kept): (Vec<GgmlType>, Vec<GgmlType>) = wanted
+        .into_iter()
+        .partition(|t| stored.iter().any(|s| s.id == t.id));
+    if kept.is_empty() {
+        return Err(Error::msg(
+            "auto_mix: every candidate type is the model's own storage type; name others in candidates",
+        ));
+    }
+    Ok((kept, left_out))
+}
+
+/// Choose a type per tensor of `model` as `opts` asks; `progress(stage, done, total)`.
+pub fn auto_mix(
+    model: &Model,
+    opts: &AutoMixOptions,
+    cancel: &CancelToken,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<AutoMix> {
+    let (candidates, left_out) = candidate_types(model, opts.candidates.as_deref())?;
+    let tensors = weight_tensors(model);
+    let types = DamageTable::candidates_per_tensor(&tensors, &candidates)?;
+    let importance_map = opts.importance.clone();
+    let importance = move |name: &str| -> Option<Vec<f32>> {
+        importance_map.as_ref()?.of(name).map(|v| v.to_vec())
+    };
+    let text = || -> Result<&str> {
+        opts.text.as_deref().ok_or_else(|| {
+            Error::msg(format!(
+                "auto_mix: measure \"{}\" runs the model over calibration text; pass text (a path, a string or a Dataset)",
+                opts.measure.name()
+            ))
+        })
+    };
+    let mut kl_at_cheapest = None;
+    let table = match opts.measure {
+        Measure::Proxy => {
+            measure_proxy(model, &tensors, &types, &importance, cancel, &mut |d, n| {
+                progress("proxy", d, n)
+            })?
+        }
+        Measure::Kld => {
+            let reference = dense_reference(model)?;
+            let kl = KlReference::new(&reference, text()?, opts.ctx, opts.chunks, cancel)?;
+            measure_kld(
+                &reference,
+                &kl,
+                &tensors,
+                &types,
+                &importance,
+                cancel,
+                &mut |d, n| progress("kld", d, n),
+            )?
+        }
+        Measure::Gradient => {
+            let reference = dense_reference(model)?;
+            let windows = Windows::new(&reference, text()?, opts.ctx, opts.chunks)?;
+            let (table, kl) = measure_gradient(
+                &reference,
+                &windows,
+                &tensors,
+                &types,
+                &importance,
+                cancel,
+                &mut |d, n| progress("gradient", d, n),
+            )?;
+            kl_at_cheapest = Some(kl);
+            table
+        }
+    };
+    solve(model, table, left_out, opts, kl_at_cheapest)
+}
+
+/// The solver's part: exact bytes per candidate, the budget less the file's fixed part, the
+/// allocation, and the plan.
+pub fn solve(
+    model: &Model,
+    table: DamageTable,
+    left_out: Vec<GgmlType>,
+    opts: &AutoMixOptions,
+    kl_at_cheapest: Option<f64>,
+) -> Result<AutoMix> {
+    // Any preset labels the file the same way as far as its size goes.
+    let target = Target::Preset(Preset::named("Q8_0")?);
+    let mut layout = FileLayout::new(model, &target)?;
+    let mut base = QuantPlan::new(target);
+    if let Some(importance) = &opts.importance {
+        for (k, v) in importance.keys.iter().flat_map(|k| k.metadata()) {
+            layout.set_metadata(k, v);
+        }
+        base.importance = Some(importance.clone());
+    }
+    let choosing: Vec<TensorCandidates> = table
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let candidates = table.types[i]
+                .iter()
+                .zip(&table.damage[i])
+                .map(|(ty, d)| {
+                    Ok(Candidate {
+                        ggml_type: *ty,
+                        bytes: layout.tensor_bytes(&t.name, *ty)?,
+                        damage: *d,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            Ok(TensorCandidates {
+                name: t.name.clone(),
+                candidates,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let budget_bytes = match opts.budget {
+        Budget::Bytes(b) => b,
+        // The whole file (header and padding included) over every weight of the file.
+        Budget::BitsPerWeight(bpw) => (bpw * layout.elements() as f64 / 8.0).round() as u64,
+    };
+    let smallest: u64 = choosing
+        .iter()
+        .map(|t| t.candidates.iter().map(|c| c.bytes).min().unwrap_or(0))
+        .sum::<u64>()
+        + layout.fixed_bytes();
+    let allocation = allocate(&choosing, layout.weight_budget(budget_bytes)?).map_err(|e| {
+        Error::msg(format!(
+            "{e} (the smallest file these candidates make is {smallest} bytes, {:.2} MB)",
+            smallest as f64 / 1e6
+        ))
+    })?;
+    let plan = AutoPlan::from_allocation(&layout, &choosing, &allocation)?.with_base(base);
+    Ok(AutoMix {
+        plan,
+        table,
+        left_out,
+        allocation,
+        budget_bytes,
+        kl_at_cheapest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(
+            Budget::parse_size("105MB").unwrap(),
+            Budget::Bytes(105_000_000)
+        );
+        assert_eq!(Budget::parse_size("1.5 KiB").unwrap(), Budget::Bytes(1536));
+        assert_eq!(Budget::parse_size("123456").unwrap(), Budget::Bytes(123456));
+        for bad in ["", "MB", "12 parsecs", "-5MB", "0"] {
+            assert!(Budget::parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

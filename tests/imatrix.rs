@@ -450,7 +450,7 @@ fn command_line_and_script_write_matrices_that_load() {
         stderr.contains("no-such.txt") && stderr.trim().lines().count() == 1,
         "{stderr}"
     );
-    // The script API: collect, save as .dat, read back, statistics.
+    // The script API: collect, save as .dat, read back, statistics; a dataset's chats as text.
     let dat = dir.path().join("s.dat");
     let script = format!(
         r#"let m = load_model("tiny");
@@ -463,6 +463,8 @@ if s.len() != 28 || s[0].elements != 128 {{ throw `stats: ${{s[0]}}`; }}
 let w = back.importance("blk.0.ffn_down.weight");
 if w.len() != 384 {{ throw `importance: ${{w.len()}}`; }}
 if back.importance("output.weight") != () {{ throw "output.weight"; }}
+let chats = imatrix(m, dataset("identity").take(40), #{{ ctx: 64, template: "chatml" }});
+if chats.len() != 28 || !chats.to_string().contains("[\"identity\"]") {{ throw `${{chats}}`; }}
 print("script ok");
 "#,
         text = text.display().to_string(),

@@ -46,7 +46,7 @@ fn stats_map(s: &crate::quant::imatrix_stats::TensorStats) -> rhai::Map {
 
 /// The calibration text and the name llama-imatrix would record for it: a file's text (named by
 /// its path), a string, or a dataset's examples rendered with `template`.
-fn text_from(
+pub(crate) fn text_from(
     text: Dynamic,
     model: &crate::model::Model,
     template: &str,

@@ -104,6 +104,15 @@ pub fn importance_from(
         let data = ImatrixData::load(&path)
             .map_err(|e| runtime(format!("{what}: key \"imatrix\": {e}")))?;
         (data, path)
+    } else if let Some(m) = value
+        .clone()
+        .try_cast::<crate::script::handle::Handle<ImatrixData>>()
+    {
+        // Collected in this session, never saved: the file key says so.
+        (
+            (*m).clone(),
+            "(collected by tunelab, not saved)".to_string(),
+        )
     } else {
         return Err(runtime(format!(
             "{what}: key \"imatrix\": expected an importance matrix (from imatrix() or load_imatrix()) or the path of one, got {}",

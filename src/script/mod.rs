@@ -8,6 +8,7 @@
 //! - values handed to scripts are cheap to clone ([`handle::Handle`]);
 //! - every exposed function has a doc comment (a test checks it), which feeds `:help`.
 
+pub mod api_auto_mix;
 pub mod api_core;
 pub mod api_curves;
 pub mod api_data;

@@ -61,7 +61,7 @@ fn imatrix_quantization_is_byte_for_byte_llama_quantizes() {
                 let want = hex(want.as_str().unwrap());
                 let got = &got[r * row_bytes..(r + 1) * row_bytes];
                 checked += 1;
-                as_reference += usize::from(&reference[r * row_bytes..(r + 1) * row_bytes] == want);
+                as_reference += usize::from(reference[r * row_bytes..(r + 1) * row_bytes] == *want);
                 if got != want.as_slice() {
                     let at = got.iter().zip(&want).position(|(a, b)| a != b);
                     let at = at.map_or("a different length".to_string(), |i| {

@@ -187,9 +187,9 @@ pub(crate) fn q6_k(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
     for (xb, qb) in x.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K)) {
         let mut l = [0i8; QK_K];
         let mut scales = [0f32; 16];
-        for ib in 0..16 {
+        for (ib, scale) in scales.iter_mut().enumerate() {
             let r = 16 * ib..16 * (ib + 1);
-            scales[ib] = make_qx_quants_weighted(32, &xb[r.clone()], &qb[r.clone()], &mut l[r]);
+            *scale = make_qx_quants_weighted(32, &xb[r.clone()], &qb[r.clone()], &mut l[r]);
         }
         push_q6_k(xb, &scales, &mut l, out);
     }

@@ -314,7 +314,10 @@ fn is_dat(path: &Path) -> bool {
 
 /// An entry's counts must divide its values into whole matrices.
 fn check_shape(name: &str, e: &ImatrixEntry) -> std::result::Result<(), String> {
-    if e.counts.is_empty() || e.in_sum2.is_empty() || e.in_sum2.len() % e.counts.len() != 0 {
+    if e.counts.is_empty()
+        || e.in_sum2.is_empty()
+        || !e.in_sum2.len().is_multiple_of(e.counts.len())
+    {
         return Err(format!(
             "imatrix entry \"{name}\": {} values do not split into {} matrices",
             e.in_sum2.len(),

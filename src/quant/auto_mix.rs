@@ -67,7 +67,7 @@ impl Budget {
                 )))
             }
         };
-        if !(value > 0.0) || !value.is_finite() {
+        if value.is_nan() || value <= 0.0 || !value.is_finite() {
             return Err(Error::msg(format!("budget \"{text}\": must be above zero")));
         }
         Ok(Budget::Bytes((value * scale).round() as u64))

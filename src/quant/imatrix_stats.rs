@@ -67,7 +67,7 @@ fn sum(values: impl Iterator<Item = f32>) -> f32 {
 
 /// The statistics of one entry; None when it has no activations (every count zero).
 fn tensor_stats(tensor: &str, values: &[f32], counts: &[i64]) -> Option<TensorStats> {
-    if counts.is_empty() || values.len() % counts.len() != 0 {
+    if counts.is_empty() || !values.len().is_multiple_of(counts.len()) {
         return None;
     }
     let row = values.len() / counts.len();

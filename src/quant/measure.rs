@@ -52,7 +52,7 @@ pub const DEFAULT_CANDIDATES: &[&str] = &[
 /// Whether rows of `cols` weights can be stored as `ty` (whole blocks only: 256 for K-quants,
 /// 32 for the others).
 pub fn fits(ty: &GgmlType, cols: usize) -> bool {
-    ty.block > 0 && cols as u64 % ty.block == 0
+    ty.block > 0 && (cols as u64).is_multiple_of(ty.block)
 }
 
 /// Damage per tensor and candidate: `damage[t][k]` for tensor `tensors[t]` quantized to

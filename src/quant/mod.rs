@@ -1,7 +1,11 @@
 //! The quantization lab, above `model/`: which type each tensor gets (`mixture`: llama-quantize's
 //! presets; `plan`: presets, per-tensor rules and `--tensor-type` files), quantizing a model in
-//! memory (`quantize_model`), measuring what it cost (`report`) and drawing the trade-off (`plot`).
-//! The block formats and kernels themselves live one floor down, in [`crate::ggml`].
+//! memory (`quantize_model`), measuring what it cost (`report`) and drawing the trade-off (`plot`);
+//! importance matrices (`imatrix`, `imatrix_stats`); and automatic mixed precision (`auto_mix`):
+//! the model's weights (`weights`), damage per tensor and type (`measure`, `measure_proxy`,
+//! `measure_kld`, `measure_gradient`), exact file sizes (`file_size`), the budget solver
+//! (`allocate`) and its answer as a plan (`auto_plan`). The block formats and kernels themselves
+//! live one floor down, in [`crate::ggml`].
 
 pub mod allocate;
 pub mod auto_mix;

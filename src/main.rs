@@ -3,8 +3,8 @@
 //! `tunelab` (REPL, or a script from stdin when stdin is not a terminal), `tunelab run FILE
 //! [-- key=value ...]`, `tunelab test [DIR | FILE ...] [--junit PATH]`, `tunelab quantize IN OUT
 //! TYPE [--rules FILE] [--tensor-type PATTERN=TYPE]... [--output-tensor-type T]
-//! [--token-embedding-type T] [--pure]`, `tunelab export --model M [--adapter A] --out PATH
-//! [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab imatrix -m MODEL -f TEXT
+//! [--token-embedding-type T] [--pure] [--imatrix FILE]`, `tunelab export --model M
+//! [--adapter A] --out PATH [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab imatrix -m MODEL -f TEXT
 //! -o FILE [--ctx N] [--chunks N] [--process-output]`, `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
@@ -147,6 +147,10 @@ struct QuantizeFlags {
     /// Every weight in TYPE's base type: no per-tensor mixture.
     #[arg(long)]
     pure: bool,
+    /// An importance matrix (llama-imatrix's or `tunelab imatrix`'s .gguf, or a legacy .dat):
+    /// quantize with its per-column weights, as llama-quantize --imatrix does (Q2_K_S needs one).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
 }
 
 /// candle's element-wise thread pool spin-waits; with one pool thread (matrix products still use
@@ -264,6 +268,28 @@ fn quantize_plan(
         plan.token_embd_type = Some(writable_type(t, "--token-embedding-type")?);
     }
     plan.pure = flags.pure;
+    if let Some(file) = &flags.imatrix {
+        use tunelab::gguf::imatrix_file::ImatrixData;
+        use tunelab::quant::plan::Importance;
+        if !file.is_file() {
+            return Err(Error::msg(format!(
+                "--imatrix {}: no such file; give an importance matrix made by `tunelab imatrix` or llama-imatrix (.gguf or .dat)",
+                file.display()
+            )));
+        }
+        let data = ImatrixData::load(file)?;
+        // llama-quantize records the path as given on its command line.
+        let importance = Importance::from_imatrix(&data, &file.to_string_lossy())?;
+        plan.importance = Some(std::sync::Arc::new(importance));
+    }
+    // llama-quantize refuses such a preset up front, whatever the model's tensors become.
+    if let Target::Preset(p) = plan.target {
+        if p.needs_imatrix() && plan.importance.is_none() {
+            return Err(Error::msg(format!(
+                "{ty} needs an importance matrix: collect one with `tunelab imatrix` (or llama-imatrix) and pass it with --imatrix FILE"
+            )));
+        }
+    }
     Ok(plan)
 }
 

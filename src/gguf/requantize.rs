@@ -4,7 +4,9 @@
 //! order under the input's metadata (with `general.file_type` and
 //! `general.quantization_version` updated). No model is built and no rows move: the file already
 //! holds llama.cpp's q/k row order, and block quantization works row by row, so the bytes are
-//! the ones an export of the loaded model writes — only without loading it.
+//! the ones an export of the loaded model writes — only without loading it. With an importance
+//! matrix (`plan.importance`) each tensor is quantized with its weights and the file records the
+//! `quantize.imatrix.*` keys, as `llama-quantize --imatrix` does.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -13,7 +15,7 @@ use candle_core::quantized::{QStorage, QTensor};
 use candle_core::Device;
 use half::{bf16, f16};
 
-use super::export::{encode, ExportProgress, ExportReport, ExportType};
+use super::export::{encode_weighted, ExportProgress, ExportReport, ExportType};
 use super::{GgufReader, GgufWriter, TensorInfo, Value};
 use crate::error::{Error, Result};
 use crate::quant::mixture::LlamaShape;
@@ -134,11 +136,23 @@ pub fn requantize(
     } else {
         w.remove("general.quantization_version");
     }
+    // What llama-quantize records about an importance matrix (its key/value overrides, after
+    // the keys above; a key the input already has keeps its place).
+    for (k, v) in plan
+        .importance
+        .iter()
+        .flat_map(|i| i.keys.iter())
+        .flat_map(|k| k.metadata())
+    {
+        w.set(k, v);
+    }
     let mut bytes = 0u64;
     for (i, t) in r.tensors.iter().enumerate() {
         let ty = plan.tensor_type(&t.name, &t.ne, &shape);
-        let data = encode(&values(&r, &map, t)?, t.ne[0] as usize, &ty)
-            .map_err(|e| Error::msg(format!("{}: tensor {}: {e}", input.display(), t.name)))?;
+        let cols = t.ne[0] as usize;
+        let at = |e: Error| Error::msg(format!("{}: tensor {}: {e}", input.display(), t.name));
+        let importance = plan.importance_for(&t.name, cols, &ty).map_err(at)?;
+        let data = encode_weighted(&values(&r, &map, t)?, cols, &ty, importance).map_err(at)?;
         bytes += data.len() as u64;
         progress(ExportProgress {
             done: i + 1,

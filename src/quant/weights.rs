@@ -129,9 +129,19 @@ pub fn stored_type(lin: &Linear) -> GgmlType {
 }
 
 /// The types `model`'s weights are stored in, each once: re-quantizing a weight to the type it
-/// came in can be lossless, so a fair comparison leaves these out of the candidates.
+/// came in can be lossless, so a fair comparison leaves these out of the candidates. A model
+/// read from a GGUF counts the file's weight types even when loaded dequantized.
 pub fn storage_types(model: &Model) -> Vec<GgmlType> {
     let mut out: Vec<GgmlType> = Vec::new();
+    if model.format == "gguf" {
+        if let Ok(file) = crate::gguf::GgufReader::open(&model.source) {
+            for t in file.tensors.iter().filter(|t| t.ne.len() >= 2) {
+                if !out.iter().any(|o| o.id == t.ggml_type.id) {
+                    out.push(t.ggml_type);
+                }
+            }
+        }
+    }
     let mut add = |t: GgmlType| {
         if !out.iter().any(|o| o.id == t.id) {
             out.push(t);

@@ -2,8 +2,9 @@
 //! measured damage is least. Three steps, each its own module:
 //!
 //! 1. candidates per tensor — the types asked for (or [`DEFAULT_CANDIDATES`]) that fit its rows,
-//!    leaving out the reference's own storage types: re-quantizing a Q4_1 weight to Q4_1 is
-//!    lossless, and an allocator must not win by exploiting that;
+//!    leaving out the type that tensor is stored in and the types whose grid contains it:
+//!    re-quantizing a Q4_1 weight to Q4_1 (or to Q5_1, whose grid holds Q4_1's) can be lossless,
+//!    and an allocator must not win by exploiting that;
 //! 2. damage per tensor and candidate, measured one of three ways ([`super::measure`]);
 //! 3. the budget solver ([`super::allocate`]) on exact byte counts ([`super::file_size`]).
 //!
@@ -96,7 +97,7 @@ pub struct AutoMixOptions {
 pub struct AutoMix {
     pub plan: AutoPlan,
     pub table: DamageTable,
-    /// Candidate types left out because the model's weights are stored in them.
+    /// Candidate types left out of some tensor's list because that tensor is stored in them.
     pub left_out: Vec<GgmlType>,
     pub allocation: Allocation,
     /// The budget in bytes for the whole file.
@@ -105,28 +106,59 @@ pub struct AutoMix {
     pub kl_at_cheapest: Option<f64>,
 }
 
-/// The types to choose from: `asked` (or the defaults) less the model's storage types.
-pub fn candidate_types(
-    model: &Model,
-    asked: Option<&[GgmlType]>,
-) -> Result<(Vec<GgmlType>, Vec<GgmlType>)> {
-    let wanted: Vec<GgmlType> = match asked {
+/// The types to choose from: `asked`, or the defaults.
+pub fn candidate_types(asked: Option<&[GgmlType]>) -> Vec<GgmlType> {
+    match asked {
         Some(a) => a.to_vec(),
         None => DEFAULT_CANDIDATES
             .iter()
             .map(|n| GgmlType::from_name(n).expect("a known type"))
             .collect(),
-    };
-    let stored = storage_types(model);
-    let (left_out, kept): (Vec<GgmlType>, Vec<GgmlType>) = wanted
-        .into_iter()
-        .partition(|t| stored.iter().any(|s| s.id == t.id));
-    if kept.is_empty() {
-        return Err(Error::msg(
-            "auto_mix: every candidate type is the model's own storage type; name others in candidates",
-        ));
     }
-    Ok((kept, left_out))
+}
+
+/// The types that can hold every value of a block stored as `stored` exactly: the type itself,
+/// and the 5-bit type of the same kind, whose grid contains the 4-bit one (a Q5_1 block with half
+/// the scale and the same minimum holds each Q4_1 value m + d·k as m + (d/2)·2k; Q5_0 holds each
+/// Q4_0 value d·(k − 8) with the same scale). Re-quantizing to any of them can be lossless.
+pub fn holding_exactly(stored: &GgmlType) -> Vec<&'static str> {
+    match stored.name {
+        "Q4_0" => vec!["Q4_0", "Q5_0"],
+        "Q4_1" => vec!["Q4_1", "Q5_1"],
+        _ => vec![stored.name],
+    }
+}
+
+/// Each tensor's candidates less the types that hold its stored values exactly
+/// ([`holding_exactly`]) (see [`storage_types`]); returns the
+/// types left out somewhere, each once. A tensor left with no candidate is an error naming it.
+pub fn leave_out_storage_types(
+    model: &Model,
+    tensors: &[super::weights::WeightTensor],
+    types: &mut [Vec<GgmlType>],
+) -> Result<Vec<GgmlType>> {
+    let stored = storage_types(model);
+    let mut left_out: Vec<GgmlType> = Vec::new();
+    for (t, candidates) in tensors.iter().zip(types.iter_mut()) {
+        let Some(own) = stored.get(&t.name) else {
+            continue;
+        };
+        for lossless in holding_exactly(own) {
+            if candidates.iter().any(|c| c.name == lossless) {
+                candidates.retain(|c| c.name != lossless);
+                if !left_out.iter().any(|l| l.name == lossless) {
+                    left_out.push(GgmlType::from_name(lossless).expect("a known type"));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Err(Error::msg(format!(
+                "auto_mix: {}'s only candidate is {}, the type it is stored in (re-quantizing to it is lossless, so it is left out); offer other types in candidates",
+                t.name, own.name
+            )));
+        }
+    }
+    Ok(left_out)
 }
 
 /// Choose a type per tensor of `model` as `opts` asks; `progress(stage, done, total)`.
@@ -136,9 +168,10 @@ pub fn auto_mix(
     cancel: &CancelToken,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<AutoMix> {
-    let (candidates, left_out) = candidate_types(model, opts.candidates.as_deref())?;
+    let candidates = candidate_types(opts.candidates.as_deref());
     let tensors = weight_tensors(model);
-    let types = DamageTable::candidates_per_tensor(&tensors, &candidates)?;
+    let mut types = DamageTable::candidates_per_tensor(&tensors, &candidates)?;
+    let left_out = leave_out_storage_types(model, &tensors, &mut types)?;
     let importance_map = opts.importance.clone();
     let importance = move |name: &str| -> Option<Vec<f32>> {
         importance_map.as_ref()?.of(name).map(|v| v.to_vec())

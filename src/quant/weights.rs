@@ -9,6 +9,7 @@
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::gguf::export::encode_weighted;
@@ -128,35 +129,32 @@ pub fn stored_type(lin: &Linear) -> GgmlType {
     }
 }
 
-/// The types `model`'s weights are stored in, each once: re-quantizing a weight to the type it
-/// came in can be lossless, so a fair comparison leaves these out of the candidates. A model
-/// read from a GGUF counts the file's weight types even when loaded dequantized.
-pub fn storage_types(model: &Model) -> Vec<GgmlType> {
-    let mut out: Vec<GgmlType> = Vec::new();
+/// The type each weight of `model` is stored in, by llama.cpp name, where it is a quantized
+/// type: re-quantizing a weight to the type it came in can be lossless, so a fair comparison
+/// leaves that type out of that weight's candidates. A model read from a GGUF counts the file's
+/// types even when loaded dequantized.
+pub fn storage_types(model: &Model) -> HashMap<String, GgmlType> {
+    let mut out = HashMap::new();
     if model.format == "gguf" {
         if let Ok(file) = crate::gguf::GgufReader::open(&model.source) {
             for t in file.tensors.iter().filter(|t| t.ne.len() >= 2) {
-                if !out.iter().any(|o| o.id == t.ggml_type.id) {
-                    out.push(t.ggml_type);
-                }
+                out.insert(t.name.clone(), t.ggml_type);
             }
         }
     }
-    let mut add = |t: GgmlType| {
-        if !out.iter().any(|o| o.id == t.id) {
-            out.push(t);
-        }
-    };
     if let Some(t) = model.llama.embed_type {
-        add(GgmlType::from_candle(t));
+        out.insert("token_embd.weight".into(), GgmlType::from_candle(t));
     }
-    for block in &model.llama.blocks {
+    for (i, block) in model.llama.blocks.iter().enumerate() {
         for t in Target::ALL {
-            add(stored_type(block.linear(t)));
+            let name = format!("blk.{i}.{}.weight", t.gguf_part());
+            out.insert(name, stored_type(block.linear(t)));
         }
     }
-    add(stored_type(&model.llama.lm_head));
-    out.retain(|t| !matches!(t.name, "F32" | "F16" | "BF16"));
+    if !model.llama.config.tie_word_embeddings {
+        out.insert("output.weight".into(), stored_type(&model.llama.lm_head));
+    }
+    out.retain(|_, t| !matches!(t.name, "F32" | "F16" | "BF16"));
     out
 }
 

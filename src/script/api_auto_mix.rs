@@ -38,8 +38,9 @@ pub mod auto_mix_api {
     /// times weight error); `imatrix` (an importance matrix or its path: quantizing uses it, and
     /// the proxy weighs errors by it); `text` (calibration text, a file or a Dataset; needed by
     /// kld and gradient); `ctx` (512), `chunks`; `candidates` (type names; default Q3_K Q4_0 Q4_1
-    /// Q4_K Q5_0 Q5_1 Q5_K Q6_K Q8_0 F16 — the model's own storage types are always left out, as
-    /// re-quantizing to them is lossless); `quiet` (false: print the kinds × types table).
+    /// Q4_K Q5_0 Q5_1 Q5_K Q6_K Q8_0 F16 — each tensor's own storage type is always left out of
+    /// its list, as re-quantizing to it is lossless); `quiet` (false: print the kinds × types
+    /// table).
     #[rhai_fn(return_raw)]
     pub fn auto_mix(
         ctx: NativeCallContext,
@@ -133,7 +134,7 @@ pub mod auto_mix_api {
             if !mix.left_out.is_empty() {
                 let names: Vec<&str> = mix.left_out.iter().map(|t| t.name).collect();
                 out.line(&format!(
-                    "auto_mix: left out {} — the model's own storage type (re-quantizing to it is lossless)",
+                    "auto_mix: left out {} for the tensors stored in it (re-quantizing to a tensor's own type is lossless)",
                     names.join(", ")
                 ));
             }
@@ -185,7 +186,7 @@ pub mod auto_mix_api {
         p.table.measure.name().into()
     }
 
-    /// The candidate types left out as the model's own storage types.
+    /// The candidate types left out of the lists of the tensors stored in them.
     #[rhai_fn(global, get = "left_out", pure)]
     pub fn left_out(p: &mut MixPlan) -> Array {
         p.left_out
@@ -291,6 +292,7 @@ pub mod auto_mix_api {
         Ok(m)
     }
 
+    /// `MixPlan(measure, tensors, bytes, bits/weight)`.
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn to_string(p: &mut MixPlan) -> String {
         format!(
@@ -302,6 +304,7 @@ pub mod auto_mix_api {
         )
     }
 
+    /// The same as `to_string`.
     #[rhai_fn(global, name = "to_debug", pure)]
     pub fn to_debug(p: &mut MixPlan) -> String {
         to_string(p)

@@ -142,19 +142,27 @@ pub fn storage_types(model: &Model) -> HashMap<String, GgmlType> {
             }
         }
     }
+    // Weights quantized in memory (quantize(), or loaded with quantized: true) count too; a
+    // dense weight does not hide the type its file stored it in.
+    let mut add = |name: String, t: GgmlType| {
+        if !matches!(t.name, "F32" | "F16" | "BF16") {
+            out.insert(name, t);
+        }
+    };
     if let Some(t) = model.llama.embed_type {
-        out.insert("token_embd.weight".into(), GgmlType::from_candle(t));
+        add("token_embd.weight".into(), GgmlType::from_candle(t));
     }
     for (i, block) in model.llama.blocks.iter().enumerate() {
         for t in Target::ALL {
-            let name = format!("blk.{i}.{}.weight", t.gguf_part());
-            out.insert(name, stored_type(block.linear(t)));
+            add(
+                format!("blk.{i}.{}.weight", t.gguf_part()),
+                stored_type(block.linear(t)),
+            );
         }
     }
     if !model.llama.config.tie_word_embeddings {
-        out.insert("output.weight".into(), stored_type(&model.llama.lm_head));
+        add("output.weight".into(), stored_type(&model.llama.lm_head));
     }
-    out.retain(|_, t| !matches!(t.name, "F32" | "F16" | "BF16"));
     out
 }
 

@@ -284,12 +284,7 @@ pub mod auto_mix_api {
             &mut |_| {},
         )
         .script()?;
-        let mut m = Map::new();
-        m.insert("path".into(), path.into());
-        m.insert("tensors".into(), Dynamic::from(r.tensors as INT));
-        m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
-        m.insert("file_type".into(), Dynamic::from(r.file_type as INT));
-        Ok(m)
+        Ok(crate::script::api_quant::export_map(path, &r))
     }
 
     /// `MixPlan(measure, tensors, bytes, bits/weight)`.

@@ -124,6 +124,16 @@ pub fn importance_from(
     Ok(Some(std::sync::Arc::new(importance)))
 }
 
+/// What `export_gguf` returns: `#{ path, tensors, bytes, file_type }`.
+pub fn export_map(path: &str, r: &crate::gguf::export::ExportReport) -> rhai::Map {
+    let mut m = rhai::Map::new();
+    m.insert("path".into(), path.into());
+    m.insert("tensors".into(), Dynamic::from(r.tensors as INT));
+    m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
+    m.insert("file_type".into(), Dynamic::from(r.file_type as INT));
+    m
+}
+
 /// The plan's option keys.
 pub const PLAN_KEYS: &[&str] = &[
     "type",
@@ -262,12 +272,7 @@ pub mod quant_api {
             &mut |_| {},
         )
         .script()?;
-        let mut m = Map::new();
-        m.insert("path".into(), path.into());
-        m.insert("tensors".into(), Dynamic::from(r.tensors as INT));
-        m.insert("bytes".into(), Dynamic::from(r.bytes as INT));
-        m.insert("file_type".into(), Dynamic::from(r.file_type as INT));
-        Ok(m)
+        Ok(super::export_map(path, &r))
     }
 
     /// `model` quantized in memory, as `export_gguf` with the same options would write it and

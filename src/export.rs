@@ -66,6 +66,8 @@ pub struct ExportJob {
     /// Hugging Face folder only: the chat template for the Modelfile and tokenizer_config.json
     /// (None: the adapter's training template, else the model's own).
     pub template: Option<String>,
+    /// GGUF only: quantize with this importance matrix (llama-imatrix's .gguf or a .dat).
+    pub imatrix: Option<std::path::PathBuf>,
     pub overwrite: bool,
 }
 
@@ -77,6 +79,7 @@ impl Default for ExportJob {
             shard_size: SaveHfOptions::default().shard_size,
             dtype: None,
             template: None,
+            imatrix: None,
             overwrite: false,
         }
     }
@@ -119,13 +122,23 @@ pub fn export(
         }
         ExportFormat::Gguf => {
             crate::fsutil::refuse_existing_file(out, job.overwrite)?;
-            let plan = QuantPlan::new(Target::named(&job.gguf_type)?);
+            let mut plan = QuantPlan::new(Target::named(&job.gguf_type)?);
+            if let Some(file) = &job.imatrix {
+                let importance = crate::quant::plan::Importance::load(file, "--imatrix")?;
+                plan.importance = Some(std::sync::Arc::new(importance));
+            }
+            plan.check_needs_imatrix()?;
             let r =
                 crate::gguf::export::export_gguf_planned(model, adapter, out, &plan, &mut |_| {})?;
             Ok(format!(
-                "{}: GGUF {}, {} tensors, {:.1} MB",
+                "{}: GGUF {}{}, {} tensors, {:.1} MB",
                 out.display(),
                 job.gguf_type,
+                if plan.has_imatrix() {
+                    " with an importance matrix"
+                } else {
+                    ""
+                },
                 r.tensors,
                 r.bytes as f64 / 1e6
             ))

@@ -7,7 +7,6 @@
 //! missing or garbled matrix is one line and a failing status, and Q2_K_S without one is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use tunelab::gguf::export::export_gguf_planned;
@@ -19,6 +18,9 @@ use tunelab::quant::plan::{Importance, QuantPlan, Target};
 #[path = "support/smollm2.rs"]
 mod support;
 use support::smollm2;
+#[path = "support/cli.rs"]
+mod cli;
+use cli::refused;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -144,26 +146,9 @@ fn the_fixture_covers_every_preset_tested() {
 
 /// `tunelab quantize` with its arguments, run in `dir`: (exit status, stdout, stderr).
 fn tunelab_quantize(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_tunelab"))
-        .arg("quantize")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-/// A refusal: a failing status and one line naming `what`, no panic.
-fn refused(run: (i32, String, String), what: &str) {
-    let (code, _, err) = run;
-    assert_ne!(code, 0, "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(what), "{what} not in: {err}");
+    let mut all = vec!["quantize"];
+    all.extend_from_slice(args);
+    cli::tunelab_in(dir, &all)
 }
 
 /// `tunelab quantize IN OUT Q4_0 --imatrix tiny.imatrix.gguf` (llama-imatrix's matrix of the

@@ -283,8 +283,45 @@ impl Llama {
         for i in 0..self.blocks.len() {
             x = self.block(i, &x, &cos, &sin, &mask, &mut cache.layers[i], decode, pass)?;
         }
+        self.logits(&x, which, pass)
+    }
+
+    /// The input (B, T, C) of every block in an inference pass over `ids` (B, T) with no cache
+    /// and no padding: where [`Llama::forward_from_block`] picks up. A measure that changes one
+    /// block's weights reruns only that block and the ones after it.
+    pub fn block_inputs(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
+        let t = ids.dim(1)?;
+        let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.dtype, &self.device)?;
+        let mask = attention_mask(t, 0, None, self.dtype, &self.device)?;
+        let mut x = self.embed(ids)?;
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        for i in 0..self.blocks.len() {
+            inputs.push(x.clone());
+            x = self.block(i, &x, &cos, &sin, &mask, &mut None, false, Pass::default())?;
+        }
+        Ok(inputs)
+    }
+
+    /// The logits of an inference pass that starts at block `start` with that block's input `x`
+    /// (B, T, C) — from [`Llama::block_inputs`] — and runs the rest of the network: the same
+    /// values [`Llama::forward`] computes when the blocks before `start` are unchanged.
+    pub fn forward_from_block(&self, start: usize, x: &Tensor, which: Logits) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.dtype, &self.device)?;
+        let mask = attention_mask(t, 0, None, self.dtype, &self.device)?;
+        let mut x = x.clone();
+        for i in start..self.blocks.len() {
+            x = self.block(i, &x, &cos, &sin, &mask, &mut None, false, Pass::default())?;
+        }
+        self.logits(&x, which, Pass::default())
+    }
+
+    /// The final norm and output projection of the last block's output `x` (B, T, C), at the
+    /// positions `which` asks for: (B, T|1|T−n, V), f32.
+    fn logits(&self, x: &Tensor, which: Logits, pass: Pass) -> Result<Tensor> {
+        let t = x.dim(1)?;
         let x = match which {
-            Logits::All => x,
+            Logits::All => x.clone(),
             Logits::Last => x.narrow(1, t - 1, 1)?,
             Logits::From(n) => x.narrow(1, n.min(t - 1), t - n.min(t - 1))?,
         };
@@ -292,7 +329,7 @@ impl Llama {
         if let Some(observe) = pass.observe {
             observe(Site::Output, &x)?;
         }
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?) // (B, T|1, V)
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
     /// The training forward pass: `ids` (B, T) at `positions` (B·T, restarting per packed

@@ -113,13 +113,32 @@ impl Windows {
         let logits = model
             .llama
             .forward_with(&ids, None, None, Logits::From(first), pass)?; // (1, ctx - first, V)
-        let logp = log_softmax(&logits.squeeze(0)?.to_dtype(DType::F32)?)?; // (ctx - first, V)
-        let n = self.scored_per_window();
         let targets: Vec<u32> = (first..ctx - 1)
             .map(|j| self.tokens[c * ctx + j + 1])
             .collect();
         let targets = Tensor::new(targets.as_slice(), &model.llama.device)?; // (n)
-        Ok((logp.narrow(0, 0, n)?, targets))
+        Ok((self.scored(&logits)?, targets))
+    }
+
+    /// The input of every block of `model` for window `c` ([`crate::model::llama::Llama::block_inputs`]).
+    pub fn block_inputs(&self, model: &Model, c: usize) -> Result<Vec<Tensor>> {
+        model.llama.block_inputs(&self.ids(c, &model.llama.device)?)
+    }
+
+    /// [`Windows::log_probs`]' log-probabilities (no adapter) from a pass that starts at block
+    /// `start` with its input `x` from [`Windows::block_inputs`] — the blocks before it unchanged.
+    pub fn log_probs_from_block(&self, model: &Model, start: usize, x: &Tensor) -> Result<Tensor> {
+        let first = self.ctx / 2;
+        let logits = model
+            .llama
+            .forward_from_block(start, x, Logits::From(first))?;
+        self.scored(&logits)
+    }
+
+    /// Log-softmax of the logits (1, ctx − ctx/2, V) at the scored positions: (n, V), f32.
+    fn scored(&self, logits: &Tensor) -> Result<Tensor> {
+        let logp = log_softmax(&logits.squeeze(0)?.to_dtype(DType::F32)?)?;
+        Ok(logp.narrow(0, 0, self.scored_per_window())?)
     }
 }
 

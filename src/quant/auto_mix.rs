@@ -2,9 +2,9 @@
 //! measured damage is least. Three steps, each its own module:
 //!
 //! 1. candidates per tensor — the types asked for (or [`DEFAULT_CANDIDATES`]) that fit its rows,
-//!    leaving out the type that tensor is stored in and the types whose grid contains it:
-//!    re-quantizing a Q4_1 weight to Q4_1 (or to Q5_1, whose grid holds Q4_1's) can be lossless,
-//!    and an allocator must not win by exploiting that;
+//!    leaving out, for the tensors stored in the model's own type, that type and the types whose
+//!    grid contains it: re-quantizing a Q4_1 weight to Q4_1 (or to Q5_1, whose grid holds Q4_1's)
+//!    can be lossless, and an allocator must not win by exploiting that;
 //! 2. damage per tensor and candidate, measured one of three ways ([`super::measure`]);
 //! 3. the budget solver ([`super::allocate`]) on exact byte counts ([`super::file_size`]).
 //!
@@ -104,6 +104,34 @@ pub struct AutoMix {
     pub budget_bytes: u64,
     /// `gradient` only: the KL divergence at the starting point (every tensor at its cheapest).
     pub kl_at_cheapest: Option<f64>,
+    /// The importance matrix the candidates were measured (and the plan quantizes) with.
+    pub importance: Option<Arc<Importance>>,
+}
+
+impl AutoMix {
+    /// What was chosen, for people: the types left out and why, the size against the budget,
+    /// and the tensor kinds × types table.
+    pub fn report(&self) -> String {
+        let mut lines = Vec::new();
+        if !self.left_out.is_empty() {
+            let names: Vec<&str> = self.left_out.iter().map(|t| t.name).collect();
+            lines.push(format!(
+                "auto_mix: left out {} for the tensors stored in the model's own type (re-quantizing to it is lossless against the dequantized reference)",
+                names.join(", ")
+            ));
+        }
+        lines.push(format!(
+            "auto_mix ({}): {} bytes ({:.2} MB, {:.3} bits/weight) within a budget of {} bytes; score {:.6}",
+            self.table.measure.name(),
+            self.plan.bytes,
+            self.plan.bytes as f64 / 1e6,
+            self.plan.bits_per_weight,
+            self.budget_bytes,
+            self.plan.score()
+        ));
+        lines.push(self.plan.summary().trim_end().to_string());
+        lines.join("\n")
+    }
 }
 
 /// The types to choose from: `asked`, or the defaults.
@@ -129,18 +157,43 @@ pub fn holding_exactly(stored: &GgmlType) -> Vec<&'static str> {
     }
 }
 
+/// The type most of `model`'s weights (by count) are stored in — the file's own type, Q4_1 for
+/// SmolLM2 — when it is a quantized type.
+pub fn main_storage_type(
+    tensors: &[super::weights::WeightTensor],
+    stored: &std::collections::HashMap<String, GgmlType>,
+) -> Option<GgmlType> {
+    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+    for t in tensors {
+        if let Some(ty) = stored.get(&t.name) {
+            match counts.iter_mut().find(|(c, _)| c.name == ty.name) {
+                Some(c) => c.1 += t.elements(),
+                None => counts.push((*ty, t.elements())),
+            }
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t)
+}
+
 /// Each tensor's candidates less the types that hold its stored values exactly
-/// ([`holding_exactly`]) (see [`storage_types`]); returns the
-/// types left out somewhere, each once. A tensor left with no candidate is an error naming it.
+/// ([`holding_exactly`]), for the tensors stored in the model's own type ([`main_storage_type`]):
+/// re-quantizing them to it is lossless against the dequantized reference, a win no allocator
+/// should get. Tensors the source kept at another type (SmolLM2's Q8_0 token embedding) keep
+/// every candidate, as llama-quantize's presets keep them: the stock Q4_K_M stores that embedding
+/// as Q8_0 too, so both files pay for it alike. Returns the types left out, each once. A tensor
+/// left with no candidate is an error naming it.
 pub fn leave_out_storage_types(
     model: &Model,
     tensors: &[super::weights::WeightTensor],
     types: &mut [Vec<GgmlType>],
 ) -> Result<Vec<GgmlType>> {
     let stored = storage_types(model);
+    let Some(main) = main_storage_type(tensors, &stored) else {
+        return Ok(Vec::new());
+    };
     let mut left_out: Vec<GgmlType> = Vec::new();
     for (t, candidates) in tensors.iter().zip(types.iter_mut()) {
-        let Some(own) = stored.get(&t.name) else {
+        let Some(own) = stored.get(&t.name).filter(|own| own.name == main.name) else {
             continue;
         };
         for lossless in holding_exactly(own) {
@@ -172,6 +225,8 @@ pub fn auto_mix(
     let tensors = weight_tensors(model);
     let mut types = DamageTable::candidates_per_tensor(&tensors, &candidates)?;
     let left_out = leave_out_storage_types(model, &tensors, &mut types)?;
+    // A budget no choice can meet is refused now, not after minutes of measuring.
+    Sizing::new(model, opts)?.check(&tensors, &types)?;
     let importance_map = opts.importance.clone();
     let importance = move |name: &str| -> Option<Vec<f32>> {
         importance_map.as_ref()?.of(name).map(|v| v.to_vec())
@@ -223,6 +278,66 @@ pub fn auto_mix(
     solve(model, table, left_out, opts, kl_at_cheapest)
 }
 
+/// The file the plan will write, as far as its size goes: its layout (with the importance
+/// matrix's keys), the budget in bytes, and each tensor's candidates with their exact bytes.
+struct Sizing {
+    layout: FileLayout,
+    base: QuantPlan,
+    budget_bytes: u64,
+}
+
+impl Sizing {
+    fn new(model: &Model, opts: &AutoMixOptions) -> Result<Sizing> {
+        // Any preset labels the file the same way as far as its size goes.
+        let target = Target::Preset(Preset::named("Q8_0")?);
+        let mut layout = FileLayout::new(model, &target)?;
+        let mut base = QuantPlan::new(target);
+        if let Some(importance) = &opts.importance {
+            for (k, v) in importance.keys.iter().flat_map(|k| k.metadata()) {
+                layout.set_metadata(k, v);
+            }
+            base.importance = Some(importance.clone());
+        }
+        let budget_bytes = match opts.budget {
+            Budget::Bytes(b) => b,
+            // The whole file (header and padding included) over every weight of the file.
+            Budget::BitsPerWeight(bpw) => (bpw * layout.elements() as f64 / 8.0).round() as u64,
+        };
+        Ok(Sizing {
+            layout,
+            base,
+            budget_bytes,
+        })
+    }
+
+    /// Refuses a budget that the cheapest candidates cannot meet — before anything is measured.
+    fn check(
+        &self,
+        tensors: &[super::weights::WeightTensor],
+        types: &[Vec<GgmlType>],
+    ) -> Result<u64> {
+        let weight_budget = self.layout.weight_budget(self.budget_bytes)?;
+        let mut smallest = 0u64;
+        for (t, candidates) in tensors.iter().zip(types) {
+            let mut least = u64::MAX;
+            for ty in candidates {
+                least = least.min(self.layout.tensor_bytes(&t.name, *ty)?);
+            }
+            smallest += least;
+        }
+        if smallest > weight_budget {
+            let file = smallest + self.layout.fixed_bytes();
+            return Err(Error::msg(format!(
+                "auto_mix: a budget of {} bytes ({:.2} MB) is below the smallest file these candidates make, {file} bytes ({:.2} MB); raise the budget or offer smaller types",
+                self.budget_bytes,
+                self.budget_bytes as f64 / 1e6,
+                file as f64 / 1e6
+            )));
+        }
+        Ok(weight_budget)
+    }
+}
+
 /// The solver's part: exact bytes per candidate, the budget less the file's fixed part, the
 /// allocation, and the plan.
 pub fn solve(
@@ -232,16 +347,8 @@ pub fn solve(
     opts: &AutoMixOptions,
     kl_at_cheapest: Option<f64>,
 ) -> Result<AutoMix> {
-    // Any preset labels the file the same way as far as its size goes.
-    let target = Target::Preset(Preset::named("Q8_0")?);
-    let mut layout = FileLayout::new(model, &target)?;
-    let mut base = QuantPlan::new(target);
-    if let Some(importance) = &opts.importance {
-        for (k, v) in importance.keys.iter().flat_map(|k| k.metadata()) {
-            layout.set_metadata(k, v);
-        }
-        base.importance = Some(importance.clone());
-    }
+    let sizing = Sizing::new(model, opts)?;
+    let weight_budget = sizing.check(&table.tensors, &table.types)?;
     let choosing: Vec<TensorCandidates> = table
         .tensors
         .iter()
@@ -253,7 +360,7 @@ pub fn solve(
                 .map(|(ty, d)| {
                     Ok(Candidate {
                         ggml_type: *ty,
-                        bytes: layout.tensor_bytes(&t.name, *ty)?,
+                        bytes: sizing.layout.tensor_bytes(&t.name, *ty)?,
                         damage: *d,
                     })
                 })
@@ -264,31 +371,51 @@ pub fn solve(
             })
         })
         .collect::<Result<_>>()?;
-    let budget_bytes = match opts.budget {
-        Budget::Bytes(b) => b,
-        // The whole file (header and padding included) over every weight of the file.
-        Budget::BitsPerWeight(bpw) => (bpw * layout.elements() as f64 / 8.0).round() as u64,
-    };
-    let smallest: u64 = choosing
-        .iter()
-        .map(|t| t.candidates.iter().map(|c| c.bytes).min().unwrap_or(0))
-        .sum::<u64>()
-        + layout.fixed_bytes();
-    let allocation = allocate(&choosing, layout.weight_budget(budget_bytes)?).map_err(|e| {
-        Error::msg(format!(
-            "{e} (the smallest file these candidates make is {smallest} bytes, {:.2} MB)",
-            smallest as f64 / 1e6
-        ))
-    })?;
-    let plan = AutoPlan::from_allocation(&layout, &choosing, &allocation)?.with_base(base);
+    let allocation = allocate(&choosing, weight_budget)?;
+    let plan =
+        AutoPlan::from_allocation(&sizing.layout, &choosing, &allocation)?.with_base(sizing.base);
     Ok(AutoMix {
         plan,
         table,
         left_out,
         allocation,
-        budget_bytes,
+        budget_bytes: sizing.budget_bytes,
         kl_at_cheapest,
+        importance: opts.importance.clone(),
     })
+}
+
+/// `earlier`'s measurements solved again for another `budget`: the same damage table, candidates
+/// and importance matrix, no new measuring — how a frontier of several budgets costs one
+/// measurement. `model` must be the one `earlier` measured.
+pub fn solve_again(model: &Model, earlier: &AutoMix, budget: Budget) -> Result<AutoMix> {
+    let tensors = weight_tensors(model);
+    let same = tensors.len() == earlier.table.tensors.len()
+        && tensors
+            .iter()
+            .zip(&earlier.table.tensors)
+            .all(|(a, b)| a.name == b.name && a.rows == b.rows && a.cols == b.cols);
+    if !same {
+        return Err(Error::msg(
+            "auto_mix: the plan to reuse was measured on another model; measure this one (leave out reuse)",
+        ));
+    }
+    let opts = AutoMixOptions {
+        budget,
+        measure: earlier.table.measure,
+        candidates: None,
+        importance: earlier.importance.clone(),
+        text: None,
+        ctx: 0,
+        chunks: None,
+    };
+    solve(
+        model,
+        earlier.table.clone(),
+        earlier.left_out.clone(),
+        &opts,
+        earlier.kl_at_cheapest,
+    )
 }
 
 #[cfg(test)]

@@ -16,12 +16,15 @@ use crate::model::perplexity::Windows;
 use crate::model::Model;
 
 use super::measure::{DamageTable, Measure};
-use super::weights::{dense_values, round_trip, with_weight, WeightTensor};
+use super::weights::{dense_values, round_trip, with_weight, Site, WeightTensor};
 
-/// The unquantized model's log-probabilities on the calibration windows, computed once.
+/// The unquantized model's log-probabilities on the calibration windows, and the input of each
+/// of its blocks, computed once: a change to block `i`'s weights reruns blocks `i..` only.
 pub struct KlReference {
     windows: Windows,
     log_probs: Vec<Tensor>,
+    /// Per window, the input of every block.
+    block_inputs: Vec<Vec<Tensor>>,
 }
 
 impl KlReference {
@@ -35,19 +38,42 @@ impl KlReference {
     ) -> Result<KlReference> {
         let windows = Windows::new(reference, text, ctx, chunks)?;
         let mut log_probs = Vec::with_capacity(windows.count);
+        let mut block_inputs = Vec::with_capacity(windows.count);
         for c in 0..windows.count {
             cancel.check()?;
             log_probs.push(windows.log_probs(reference, c, None)?.0);
+            block_inputs.push(windows.block_inputs(reference, c)?);
         }
-        Ok(KlReference { windows, log_probs })
+        Ok(KlReference {
+            windows,
+            log_probs,
+            block_inputs,
+        })
     }
 
     /// Mean KL divergence (nats per token) of `model` from the reference.
     pub fn kl(&self, model: &Model, cancel: &CancelToken) -> Result<f64> {
+        self.kl_changed_at(model, None, cancel)
+    }
+
+    /// [`KlReference::kl`] of a `model` that differs from the reference only from block
+    /// `first_changed` on (None: anywhere, such as the token embedding): the blocks before it
+    /// are not run again.
+    pub fn kl_changed_at(
+        &self,
+        model: &Model,
+        first_changed: Option<usize>,
+        cancel: &CancelToken,
+    ) -> Result<f64> {
         let (mut sum, mut n) = (0f64, 0usize);
         for (c, lr) in self.log_probs.iter().enumerate() {
             cancel.check()?;
-            let (lq, _) = self.windows.log_probs(model, c, None)?;
+            let lq = match first_changed {
+                Some(b) => self
+                    .windows
+                    .log_probs_from_block(model, b, &self.block_inputs[c][b])?,
+                None => self.windows.log_probs(model, c, None)?.0,
+            };
             let kl = (lr.exp()? * (lr - &lq)?)?.sum(1)?; // (n)
             n += kl.dim(0)?;
             sum += kl.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
@@ -87,8 +113,12 @@ pub fn measure_kld(
             cancel.check()?;
             let q = round_trip(&w, t.cols, *ty, imp.as_deref())?;
             let model = with_weight(reference, t.site, q)?;
+            let first_changed = match t.site {
+                Site::Block(b, _) => Some(b),
+                Site::TokenEmbd | Site::Output => None,
+            };
             // Rounding can make a tiny change score a hair below zero; damage is never negative.
-            row.push(kl.kl(&model, cancel)?.max(0.0));
+            row.push(kl.kl_changed_at(&model, first_changed, cancel)?.max(0.0));
         }
         damage.push(row);
         progress(i + 1, tensors.len());
@@ -133,5 +163,23 @@ mod tests {
         for row in &table.damage {
             assert!(row[0] > row[1], "{row:?}");
         }
+        // Starting at the changed block gives what the whole pass gives.
+        let last = weight_tensors(&model)
+            .into_iter()
+            .rfind(|t| matches!(t.site, Site::Block(..)))
+            .unwrap();
+        let Site::Block(layer, _) = last.site else {
+            unreachable!()
+        };
+        assert!(layer > 0);
+        let w = dense_values(&model, last.site).unwrap();
+        let q = round_trip(&w, last.cols, types[0], None).unwrap();
+        let changed = with_weight(&model, last.site, q).unwrap();
+        let whole = kl.kl(&changed, &cancel).unwrap();
+        let resumed = kl.kl_changed_at(&changed, Some(layer), &cancel).unwrap();
+        assert!(
+            whole > 0.0 && (whole - resumed).abs() <= 1e-6 * whole,
+            "{whole} vs {resumed}"
+        );
     }
 }

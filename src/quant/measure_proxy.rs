@@ -6,7 +6,9 @@
 //! importance matrix holds exactly those `E[x_j²]`. Divided by the output's own energy
 //! `Σ_ij E[x_j²] W_ij²` it becomes a noise-to-signal ratio that compares across layers of
 //! different sizes (llama.cpp PR #15550's measure). Without an importance matrix (or for the
-//! token embedding, which is looked up, not multiplied) every column counts the same.
+//! token embedding, which is looked up, not multiplied) every column counts the same. A tied
+//! token embedding is used twice — looked up at the input and multiplied at the output — so its
+//! error counts twice, as two layers' errors would.
 
 use rayon::prelude::*;
 
@@ -16,7 +18,7 @@ use crate::gguf::GgmlType;
 use crate::model::Model;
 
 use super::measure::{DamageTable, Measure};
-use super::weights::{dense_values, round_trip, WeightTensor};
+use super::weights::{dense_values, round_trip, Site, WeightTensor};
 
 /// The importance-weighted relative error of `quantized` against `original` (rows of
 /// `importance.len()` columns; `None`: every column weighs 1).
@@ -63,11 +65,16 @@ pub fn measure_proxy(
         cancel.check()?;
         let w = dense_values(model, t.site)?;
         let imp = importance(&t.name).filter(|v| v.len() == t.cols);
+        let uses = if t.site == Site::TokenEmbd && model.config().tie_word_embeddings {
+            2.0
+        } else {
+            1.0
+        };
         let row: Vec<f64> = types[i]
             .iter()
             .map(|ty| {
                 let q = round_trip(&w, t.cols, *ty, imp.as_deref())?;
-                Ok(weighted_relative_error(&w, &q, imp.as_deref(), t.cols))
+                Ok(uses * weighted_relative_error(&w, &q, imp.as_deref(), t.cols))
             })
             .collect::<Result<_>>()?;
         damage.push(row);

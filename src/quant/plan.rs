@@ -195,6 +195,19 @@ impl Importance {
         })
     }
 
+    /// The importance matrix file at `path` (llama-imatrix's .gguf, or the legacy .dat), recorded
+    /// as given, as llama-quantize records it; `what` names the option in errors (`--imatrix`).
+    pub fn load(path: &std::path::Path, what: &str) -> Result<Importance> {
+        if !path.is_file() {
+            return Err(Error::msg(format!(
+                "{what} {}: no such file; give an importance matrix made by `tunelab imatrix` or llama-imatrix (.gguf or .dat)",
+                path.display()
+            )));
+        }
+        let data = crate::gguf::imatrix_file::ImatrixData::load(path)?;
+        Importance::from_imatrix(&data, &path.to_string_lossy())
+    }
+
     /// The weights of tensor `name`, when the matrix has them.
     pub fn of(&self, name: &str) -> Option<&[f32]> {
         self.per_tensor.get(name).map(|v| v.as_slice())
@@ -211,6 +224,18 @@ impl QuantPlan {
             token_embd_type: None,
             pure: false,
             importance: None,
+        }
+    }
+
+    /// Refuses, as llama-quantize does up front, a preset that needs an importance matrix
+    /// (Q2_K_S) when the plan has none.
+    pub fn check_needs_imatrix(&self) -> Result<()> {
+        match self.target {
+            Target::Preset(p) if p.needs_imatrix() && self.importance.is_none() => Err(Error::msg(format!(
+                "{} needs an importance matrix: collect one with `tunelab imatrix` (or llama-imatrix) and pass it with --imatrix FILE",
+                p.name
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -4,11 +4,95 @@
 
 use rhai::plugin::*;
 
-use crate::quant::auto_mix::AutoMix;
+use rhai::INT;
+
+use crate::gguf::GgmlType;
+use crate::quant::auto_mix::{AutoMix, AutoMixOptions, Budget};
+use crate::quant::measure::Measure;
+use crate::script::errors::{runtime, ScriptResult};
 use crate::script::handle::Handle;
+use crate::script::options::Options;
 
 /// The area name `:help` groups these functions under (with the rest of quantization).
 pub const AREA: &str = "quant";
+
+/// The budget `auto_mix`'s options ask for: `budget` (bytes or a size) or `bpw`.
+fn budget_of(o: &Options) -> ScriptResult<Budget> {
+    let budget = match (o.value("budget"), o.float("bpw")?) {
+        (Some(_), Some(_)) => {
+            return Err(runtime(
+                "auto_mix options: give budget (bytes or a size) or bpw, not both",
+            ))
+        }
+        (None, Some(bpw)) if bpw > 0.0 => Budget::BitsPerWeight(bpw),
+        (None, Some(bpw)) => {
+            return Err(runtime(format!(
+                "auto_mix options: key \"bpw\": {bpw} bits per weight is not a budget; use a positive number such as 5.0"
+            )))
+        }
+        (Some(b), None) if b.is::<INT>() => {
+            let bytes = b.as_int().unwrap_or(0);
+            if bytes <= 0 {
+                return Err(runtime(format!("auto_mix options: key \"budget\": {bytes} bytes is not a budget")));
+            }
+            Budget::Bytes(bytes as u64)
+        }
+        (Some(b), None) if b.is_string() => Budget::parse_size(&b.to_string())
+            .map_err(|e| runtime(format!("auto_mix options: key \"budget\": {e}")))?,
+        (Some(b), None) => {
+            return Err(runtime(format!(
+                "auto_mix options: key \"budget\": expected bytes (an integer) or a size such as \"105MB\", got {}",
+                b.type_name()
+            )))
+        }
+        (None, None) => {
+            return Err(runtime(
+                "auto_mix options: needs budget (bytes or a size such as \"105MB\") or bpw (e.g. 5.0)",
+            ))
+        }
+    };
+    Ok(budget)
+}
+
+/// What `auto_mix` measures with when it measures (no `reuse`).
+fn measuring_options(
+    o: &Options,
+    model: &crate::model::Model,
+    budget: Budget,
+) -> ScriptResult<AutoMixOptions> {
+    let measure = Measure::named(&o.string("measure")?.unwrap_or_else(|| "proxy".into()))
+        .map_err(|e| runtime(format!("auto_mix options: key \"measure\": {e}")))?;
+    let candidates = match o.array("candidates")? {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let at = format!("auto_mix options: candidates[{i}]");
+                    crate::quant::plan::writable_type(&n.to_string(), &at)
+                        .map_err(|e| runtime(e.to_string()))
+                })
+                .collect::<ScriptResult<Vec<GgmlType>>>()?,
+        ),
+    };
+    let text = match o.value("text") {
+        Some(t) => {
+            let template = o.string("template")?.unwrap_or_else(|| "auto".into());
+            Some(crate::script::api_imatrix::text_from(t, model, &template)?.0)
+        }
+        None => None,
+    };
+    Ok(AutoMixOptions {
+        budget,
+        measure,
+        candidates,
+        importance: crate::script::api_quant::importance_from(o, "auto_mix options")?,
+        text,
+        ctx: o.int("ctx")?.unwrap_or(512).max(4) as usize,
+        chunks: o.int("chunks")?.map(|c| c.max(1) as usize),
+    })
+}
 
 /// The compiled module of this area.
 pub fn module() -> rhai::Module {
@@ -19,9 +103,7 @@ pub fn module() -> rhai::Module {
 pub mod auto_mix_api {
     use rhai::{Array, Dynamic, Map, NativeCallContext, INT};
 
-    use crate::gguf::GgmlType;
-    use crate::quant::auto_mix::{auto_mix as choose, AutoMixOptions, Budget};
-    use crate::quant::measure::Measure;
+    use crate::quant::auto_mix::auto_mix as choose;
     use crate::script::engine::host;
     use crate::script::errors::{runtime, IntoScript, ScriptResult};
     use crate::script::options::Options;
@@ -40,7 +122,8 @@ pub mod auto_mix_api {
     /// kld and gradient); `ctx` (512), `chunks`; `candidates` (type names; default Q3_K Q4_0 Q4_1
     /// Q4_K Q5_0 Q5_1 Q5_K Q6_K Q8_0 F16 — each tensor's own storage type is always left out of
     /// its list, as re-quantizing to it is lossless); `quiet` (false: print the kinds × types
-    /// table).
+    /// table); `reuse` (an earlier plan of this model: solve its measurements again for this
+    /// budget, measuring nothing — its measure, candidates and importance matrix carry over).
     #[rhai_fn(return_raw)]
     pub fn auto_mix(
         ctx: NativeCallContext,
@@ -61,93 +144,42 @@ pub mod auto_mix_api {
                 "candidates",
                 "quiet",
                 "template",
+                "reuse",
             ],
         )?;
-        let budget = match (o.value("budget"), o.float("bpw")?) {
-            (Some(_), Some(_)) => {
-                return Err(runtime(
-                    "auto_mix options: give budget (bytes or a size) or bpw, not both",
-                ))
-            }
-            (None, Some(bpw)) if bpw > 0.0 => Budget::BitsPerWeight(bpw),
-            (None, Some(bpw)) => {
-                return Err(runtime(format!(
-                    "auto_mix options: key \"bpw\": {bpw} bits per weight is not a budget; use a positive number such as 5.0"
-                )))
-            }
-            (Some(b), None) if b.is::<INT>() => {
-                let bytes = b.as_int().unwrap_or(0);
-                if bytes <= 0 {
-                    return Err(runtime(format!("auto_mix options: key \"budget\": {bytes} bytes is not a budget")));
+        let budget = super::budget_of(&o)?;
+        let mix = match o.value("reuse") {
+            Some(earlier) => {
+                let earlier = earlier.clone().try_cast::<MixPlan>().ok_or_else(|| {
+                    runtime(format!(
+                        "auto_mix options: key \"reuse\": expected a plan from auto_mix, got {}",
+                        earlier.type_name()
+                    ))
+                })?;
+                for key in [
+                    "measure",
+                    "imatrix",
+                    "text",
+                    "ctx",
+                    "chunks",
+                    "candidates",
+                    "template",
+                ] {
+                    if o.value(key).is_some() {
+                        return Err(runtime(format!(
+                            "auto_mix options: key \"{key}\" comes from the reused plan; leave it out, or leave out reuse to measure again"
+                        )));
+                    }
                 }
-                Budget::Bytes(bytes as u64)
+                crate::quant::auto_mix::solve_again(&model, &earlier, budget).script()?
             }
-            (Some(b), None) if b.is_string() => Budget::parse_size(&b.to_string())
-                .map_err(|e| runtime(format!("auto_mix options: key \"budget\": {e}")))?,
-            (Some(b), None) => {
-                return Err(runtime(format!(
-                    "auto_mix options: key \"budget\": expected bytes (an integer) or a size such as \"105MB\", got {}",
-                    b.type_name()
-                )))
-            }
-            (None, None) => {
-                return Err(runtime(
-                    "auto_mix options: needs budget (bytes or a size such as \"105MB\") or bpw (e.g. 5.0)",
-                ))
+            None => {
+                let opts = super::measuring_options(&o, &model, budget)?;
+                choose(&model, &opts, &host(&ctx).cancel, &mut |_, _, _| {}).script()?
             }
         };
-        let measure = Measure::named(&o.string("measure")?.unwrap_or_else(|| "proxy".into()))
-            .map_err(|e| runtime(format!("auto_mix options: key \"measure\": {e}")))?;
-        let candidates = match o.array("candidates")? {
-            None => None,
-            Some(names) => Some(
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        let at = format!("auto_mix options: candidates[{i}]");
-                        crate::quant::plan::writable_type(&n.to_string(), &at)
-                            .map_err(|e| runtime(e.to_string()))
-                    })
-                    .collect::<ScriptResult<Vec<GgmlType>>>()?,
-            ),
-        };
-        let text = match o.value("text") {
-            Some(t) => {
-                let template = o.string("template")?.unwrap_or_else(|| "auto".into());
-                Some(crate::script::api_imatrix::text_from(t, &model, &template)?.0)
-            }
-            None => None,
-        };
-        let opts = AutoMixOptions {
-            budget,
-            measure,
-            candidates,
-            importance: crate::script::api_quant::importance_from(&o, "auto_mix options")?,
-            text,
-            ctx: o.int("ctx")?.unwrap_or(512).max(4) as usize,
-            chunks: o.int("chunks")?.map(|c| c.max(1) as usize),
-        };
-        let mix = choose(&model, &opts, &host(&ctx).cancel, &mut |_, _, _| {}).script()?;
         if !o.bool("quiet")?.unwrap_or(false) {
-            let out = &host(&ctx).output;
-            if !mix.left_out.is_empty() {
-                let names: Vec<&str> = mix.left_out.iter().map(|t| t.name).collect();
-                out.line(&format!(
-                    "auto_mix: left out {} for the tensors stored in it (re-quantizing to a tensor's own type is lossless)",
-                    names.join(", ")
-                ));
-            }
-            out.line(&format!(
-                "auto_mix ({}): {} bytes ({:.2} MB, {:.3} bits/weight) within a budget of {} bytes; score {:.6}",
-                mix.table.measure.name(),
-                mix.plan.bytes,
-                mix.plan.bytes as f64 / 1e6,
-                mix.plan.bits_per_weight,
-                mix.budget_bytes,
-                mix.plan.score()
-            ));
-            out.line(mix.plan.summary().trim_end());
+            host(&ctx).output.line(&mix.report());
         }
         Ok(super::Handle::new(mix))
     }
@@ -285,6 +317,36 @@ pub mod auto_mix_api {
         )
         .script()?;
         Ok(crate::script::api_quant::export_map(path, &r))
+    }
+
+    /// Spearman's rank correlation of two equally long lists of numbers (ties get their mean
+    /// rank): 1 when they order things alike, -1 when oppositely — e.g. how well the proxy's
+    /// per-tensor scores order the tensors as the measured KL does.
+    #[rhai_fn(return_raw)]
+    pub fn rank_correlation(a: Array, b: Array) -> ScriptResult<f64> {
+        let numbers = |v: &Array, which: &str| -> ScriptResult<Vec<f64>> {
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_float()
+                        .or_else(|_| x.as_int().map(|n| n as f64))
+                        .map_err(|t| {
+                            runtime(format!(
+                                "rank_correlation: {which}[{i}] is {t}, not a number"
+                            ))
+                        })
+                })
+                .collect()
+        };
+        let (a, b) = (numbers(&a, "first")?, numbers(&b, "second")?);
+        if a.len() != b.len() || a.len() < 2 {
+            return Err(runtime(format!(
+                "rank_correlation: needs two lists of the same length, at least 2 (got {} and {})",
+                a.len(),
+                b.len()
+            )));
+        }
+        Ok(crate::quant::measure::rank_correlation(&a, &b))
     }
 
     /// `MixPlan(measure, tensors, bytes, bits/weight)`.

@@ -167,6 +167,39 @@ fn benchmark_scripts_run_on_small_inputs() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(line["dtype"], "f32");
     assert!(line["tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    // The mixed-precision study on tiny: every preset twice, three measures at five budgets.
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", "scripts/bench/auto_mix_study.rhai", "--"])
+        .args([
+            "model=tiny",
+            "imatrix=tests/fixtures/imatrix/tiny.imatrix.gguf",
+            "calibration=tests/fixtures/imatrix/calibration.txt",
+            "heldout=data/instruct_en.json",
+            "chunks=2",
+            "ctx=64",
+            "cal_ctx=64",
+        ])
+        .arg(format!("out={}", dir.path().display()))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let files = rows.iter().filter(|r| r.get("kl_mean").is_some()).count();
+    assert_eq!(files, 18 + 3 * 5, "{stdout}");
+    let correlations = rows.iter().filter(|r| r.get("spearman").is_some()).count();
+    assert_eq!(correlations, 3, "{stdout}");
+    assert!(dir.path().join("frontier.svg").is_file());
 }
 
 /// Save options that keep f32 weights (the default turns them into bf16, as LLaMA-Factory does).

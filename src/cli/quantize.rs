@@ -255,7 +255,7 @@ pub fn quantize_to_budget(
         "wrote {}: {} tensors, {} bytes ({:.3} bits/weight), file type {}, {:.1} s",
         output.display(),
         report.tensors,
-        report.bytes,
+        std::fs::metadata(output).map_or(report.bytes, |m| m.len()),
         mix.plan.bits_per_weight,
         plan.target.name(),
         start.elapsed().as_secs_f64()

@@ -175,7 +175,18 @@ pub mod auto_mix_api {
             }
             None => {
                 let opts = super::measuring_options(&o, &model, budget)?;
-                choose(&model, &opts, &host(&ctx).cancel, &mut |_, _, _| {}).script()?
+                let quiet = o.bool("quiet")?.unwrap_or(false);
+                let host = host(&ctx);
+                // A line at every tenth of the tensors: kld on a real model takes minutes.
+                let mut progress = |stage: &str, done: usize, total: usize| {
+                    let step = total.div_ceil(10).max(1);
+                    if !quiet && (done.is_multiple_of(step) || done == total) {
+                        host.output.line(&format!(
+                            "auto_mix ({stage}): {done}/{total} tensors measured"
+                        ));
+                    }
+                };
+                choose(&model, &opts, &host.cancel, &mut progress).script()?
             }
         };
         if !o.bool("quiet")?.unwrap_or(false) {

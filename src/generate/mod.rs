@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod sampling;
+pub mod sequence;
 
 use std::time::Instant;
 
@@ -10,9 +11,9 @@ use candle_core::Tensor;
 
 use crate::cancel::CancelToken;
 use crate::error::Result;
-use crate::model::tokenizer::StreamDecoder;
 use crate::model::{KvCache, Logits, Model};
-use sampling::{Sampler, SamplingOptions};
+use sampling::SamplingOptions;
+use sequence::Sequence;
 
 /// Generation settings.
 #[derive(Debug, Clone)]
@@ -61,21 +62,13 @@ pub fn generate(
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generated> {
     let device = &model.llama.device;
-    let mut stop_ids = model.stop_ids.clone();
-    stop_ids.extend(&opts.stop_ids);
     let max_total = model.config().max_position_embeddings;
-    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut sequence = Sequence::new(prompt_ids, opts, &model.stop_ids, max_total);
     let mut cache = KvCache::default();
-    let mut context: Vec<u32> = prompt_ids.to_vec();
-    let mut decoder = StreamDecoder::default();
-    let mut text = String::new();
-    let mut emitted = 0; // bytes of `text` already passed to on_text
     let start = Instant::now();
     let mut prompt_seconds = 0.0;
     let mut input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?; // (1, T)
-    let mut finish = "length";
-    let mut new_tokens = 0;
-    while new_tokens < opts.max_new_tokens && context.len() < max_total {
+    while !sequence.done() {
         cancel.check()?;
         let logits = model.llama.forward_in_pool(
             &input,
@@ -83,73 +76,36 @@ pub fn generate(
             Logits::Last,
             opts.adapter.as_ref(),
         )?; // (1, 1, V)
-        if new_tokens == 0 {
+        if sequence.new_tokens == 0 {
             prompt_seconds = start.elapsed().as_secs_f64();
         }
         let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        let next = sampler.next(&logits, &context);
-        new_tokens += 1;
-        if stop_ids.contains(&next) {
-            finish = "stop";
-            break;
+        let step = sequence.step(&logits, &model.tokenizer)?;
+        if !step.text.is_empty() {
+            on_text(&step.text);
         }
-        context.push(next);
-        text.push_str(&decoder.push(&model.tokenizer, next)?);
-        if let Some(cut) = opts
-            .stop_strings
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            text.truncate(cut);
-            finish = "stop";
-            break;
+        match step.next {
+            Some(next) => input = Tensor::new(&[next], device)?.unsqueeze(0)?,
+            None => break,
         }
-        // Hold back a tail that could still grow into a stop string.
-        let hold = opts
-            .stop_strings
-            .iter()
-            .map(|s| longest_prefix_suffix(&text, s))
-            .max()
-            .unwrap_or(0);
-        let ready = text.len() - hold;
-        if ready > emitted && text.is_char_boundary(ready) {
-            on_text(&text[emitted..ready]);
-            emitted = ready;
-        }
-        input = Tensor::new(&[next], device)?.unsqueeze(0)?;
     }
-    if text.len() > emitted {
-        on_text(&text[emitted..]);
+    let rest = sequence.finish();
+    if !rest.is_empty() {
+        on_text(&rest);
     }
     Ok(Generated {
-        text,
+        text: sequence.text().to_string(),
         prompt_tokens: prompt_ids.len(),
-        new_tokens,
-        finish_reason: finish,
+        new_tokens: sequence.new_tokens,
+        finish_reason: sequence.finish_reason.unwrap_or("length"),
         prompt_seconds,
         generate_seconds: start.elapsed().as_secs_f64() - prompt_seconds,
     })
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
-fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
-    (1..stop.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn held_back_tail_is_the_longest_stop_prefix() {
-        assert_eq!(longest_prefix_suffix("hello <|im", "<|im_end|>"), 4);
-        assert_eq!(longest_prefix_suffix("hello", "<|im_end|>"), 0);
-        assert_eq!(longest_prefix_suffix("a\n\nUs", "\n\nUser:"), 4);
-    }
 
     #[test]
     fn tiny_model_generates_deterministically_within_the_budget() {

@@ -16,6 +16,17 @@ use crate::script::options::Options;
 /// The area name `:help` groups these functions under (with the rest of quantization).
 pub const AREA: &str = "quant";
 
+/// `auto_mix`'s options that say how to measure: a reused plan brings its own.
+const MEASURING_KEYS: &[&str] = &[
+    "measure",
+    "imatrix",
+    "text",
+    "ctx",
+    "chunks",
+    "candidates",
+    "template",
+];
+
 /// The budget `auto_mix`'s options ask for: `budget` (bytes or a size) or `bpw`.
 fn budget_of(o: &Options) -> ScriptResult<Budget> {
     let budget = match (o.value("budget"), o.float("bpw")?) {
@@ -130,23 +141,9 @@ pub mod auto_mix_api {
         model: crate::model::Model,
         opts: Map,
     ) -> ScriptResult<MixPlan> {
-        let o = Options::new(
-            "auto_mix options",
-            opts,
-            &[
-                "budget",
-                "bpw",
-                "measure",
-                "imatrix",
-                "text",
-                "ctx",
-                "chunks",
-                "candidates",
-                "quiet",
-                "template",
-                "reuse",
-            ],
-        )?;
+        let mut keys = vec!["budget", "bpw", "quiet", "reuse"];
+        keys.extend_from_slice(super::MEASURING_KEYS);
+        let o = Options::new("auto_mix options", opts, &keys)?;
         let budget = super::budget_of(&o)?;
         let mix = match o.value("reuse") {
             Some(earlier) => {
@@ -156,15 +153,7 @@ pub mod auto_mix_api {
                         earlier.type_name()
                     ))
                 })?;
-                for key in [
-                    "measure",
-                    "imatrix",
-                    "text",
-                    "ctx",
-                    "chunks",
-                    "candidates",
-                    "template",
-                ] {
+                for &key in super::MEASURING_KEYS {
                     if o.value(key).is_some() {
                         return Err(runtime(format!(
                             "auto_mix options: key \"{key}\" comes from the reused plan; leave it out, or leave out reuse to measure again"

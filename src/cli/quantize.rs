@@ -34,6 +34,20 @@ pub struct QuantizeFlags {
     imatrix: Option<PathBuf>,
 }
 
+impl QuantizeFlags {
+    /// The importance matrix `--imatrix` names, if any.
+    fn importance(
+        &self,
+    ) -> Result<Option<std::sync::Arc<tunelab::quant::plan::Importance>>, Error> {
+        self.imatrix
+            .as_ref()
+            .map(|file| {
+                tunelab::quant::plan::Importance::load(file, "--imatrix").map(std::sync::Arc::new)
+            })
+            .transpose()
+    }
+}
+
 /// `tunelab quantize`'s automatic mixed precision: a type per tensor chosen to fit a size.
 #[derive(clap::Args, Debug, Default)]
 pub struct AutoMixFlags {
@@ -103,10 +117,7 @@ fn quantize_plan(
         plan.token_embd_type = Some(writable_type(t, "--token-embedding-type")?);
     }
     plan.pure = flags.pure;
-    if let Some(file) = &flags.imatrix {
-        let importance = tunelab::quant::plan::Importance::load(file, "--imatrix")?;
-        plan.importance = Some(std::sync::Arc::new(importance));
-    }
+    plan.importance = flags.importance()?;
     plan.check_needs_imatrix()?;
     Ok(plan)
 }
@@ -200,13 +211,7 @@ pub fn quantize_to_budget(
         .iter()
         .map(|n| tunelab::quant::plan::writable_type(n.trim(), "--candidates"))
         .collect::<Result<Vec<_>, Error>>()?;
-    let importance = match &flags.imatrix {
-        Some(file) => Some(std::sync::Arc::new(tunelab::quant::plan::Importance::load(
-            file,
-            "--imatrix",
-        )?)),
-        None => None,
-    };
+    let importance = flags.importance()?;
     let start = std::time::Instant::now();
     let model = tunelab::model::load(&input.to_string_lossy(), &Default::default())?;
     let opts = AutoMixOptions {

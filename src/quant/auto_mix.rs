@@ -226,7 +226,8 @@ pub fn auto_mix(
     let mut types = DamageTable::candidates_per_tensor(&tensors, &candidates)?;
     let left_out = leave_out_storage_types(model, &tensors, &mut types)?;
     // A budget no choice can meet is refused now, not after minutes of measuring.
-    Sizing::new(model, opts)?.check(&tensors, &types)?;
+    let sizing = Sizing::new(model, opts)?;
+    sizing.check(&tensors, &types)?;
     let importance_map = opts.importance.clone();
     let importance = move |name: &str| -> Option<Vec<f32>> {
         importance_map.as_ref()?.of(name).map(|v| v.to_vec())
@@ -275,7 +276,7 @@ pub fn auto_mix(
             table
         }
     };
-    solve(model, table, left_out, opts, kl_at_cheapest)
+    solve_sized(sizing, table, left_out, opts, kl_at_cheapest)
 }
 
 /// The file the plan will write, as far as its size goes: its layout (with the importance
@@ -347,7 +348,23 @@ pub fn solve(
     opts: &AutoMixOptions,
     kl_at_cheapest: Option<f64>,
 ) -> Result<AutoMix> {
-    let sizing = Sizing::new(model, opts)?;
+    solve_sized(
+        Sizing::new(model, opts)?,
+        table,
+        left_out,
+        opts,
+        kl_at_cheapest,
+    )
+}
+
+/// [`solve`] with the file's sizing already worked out.
+fn solve_sized(
+    sizing: Sizing,
+    table: DamageTable,
+    left_out: Vec<GgmlType>,
+    opts: &AutoMixOptions,
+    kl_at_cheapest: Option<f64>,
+) -> Result<AutoMix> {
     let weight_budget = sizing.check(&table.tensors, &table.types)?;
     let choosing: Vec<TensorCandidates> = table
         .tensors

@@ -43,6 +43,7 @@ pub mod quant;
 pub mod repl;
 pub mod rng;
 pub mod script;
+pub mod serve;
 pub mod train;
 pub mod version;
 

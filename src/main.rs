@@ -6,7 +6,8 @@
 //! [--token-embedding-type T] [--pure] [--imatrix FILE]`, `tunelab quantize IN OUT
 //! --target-size SIZE | --target-bpw BITS [--imatrix FILE] [--measure M] [--text FILE]`, `tunelab export --model M
 //! [--adapter A] --out PATH [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab imatrix -m MODEL -f TEXT
-//! -o FILE [--ctx N] [--chunks N] [--process-output]`, `tunelab --version`.
+//! -o FILE [--ctx N] [--chunks N] [--process-output]`, `tunelab serve MODEL [--lora NAME=PATH]...
+//! [--port N] [--api-key KEY] [--parallel N] ...`, `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -24,6 +25,7 @@ mod cli;
 use cli::export::ExportArgs;
 use cli::imatrix::ImatrixArgs;
 use cli::quantize::{AutoMixFlags, QuantizeFlags};
+use cli::serve::ServeArgs;
 
 /// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_CANCELLED: u8 = 130;
@@ -69,6 +71,8 @@ enum Command {
     Export(ExportArgs),
     /// Collect an importance matrix as llama-imatrix does, for quantizing with --imatrix.
     Imatrix(ImatrixArgs),
+    /// Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
     Test {
         /// Folders (searched recursively) or script files.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Export(args)) => cli::export::export(&ctx, &args),
         Some(Command::Imatrix(args)) => cli::imatrix::imatrix(&ctx, &args),
+        Some(Command::Serve(args)) => cli::serve::serve(&ctx, &args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tunelab: {e}");

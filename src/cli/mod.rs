@@ -4,6 +4,7 @@
 pub mod export;
 pub mod imatrix;
 pub mod quantize;
+pub mod serve;
 
 use std::io::IsTerminal;
 

@@ -19,6 +19,12 @@ pub struct SamplingOptions {
     pub repetition_penalty: f64,
     /// Seed of the draws.
     pub seed: u64,
+    /// OpenAI's presence penalty: subtracted once from the logit of every token already
+    /// generated (0 = off; the prompt does not count).
+    pub presence_penalty: f64,
+    /// OpenAI's frequency penalty: subtracted from a generated token's logit once per time it
+    /// was generated (0 = off).
+    pub frequency_penalty: f64,
 }
 
 impl Default for SamplingOptions {
@@ -30,6 +36,8 @@ impl Default for SamplingOptions {
             min_p: 0.0,
             repetition_penalty: 1.0,
             seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
@@ -106,6 +114,27 @@ impl Sampler {
         }
         order[keep - 1] as u32
     }
+}
+
+/// `logits` with OpenAI's penalties applied for the tokens `generated` so far:
+/// `logit − count·frequency − (count > 0)·presence`.
+pub fn openai_penalties(
+    logits: &[f32],
+    generated: &[u32],
+    presence: f64,
+    frequency: f64,
+) -> Vec<f32> {
+    let mut counts = std::collections::HashMap::<u32, usize>::new();
+    for &id in generated {
+        *counts.entry(id).or_default() += 1;
+    }
+    let mut out = logits.to_vec();
+    for (id, n) in counts {
+        if let Some(l) = out.get_mut(id as usize) {
+            *l -= (n as f64 * frequency + presence) as f32;
+        }
+    }
+    out
 }
 
 /// Index of the largest value (the first one on ties).

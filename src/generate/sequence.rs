@@ -7,7 +7,7 @@
 use crate::error::Result;
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
 
-use super::sampling::Sampler;
+use super::sampling::{openai_penalties, Sampler};
 use super::GenerateOptions;
 
 /// What one step produced.
@@ -17,6 +17,8 @@ pub struct Step {
     pub text: String,
     /// The token to feed next; None when the sequence has ended.
     pub next: Option<u32>,
+    /// The token this step chose, when it became part of the text (not an end token).
+    pub token: Option<u32>,
 }
 
 /// The state of one sequence between steps.
@@ -90,6 +92,16 @@ impl Sequence {
     /// became final and the token to feed next (None: the sequence ended — call
     /// [`Sequence::finish`] for the rest of its text).
     pub fn step(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<Step> {
+        let o = &self.sampler.options;
+        let penalized;
+        let logits = if o.presence_penalty != 0.0 || o.frequency_penalty != 0.0 {
+            let generated = &self.context[self.prompt_tokens..];
+            penalized =
+                openai_penalties(logits, generated, o.presence_penalty, o.frequency_penalty);
+            &penalized
+        } else {
+            logits
+        };
         let next = self.sampler.next(logits, &self.context);
         self.new_tokens += 1;
         if self.stop_ids.contains(&next) {
@@ -97,6 +109,7 @@ impl Sequence {
             return Ok(Step {
                 text: String::new(),
                 next: None,
+                token: None,
             });
         }
         self.context.push(next);
@@ -112,6 +125,7 @@ impl Sequence {
             return Ok(Step {
                 text: String::new(),
                 next: None,
+                token: Some(next),
             });
         }
         // Hold back a tail that could still grow into a stop string.
@@ -133,6 +147,7 @@ impl Sequence {
         Ok(Step {
             text,
             next: (!self.done()).then_some(next),
+            token: Some(next),
         })
     }
 

@@ -21,7 +21,7 @@ use crate::ggml::matvec;
 
 /// Up to this many activation rows go through the fused kernel; more are a GEMM on the
 /// dequantized weight (where the blocked f32 GEMM is faster than decoding per row).
-const FUSED_MAX_ROWS: usize = 16;
+pub(crate) const FUSED_MAX_ROWS: usize = 16;
 
 /// A quantized weight's row-interleaved copy for generation ([`crate::ggml::interleaved`]),
 /// built on first use; None inside when the format or shape has none.

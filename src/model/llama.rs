@@ -143,6 +143,11 @@ impl Llama {
         }
     }
 
+    /// The rotary inverse frequencies of one head (length head_dim/2).
+    pub(super) fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// Every weight under its Hugging Face name (`model.layers.0.self_attn.q_proj.weight`, ...),
     /// dense f32 (quantized weights are dequantized); `lm_head.weight` only when not tied.
     pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
@@ -170,7 +175,7 @@ impl Llama {
         Ok(out)
     }
 
-    fn rms_norm(&self, x: &Tensor, weight: &Tensor, pass: Pass) -> Result<Tensor> {
+    pub(super) fn rms_norm(&self, x: &Tensor, weight: &Tensor, pass: Pass) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         Ok(if pass.train {
             super::fused::rms_norm(x, weight, eps)?
@@ -184,7 +189,13 @@ impl Llama {
     }
 
     /// One projection of block `layer`, plus its LoRA update when the pass has one.
-    fn project(&self, layer: usize, target: Target, x: &Tensor, pass: Pass) -> Result<Tensor> {
+    pub(super) fn project(
+        &self,
+        layer: usize,
+        target: Target,
+        x: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
         if let Some(observe) = pass.observe {
             observe(Site::Block(layer, target), x)?;
         }
@@ -318,7 +329,7 @@ impl Llama {
 
     /// The final norm and output projection of the last block's output `x` (B, T, C), at the
     /// positions `which` asks for: (B, T|1|T−n, V), f32.
-    fn logits(&self, x: &Tensor, which: Logits, pass: Pass) -> Result<Tensor> {
+    pub(super) fn logits(&self, x: &Tensor, which: Logits, pass: Pass) -> Result<Tensor> {
         let t = x.dim(1)?;
         let x = match which {
             Logits::All => x.clone(),
@@ -371,7 +382,7 @@ impl Llama {
     }
 
     /// Token embeddings: (B, T) → (B, T, C).
-    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    pub(super) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
             b,
@@ -400,15 +411,7 @@ impl Llama {
         let h = self.rms_norm(&x, &block.mlp_norm, pass)?;
         let gate = self.project(i, Target::Gate, &h, pass)?; // (B, T, F)
         let up = self.project(i, Target::Up, &h, pass)?;
-        let act = if pass.train {
-            super::fused::swiglu(&gate, &up)?
-        } else {
-            if plain_op("silu") {
-                ((gate.neg()?.exp()? + 1.0)?.recip()? * &gate)? * up
-            } else {
-                candle_nn::ops::silu(&gate)? * up
-            }?
-        };
+        let act = swiglu(&gate, &up, pass)?;
         let m = self.project(i, Target::Down, &act, pass)?; // (B, T, C)
         Ok((x + m)?)
     }
@@ -426,24 +429,41 @@ impl Llama {
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
+        let q = self.project(layer, Target::Q, h, pass)?;
+        let k = self.project(layer, Target::K, h, pass)?;
+        let v = self.project(layer, Target::V, h, pass)?;
+        let (q, k, v) = self.heads(&q, &k, &v, b, t, cos, sin, pass)?;
+        let (k, v) = if pass.train {
+            (k, v)
+        } else {
+            LayerCache::append(cache, &k, &v)? // (B, Hkv, S, D)
+        };
+        let out = self.attend(&q, &k, &v, mask, cache.as_ref(), decode, pass)?;
+        self.project(layer, Target::O, &out, pass)
+    }
+
+    /// The projected queries, keys and values (B, T, H·D) split into heads and rotated:
+    /// q (B, Hq, T, D), k and v (B, Hkv, T, D).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn heads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        b: usize,
+        t: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        pass: Pass,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (hq, hkv, d) = (
             self.config.num_attention_heads,
             self.config.num_key_value_heads,
             self.config.head_dim,
         );
-        let q = self
-            .project(layer, Target::Q, h, pass)?
-            .reshape((b, t, hq, d))?
-            .transpose(1, 2)?; // (B, Hq, T, D)
-        let k = self
-            .project(layer, Target::K, h, pass)?
-            .reshape((b, t, hkv, d))?
-            .transpose(1, 2)?; // (B, Hkv, T, D)
-        let v = self
-            .project(layer, Target::V, h, pass)?
-            .reshape((b, t, hkv, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let q = q.reshape((b, t, hq, d))?.transpose(1, 2)?; // (B, Hq, T, D)
+        let k = k.reshape((b, t, hkv, d))?.transpose(1, 2)?; // (B, Hkv, T, D)
+        let v = v.reshape((b, t, hkv, d))?.transpose(1, 2)?.contiguous()?;
         // Training tables are per row (B, 1, T, D/2), which only the plain-ops rotation takes.
         let (q, k) = if pass.train || cos.rank() == 4 {
             match (
@@ -464,16 +484,29 @@ impl Llama {
         } else {
             (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
         };
+        Ok((q, k, v))
+    }
+
+    /// Attention of the rotated queries `q` (B, Hq, T, D) over keys and values (B, Hkv, S, D),
+    /// before the output projection: (B, T, Hq·D). With `decode` (one position, no padding) and
+    /// a cache [`decode_attention`] can read, it reads the cache directly.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        cache: Option<&LayerCache>,
+        decode: bool,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, hq, t, d) = q.dims4()?;
+        let hkv = self.config.num_key_value_heads;
         let scale = 1.0 / (d as f64).sqrt();
-        let (k, v) = if pass.train {
-            (k, v)
-        } else {
-            LayerCache::append(cache, &k, &v)? // (B, Hkv, S, D)
-        };
-        if let Some(c) = cache.as_ref().filter(|c| decode && c.decodable()) {
+        if let Some(c) = cache.filter(|c| decode && c.decodable()) {
             if !plain_op("attention") {
-                let out = decode_attention(&q, c, scale as f32)?; // (1, 1, Hq·D)
-                return self.project(layer, Target::O, &out, pass);
+                return decode_attention(q, c, scale as f32); // (1, 1, Hq·D)
             }
         }
         // Grouped-query attention without copying keys and values per query head: the `group`
@@ -499,9 +532,19 @@ impl Llama {
             .reshape((b, hkv, group * t, s_len))?
             .matmul(&v.contiguous()?)? // (B, Hkv, group·T, D)
             .reshape((b, hq, t, d))?; // (B, Hq, T, D)
-        let out = out.transpose(1, 2)?.reshape((b, t, hq * d))?; // (B, T, Hq·D)
-        self.project(layer, Target::O, &out, pass)
+        Ok(out.transpose(1, 2)?.reshape((b, t, hq * d))?) // (B, T, Hq·D)
     }
+}
+
+/// SiLU(gate) · up, the MLP's activation (B, T, F).
+pub(super) fn swiglu(gate: &Tensor, up: &Tensor, pass: Pass) -> Result<Tensor> {
+    Ok(if pass.train {
+        super::fused::swiglu(gate, up)?
+    } else if plain_op("silu") {
+        (((gate.neg()?.exp()? + 1.0)?.recip()? * gate)? * up)?
+    } else {
+        (candle_nn::ops::silu(gate)? * up)?
+    })
 }
 
 /// Whether inference runs `op` (rms_norm, rope, softmax, silu, attention, or all) composed from plain

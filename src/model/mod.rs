@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod decode_batch;
 pub mod frozen;
 pub mod fused;
 #[cfg(feature = "cuda")]

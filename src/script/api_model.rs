@@ -56,6 +56,7 @@ fn generate_options(o: &Options) -> ScriptResult<(GenerateOptions, bool)> {
             .float("repetition_penalty")?
             .unwrap_or(d.repetition_penalty),
         seed: o.int("seed")?.map_or(d.seed, |s| s as u64),
+        ..d
     };
     if let Some(stops) = o.array("stop")? {
         // An empty stop string would match at once and end every reply.

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Build llama.cpp's tools (llama-bench, llama-perplexity, llama-quantize, llama-imatrix, llama-completion,
-# llama-tokenize, and llama-cli without its web UI), the peer the benchmarks compare with. Its
+# llama-tokenize, llama-server, and llama-cli without its web UI), the peer the benchmarks compare with. Its
 # source comes from the PyPI sdist of llama-cpp-python, which vendors llama.cpp (the package registries are the only network here).
 # Builds in $LLAMA_CPP_DIR (default ${XDG_CACHE_HOME:-~/.cache}/tunelab/llama.cpp), keeping the
 # build folder so a failed or repeated build resumes; prints the folder holding the tools.
 # Needs cmake and a C++ compiler (apt-get install cmake g++). About 15 minutes on 2 cores.
 set -euo pipefail
 prefix="${LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tunelab/llama.cpp}"
-tools=(llama-bench llama-perplexity llama-quantize llama-completion llama-tokenize llama-cli llama-imatrix)
-if [ -x "$prefix/build/bin/llama-cli" ] && [ -x "$prefix/build/bin/llama-imatrix" ] && [ -f "$prefix/build/.portable" ]; then
+tools=(llama-bench llama-perplexity llama-quantize llama-completion llama-tokenize llama-cli llama-imatrix llama-server)
+if [ -x "$prefix/build/bin/llama-cli" ] && [ -x "$prefix/build/bin/llama-imatrix" ] \
+   && [ -x "$prefix/build/bin/llama-server" ] && [ -f "$prefix/build/.portable" ]; then
     echo "$prefix/build/bin"
     exit 0
 fi

@@ -13,7 +13,7 @@ use crate::output::Output;
 use super::resolver::ScriptResolver;
 use super::{
     api_auto_mix, api_core, api_curves, api_data, api_export, api_imatrix, api_model, api_quant,
-    api_train,
+    api_serve, api_train,
 };
 
 /// What the scripts of one engine share with the native code they call.
@@ -84,6 +84,7 @@ pub fn api_modules() -> Vec<AreaModule> {
         (api_imatrix::AREA, api_imatrix::module()),
         (api_auto_mix::AREA, api_auto_mix::module()),
         (api_export::AREA, api_export::module()),
+        (api_serve::AREA, api_serve::module()),
     ]
 }
 

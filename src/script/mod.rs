@@ -16,6 +16,7 @@ pub mod api_export;
 pub mod api_imatrix;
 pub mod api_model;
 pub mod api_quant;
+pub mod api_serve;
 pub mod api_train;
 pub mod call_errors;
 pub mod diagnostic;

@@ -35,6 +35,8 @@ pub struct Job {
     pub target: Target,
     /// Log-probabilities with this many alternatives per token (None: off).
     pub logprobs: Option<usize>,
+    /// Generate past the model's end tokens.
+    pub ignore_eos: bool,
     /// When the request gives up (queue time included).
     pub deadline: Instant,
     pub events: UnboundedSender<Event>,
@@ -187,7 +189,8 @@ impl Engine {
     fn start(&self, job: Job) -> Option<Active> {
         let start = Instant::now();
         let model = &self.served.model;
-        let sequence = Sequence::new(&job.prompt, &job.options, &model.stop_ids, self.context);
+        let model_stops: &[u32] = if job.ignore_eos { &[] } else { &model.stop_ids };
+        let sequence = Sequence::new(&job.prompt, &job.options, model_stops, self.context);
         let mut cache = KvCache::default();
         let adapter = self.served.adapter(job.target);
         let mut logits = None;

@@ -39,6 +39,8 @@ pub struct Request {
     pub include_usage: bool,
     /// Log-probabilities of each generated token and this many alternatives (None: off).
     pub logprobs: Option<usize>,
+    /// Keep generating past end tokens (vLLM's and llama.cpp's `ignore_eos`, for benchmarks).
+    pub ignore_eos: bool,
 }
 
 /// The body as a JSON object.
@@ -340,6 +342,7 @@ fn common(f: &Fields, prompt: Prompt, max_logprobs: i64, chat: bool) -> ApiResul
         stream,
         include_usage,
         logprobs,
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
     })
 }
 

@@ -311,7 +311,7 @@ async fn generate(
             .map_or(0, |d| d.as_nanos() as u64);
     }
     let mut stop_ids = r.served.template(target).stop_ids(&r.served.model);
-    if !chat {
+    if !chat || req.ignore_eos {
         stop_ids.clear();
     }
     let options = GenerateOptions {
@@ -327,6 +327,7 @@ async fn generate(
         options,
         target,
         logprobs: req.logprobs,
+        ignore_eos: req.ignore_eos,
         deadline: Instant::now() + s.options.timeout,
         events: tx,
     };

@@ -9,30 +9,8 @@ mod server;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use server::{chat, streamed_text, Server, TIMEOUT};
+use server::{chat, noise_adapter, streamed_text, temp, Server, TIMEOUT};
 use tunelab::serve::client;
-
-/// A LoRA adapter for the tiny model with random (non-zero) factors, saved as a PEFT folder.
-fn noise_adapter(dir: &std::path::Path, seed: u64) {
-    let model = tunelab::model::load("tiny", &Default::default()).unwrap();
-    let config = tunelab::lora::LoraConfig {
-        rank: 4,
-        ..Default::default()
-    };
-    let adapter = tunelab::lora::Adapter::new(&model.llama, config, seed, "tiny").unwrap();
-    for (_, var) in adapter.named_vars() {
-        let noise =
-            candle_core::Tensor::randn(0f32, 0.08, var.shape(), &candle_core::Device::Cpu).unwrap();
-        var.set(&noise).unwrap();
-    }
-    tunelab::lora::peft::save(&adapter, dir, true).unwrap();
-}
-
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 #[test]
 fn chat_and_completion_answers_have_openai_shapes_streamed_or_not() {
@@ -200,8 +178,8 @@ fn greedy_answers_equal_the_librarys() {
 #[test]
 fn concurrent_requests_with_mixed_adapters_each_equal_their_answer_alone() {
     let (a, b) = (temp("serve_adapter_a"), temp("serve_adapter_b"));
-    noise_adapter(&a, 1);
-    noise_adapter(&b, 2);
+    noise_adapter("tiny", &a, 1);
+    noise_adapter("tiny", &b, 2);
     let lora_a = format!("a={}", a.display());
     let lora_b = format!("b={}", b.display());
     let s = Server::start(

@@ -144,3 +144,31 @@ pub fn streamed_text(events: &[String]) -> String {
         })
         .collect()
 }
+
+/// A LoRA adapter for `model` (a path or `tiny`) with random, non-zero factors, saved as a PEFT
+/// folder: choosing it visibly changes answers.
+pub fn noise_adapter(model: &str, dir: &std::path::Path, seed: u64) {
+    let options = tunelab::model::LoadOptions {
+        quantized: true,
+        ..Default::default()
+    };
+    let model = tunelab::model::load(model, &options).unwrap();
+    let config = tunelab::lora::LoraConfig {
+        rank: 4,
+        ..Default::default()
+    };
+    let adapter = tunelab::lora::Adapter::new(&model.llama, config, seed, "base").unwrap();
+    for (_, var) in adapter.named_vars() {
+        let noise =
+            candle_core::Tensor::randn(0f32, 0.08, var.shape(), &candle_core::Device::Cpu).unwrap();
+        var.set(&noise).unwrap();
+    }
+    tunelab::lora::peft::save(&adapter, dir, true).unwrap();
+}
+
+/// A fresh folder under the test target folder.
+pub fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}

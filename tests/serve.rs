@@ -30,7 +30,7 @@ fn chat_and_completion_answers_have_openai_shapes_streamed_or_not() {
     assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
     let usage = &whole["usage"];
     let n = usage["completion_tokens"].as_u64().unwrap();
-    assert!(n >= 1 && n <= 12);
+    assert!((1..=12).contains(&n));
     assert_eq!(
         usage["total_tokens"].as_u64().unwrap(),
         usage["prompt_tokens"].as_u64().unwrap() + n

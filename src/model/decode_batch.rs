@@ -175,8 +175,10 @@ mod tests {
     fn each_row_matches_its_sequence_decoded_alone() {
         let model = crate::model::load("tiny", &LoadOptions::default()).unwrap();
         let llama = &model.llama;
-        let mut config = LoraConfig::default();
-        config.rank = 4;
+        let config = LoraConfig {
+            rank: 4,
+            ..Default::default()
+        };
         let mut adapter = Adapter::new(llama, config, 7, "tiny").unwrap();
         // A fresh adapter's B is zero; give it values so the update shows.
         for (_, var) in adapter.named_vars() {
@@ -212,12 +214,15 @@ mod tests {
             })
             .collect();
         let mut batched: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
-        for step in 0..3 {
+        let per_step: Vec<Vec<u32>> = (0..3)
+            .map(|j| steps.iter().map(|s| s[j]).collect())
+            .collect();
+        for tokens in &per_step {
             let mut rows: Vec<DecodeRow> = caches
                 .iter_mut()
                 .enumerate()
                 .map(|(i, cache)| DecodeRow {
-                    token: steps[i][step],
+                    token: tokens[i],
                     cache,
                     adapter: uses(i),
                 })

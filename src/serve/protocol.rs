@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiResult};
+use crate::data::readers::json::kind_name as kind;
 use crate::data::{Message, Role};
 use crate::generate::sampling::SamplingOptions;
 
@@ -73,18 +74,6 @@ pub fn object(body: &[u8]) -> ApiResult<Map<String, Value>> {
             None,
             format!("the request body is not valid JSON: {e}"),
         )),
-    }
-}
-
-/// JSON's name for the kind of `v`.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -378,28 +367,60 @@ pub fn completion(body: &[u8]) -> ApiResult<Request> {
 fn completion_prompt(v: Option<&Value>) -> ApiResult<Prompt> {
     let one_prompt = "send one prompt per request (a string or a list of token ids)";
     match v {
-        None | Some(Value::Null) => Err(ApiError::field("prompt", "'prompt' is required: the text to continue")),
+        None | Some(Value::Null) => Err(ApiError::field(
+            "prompt",
+            "'prompt' is required: the text to continue",
+        )),
         Some(Value::String(s)) => Ok(Prompt::Text(s.clone())),
-        Some(Value::Array(items)) if items.is_empty() => Err(ApiError::field("prompt", "'prompt' is an empty list")),
+        Some(Value::Array(items)) if items.is_empty() => {
+            Err(ApiError::field("prompt", "'prompt' is an empty list"))
+        }
         Some(Value::Array(items)) => match &items[0] {
             Value::String(s) if items.len() == 1 => Ok(Prompt::Text(s.clone())),
-            Value::String(_) => Err(ApiError::field("prompt", format!("'prompt' has {} strings: {one_prompt}", items.len()))),
-            Value::Number(_) => items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    t.as_u64()
-                        .filter(|&t| t <= u32::MAX as u64)
-                        .map(|t| t as u32)
-                        .ok_or_else(|| ApiError::field("prompt", format!("'prompt[{i}]' must be a token id (a whole number ≥ 0), got {t}")))
-                })
-                .collect::<ApiResult<Vec<_>>>()
-                .map(Prompt::Tokens),
-            Value::Array(_) => Err(ApiError::field("prompt", format!("'prompt' is a list of prompts: {one_prompt}"))),
-            other => Err(ApiError::field("prompt", format!("'prompt[0]' must be a string or a token id, got {}", kind(other)))),
+            Value::String(_) => Err(ApiError::field(
+                "prompt",
+                format!("'prompt' has {} strings: {one_prompt}", items.len()),
+            )),
+            Value::Number(_) => token_ids(items).map(Prompt::Tokens).map_err(|(i, t)| {
+                ApiError::field(
+                    "prompt",
+                    format!("'prompt[{i}]' must be a token id (a whole number ≥ 0), got {t}"),
+                )
+            }),
+            Value::Array(_) => Err(ApiError::field(
+                "prompt",
+                format!("'prompt' is a list of prompts: {one_prompt}"),
+            )),
+            other => Err(ApiError::field(
+                "prompt",
+                format!(
+                    "'prompt[0]' must be a string or a token id, got {}",
+                    kind(other)
+                ),
+            )),
         },
-        Some(other) => Err(ApiError::field("prompt", format!("'prompt' must be a string or a list of token ids, got {}", kind(other)))),
+        Some(other) => Err(ApiError::field(
+            "prompt",
+            format!(
+                "'prompt' must be a string or a list of token ids, got {}",
+                kind(other)
+            ),
+        )),
     }
+}
+
+/// A list of token ids; Err((index, value)) at the first item that is not one.
+pub fn token_ids(items: &[Value]) -> Result<Vec<u32>, (usize, &Value)> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.as_u64()
+                .filter(|&t| t <= u32::MAX as u64)
+                .map(|t| t as u32)
+                .ok_or((i, t))
+        })
+        .collect()
 }
 
 /// `messages`: (system prompt, the rest). System (or developer) messages may only come first;

@@ -50,9 +50,15 @@ impl Shape {
         })
     }
 
-    fn choice(&self, body: Value, logprobs: Value, finish: Option<&str>) -> Value {
+    /// The one choice of a chunk (`whole`: of a whole answer), with `body` under chat's
+    /// `delta` (`message` when whole) or completions' `text`.
+    fn choice(&self, whole: bool, body: Value, logprobs: Value, finish: Option<&str>) -> Value {
         let mut c = json!({"index": 0, "logprobs": logprobs, "finish_reason": finish});
-        let key = if self.chat { "delta" } else { "text" };
+        let key = match (self.chat, whole) {
+            (true, false) => "delta",
+            (true, true) => "message",
+            (false, _) => "text",
+        };
         c[key] = body;
         json!([c])
     }
@@ -63,6 +69,7 @@ impl Shape {
             self.envelope(
                 true,
                 self.choice(
+                    false,
                     json!({"role": "assistant", "content": ""}),
                     Value::Null,
                     None,
@@ -85,13 +92,16 @@ impl Shape {
             json!(text)
         };
         let lp = self.logprobs(logprobs, offset);
-        self.envelope(true, self.choice(body, lp, None))
+        self.envelope(true, self.choice(false, body, lp, None))
     }
 
     /// The closing chunk: an empty delta (or text) with the finish reason.
     pub fn final_chunk(&self, finish: &Finish) -> Value {
         let body = if self.chat { json!({}) } else { json!("") };
-        self.envelope(true, self.choice(body, Value::Null, Some(finish.reason)))
+        self.envelope(
+            true,
+            self.choice(false, body, Value::Null, Some(finish.reason)),
+        )
     }
 
     /// The usage chunk (`choices: []`), sent when `stream_options.include_usage` is true.
@@ -110,14 +120,7 @@ impl Shape {
         };
         let mut offset = 0;
         let lp = self.logprobs(logprobs, &mut offset);
-        let mut choices = self.choice(body, lp, Some(finish.reason));
-        if self.chat {
-            // A whole answer has `message`, not `delta`.
-            let c = &mut choices[0];
-            let message = c["delta"].take();
-            c.as_object_mut().map(|o| o.remove("delta"));
-            c["message"] = message;
-        }
+        let choices = self.choice(true, body, lp, Some(finish.reason));
         let mut v = self.envelope(false, choices);
         v["usage"] = usage(finish);
         v["timings"] = timings(finish);

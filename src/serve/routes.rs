@@ -310,10 +310,12 @@ async fn generate(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
     }
-    let mut stop_ids = r.served.template(target).stop_ids(&r.served.model);
-    if !chat || req.ignore_eos {
-        stop_ids.clear();
-    }
+    // A chat ends at its template's stop words too (unless asked to ignore end tokens).
+    let stop_ids = if chat && !req.ignore_eos {
+        r.served.template(target).stop_ids(&r.served.model)
+    } else {
+        Vec::new()
+    };
     let options = GenerateOptions {
         max_new_tokens: max_tokens,
         sampling,
@@ -469,15 +471,24 @@ fn done_events(shape: &Shape, finish: &Finish, include_usage: bool) -> Bytes {
     Bytes::from(text)
 }
 
+/// The start of a native endpoint (`/tokenize`, ...): count it, check the server is ready,
+/// and read the body as a JSON object.
+fn native_request(
+    s: &Shared,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<(&Ready, serde_json::Map<String, Value>)> {
+    s.metrics.other_requests.fetch_add(1, Ordering::Relaxed);
+    let r = s.ready()?;
+    Ok((r, protocol::object(&body(s, b)?)?))
+}
+
 /// `/tokenize`: `{content | prompt | messages, with_pieces?, model?}` → `{tokens, count,
 /// max_model_len}` (llama.cpp's and vLLM's fields); with pieces, each token is `{id, piece}`.
 async fn tokenize(
     State(s): State<Arc<Shared>>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    s.metrics.other_requests.fetch_add(1, Ordering::Relaxed);
-    let r = s.ready()?;
-    let map = protocol::object(&body(&s, b)?)?;
+    let (r, map) = native_request(&s, b)?;
     let f = Fields(&map);
     let target = target(r, f.string("model")?.unwrap_or(""))?;
     let text = match (
@@ -524,13 +535,11 @@ async fn detokenize(
     State(s): State<Arc<Shared>>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    s.metrics.other_requests.fetch_add(1, Ordering::Relaxed);
-    let r = s.ready()?;
-    let map = protocol::object(&body(&s, b)?)?;
+    let (r, map) = native_request(&s, b)?;
     let ids = match map.get("tokens") {
-        Some(Value::Array(items)) => match protocol_tokens(items) {
-            Some(ids) => ids,
-            None => {
+        Some(Value::Array(items)) => match protocol::token_ids(items) {
+            Ok(ids) => ids,
+            Err(_) => {
                 return Err(ApiError::field(
                     "tokens",
                     "'tokens' must be a list of token ids (whole numbers ≥ 0)",
@@ -560,25 +569,12 @@ async fn detokenize(
     Ok(axum::Json(json!({"content": text, "prompt": text})).into_response())
 }
 
-fn protocol_tokens(items: &[Value]) -> Option<Vec<u32>> {
-    items
-        .iter()
-        .map(|v| {
-            v.as_u64()
-                .filter(|&t| t <= u32::MAX as u64)
-                .map(|t| t as u32)
-        })
-        .collect()
-}
-
 /// `/apply-template`: `{messages, model?}` → `{prompt}`, the text a chat request would send.
 async fn apply_template(
     State(s): State<Arc<Shared>>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    s.metrics.other_requests.fetch_add(1, Ordering::Relaxed);
-    let r = s.ready()?;
-    let map = protocol::object(&body(&s, b)?)?;
+    let (r, map) = native_request(&s, b)?;
     let target = target(r, Fields(&map).string("model")?.unwrap_or(""))?;
     let (system, messages) = protocol::messages(map.get("messages"))?;
     let prompt = chat_prompt(r, target, &system, &messages)?;

@@ -129,15 +129,20 @@ impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
     }
 }
 
-fn not_an_object(path: &Path, loc: Loc, value: &Value) -> Error {
-    let kind = match value {
+/// JSON's name for the kind of `value` ("a string", "an array", ...), for error messages.
+pub fn kind_name(value: &Value) -> &'static str {
+    match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    };
+    }
+}
+
+fn not_an_object(path: &Path, loc: Loc, value: &Value) -> Error {
+    let kind = kind_name(value);
     Error::data(
         path,
         loc.to_string(),

@@ -148,12 +148,9 @@ impl Engine {
             match logits {
                 Ok(logits) => {
                     self.metrics.generated(logits.len() as u64);
-                    let mut finished = vec![false; active.len()];
-                    for ((a, row), done) in active.iter_mut().zip(&logits).zip(&mut finished) {
-                        *done = self.advance(a, row);
-                    }
-                    let mut done = finished.into_iter();
-                    active.retain(|_| !done.next().unwrap_or(true));
+                    // One row of logits per sequence, in order; a finished one leaves.
+                    let mut rows = logits.iter();
+                    active.retain_mut(|a| rows.next().is_some_and(|row| !self.advance(a, row)));
                 }
                 Err(e) => {
                     for a in active.drain(..) {

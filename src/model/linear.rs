@@ -4,8 +4,11 @@
 //! Quantized weights in the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on the CPU are
 //! multiplied with f32 activations: few rows (generation) through the fused kernel in
 //! [`crate::ggml::matvec`], many rows (a prompt) by dequantizing the weight and using the f32
-//! GEMM. Other formats (K-quants) and other devices use candle's `QMatMul`, which rounds the
-//! activations to 8 bits first.
+//! GEMM. Q4_0/Q4_1/Q8_0 on CPUs with AVX-512 VNNI take the interleaved kernel
+//! ([`crate::ggml::interleaved`], activations rounded to 16 bits) for up to 128 rows instead,
+//! which decodes each block once for 16 rows and so beats the GEMM on short prompts too. Other
+//! formats (K-quants) and other devices use candle's `QMatMul`, which rounds the activations to 8
+//! bits first.
 //!
 //! Shapes: weight (out, in); `forward` maps (…, in) → (…, out).
 
@@ -22,6 +25,10 @@ use crate::ggml::matvec;
 /// Up to this many activation rows go through the fused kernel; more are a GEMM on the
 /// dequantized weight (where the blocked f32 GEMM is faster than decoding per row).
 pub(crate) const FUSED_MAX_ROWS: usize = 16;
+
+/// Up to this many rows go through the interleaved kernel where the weight has one: it decodes
+/// each block once for 16 rows, so it is faster than dequantize-then-GEMM for prompts too.
+const INTERLEAVED_MAX_ROWS: usize = 128;
 
 /// A quantized weight's row-interleaved copy for generation ([`crate::ggml::interleaved`]),
 /// built on first use; None inside when the format or shape has none.
@@ -47,7 +54,19 @@ pub(crate) fn quantized_forward(
     let (n, k) = shape.dims2()?;
     let mut out_dims = x.dims().to_vec();
     let rows = x.elem_count() / k;
-    if rows > FUSED_MAX_ROWS {
+    let data = q.data()?;
+    let fast = interleaved
+        .filter(|_| {
+            rows <= INTERLEAVED_MAX_ROWS
+                && interleaved::supports(format, n, k)
+                && interleaved::fast_kernel_available()
+        })
+        .and_then(|cache| {
+            cache
+                .get_or_init(|| interleaved::interleave(format, &data, n, k))
+                .as_ref()
+        });
+    if fast.is_none() && rows > FUSED_MAX_ROWS {
         let w = q.dequantize(x.device())?; // (out, in)
         return Ok(x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(
             out_dims
@@ -59,14 +78,6 @@ pub(crate) fn quantized_forward(
         )?);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let data = q.data()?;
-    let fast = interleaved
-        .filter(|_| interleaved::supports(format, n, k) && interleaved::fast_kernel_available())
-        .and_then(|cache| {
-            cache
-                .get_or_init(|| interleaved::interleave(format, &data, n, k))
-                .as_ref()
-        });
     let y = match fast {
         Some(w) => interleaved::matmul(w, &xs, rows),
         None => matvec::matmul(format, &data, n, k, &xs, rows),

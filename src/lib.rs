@@ -23,6 +23,8 @@
 //! - [`version`]: what this build is made of.
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
+//! - [`serve`]: the OpenAI-compatible HTTP server.
+//! - [`suggest`]: "did you mean" for misspelt names.
 //! - [`repl`]: the interactive terminal front end.
 
 pub mod cancel;
@@ -44,6 +46,7 @@ pub mod repl;
 pub mod rng;
 pub mod script;
 pub mod serve;
+pub mod suggest;
 pub mod train;
 pub mod version;
 

@@ -111,34 +111,13 @@ pub fn unknown_key_message<'a>(
     valid: &[&str],
 ) -> Option<String> {
     let bad = keys.into_iter().find(|k| !valid.contains(k))?;
-    let nearest = valid
-        .iter()
-        .map(|v| (edit_distance(bad, v), *v))
-        .min()
-        .filter(|(d, _)| *d <= 2 + bad.len() / 4)
-        .map(|(_, v)| format!(" (did you mean \"{v}\"?)"))
+    let nearest = crate::suggest::nearest(bad, valid.iter().copied())
+        .map(|v| format!(" (did you mean \"{v}\"?)"))
         .unwrap_or_default();
     Some(format!(
         "unknown key \"{bad}\"{nearest}; valid keys: {}",
         valid.join(", ")
     ))
-}
-
-/// Levenshtein distance, for "did you mean" suggestions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let next = (row[j] + 1).min(row[j + 1] + 1).min(prev + cost);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -174,12 +153,5 @@ mod tests {
             err.contains("cfg: key \"steps\": expected an integer, got f64"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("epochs", "epochs"), 0);
-        assert_eq!(edit_distance("epoch", "epochs"), 1);
-        assert_eq!(edit_distance("lr", "rl"), 2);
     }
 }

@@ -24,6 +24,7 @@
 //! - [`procstat`]: peak memory and CPU time, for benchmarks.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
 //! - [`serve`]: the OpenAI-compatible HTTP server.
+//! - [`lfconfig`]: LLaMA-Factory's YAML configs, run unchanged.
 //! - [`suggest`]: "did you mean" for misspelt names.
 //! - [`repl`]: the interactive terminal front end.
 
@@ -37,6 +38,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod ggml;
 pub mod gguf;
+pub mod lfconfig;
 pub mod lora;
 pub mod model;
 pub mod output;

@@ -7,7 +7,8 @@
 //! --target-size SIZE | --target-bpw BITS [--imatrix FILE] [--measure M] [--text FILE]`, `tunelab export --model M
 //! [--adapter A] --out PATH [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab imatrix -m MODEL -f TEXT
 //! -o FILE [--ctx N] [--chunks N] [--process-output]`, `tunelab serve MODEL [--lora NAME=PATH]...
-//! [--port N] [--api-key KEY] [--parallel N] ...`, `tunelab --version`.
+//! [--port N] [--api-key KEY] [--parallel N] ...`, `tunelab train | chat | export CONFIG.yaml
+//! [key=value ...]` (LLaMA-Factory configs; `train --print-script`), `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -24,6 +25,7 @@ use tunelab::{repl, Error};
 mod cli;
 use cli::export::ExportArgs;
 use cli::imatrix::ImatrixArgs;
+use cli::lf::{ChatArgs, TrainArgs};
 use cli::quantize::{AutoMixFlags, QuantizeFlags};
 use cli::serve::ServeArgs;
 
@@ -66,6 +68,11 @@ enum Command {
         #[command(flatten)]
         target: AutoMixFlags,
     },
+    /// Fine-tune as a LLaMA-Factory config says (`llamafactory-cli train CONFIG.yaml`); key=value
+    /// overrides may follow the file.
+    Train(TrainArgs),
+    /// Chat with the model a LLaMA-Factory config names (`llamafactory-cli chat CONFIG.yaml`).
+    Chat(ChatArgs),
     /// Export a model, with its LoRA adapter merged in, or the adapter alone (the counterpart of
     /// `llamafactory-cli export`).
     Export(ExportArgs),
@@ -127,6 +134,8 @@ fn main() -> ExitCode {
                 "quantize: give TYPE (a preset such as Q4_K_M) or a target: --target-size SIZE or --target-bpw BITS",
             )),
         },
+        Some(Command::Train(args)) => cli::lf::train(&ctx, &args),
+        Some(Command::Chat(args)) => cli::lf::chat(&ctx, &args),
         Some(Command::Export(args)) => cli::export::export(&ctx, &args),
         Some(Command::Imatrix(args)) => cli::imatrix::imatrix(&ctx, &args),
         Some(Command::Serve(args)) => cli::serve::serve(&ctx, &args),

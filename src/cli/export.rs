@@ -10,15 +10,22 @@ use tunelab::Error;
 /// `tunelab export`'s options.
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
+    /// A LLaMA-Factory export config (.yaml: model_name_or_path, adapter_name_or_path,
+    /// export_dir, export_size), instead of the flags below; key=value overrides may follow.
+    #[arg(value_name = "CONFIG", conflicts_with_all = ["model", "out"])]
+    pub config: Option<PathBuf>,
+    /// Overrides of the config's keys: key=value.
+    #[arg(value_name = "KEY=VALUE", requires = "config")]
+    pub overrides: Vec<String>,
     /// The base model: a Hugging Face folder, a .gguf file, or `tiny`.
-    #[arg(long, value_name = "MODEL")]
-    model: String,
+    #[arg(long, value_name = "MODEL", required_unless_present = "config")]
+    model: Option<String>,
     /// A LoRA adapter folder (PEFT format: a run's output or a checkpoint).
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
     /// Where to write: a folder for hf and peft, a file for gguf and lora-gguf.
-    #[arg(long, value_name = "PATH")]
-    out: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    out: Option<PathBuf>,
     /// hf (merged Hugging Face folder with an Ollama Modelfile), gguf (merged model for
     /// llama.cpp), peft (the adapter), lora-gguf (the adapter for llama.cpp's --lora).
     #[arg(long, default_value = "hf")]
@@ -48,6 +55,14 @@ pub struct ExportArgs {
 /// `tunelab export --model M [--adapter A] --out PATH [--format F] ...`.
 pub fn export(ctx: &HostContext, args: &ExportArgs) -> Result<ExitCode, Error> {
     use tunelab::export::{ExportFormat, ExportJob};
+    if let Some(config) = &args.config {
+        return super::lf::export(ctx, config, &args.overrides);
+    }
+    let (Some(model), Some(out)) = (&args.model, &args.out) else {
+        return Err(Error::Usage(
+            "export: give --model and --out, or a LLaMA-Factory config".into(),
+        ));
+    };
     let format = ExportFormat::named(&args.format)?;
     let dtype = match args.dtype.as_deref() {
         None => None,
@@ -76,7 +91,7 @@ pub fn export(ctx: &HostContext, args: &ExportArgs) -> Result<ExitCode, Error> {
         )));
     }
     let start = std::time::Instant::now();
-    let model = tunelab::model::load(&args.model, &Default::default())?;
+    let model = tunelab::model::load(model, &Default::default())?;
     let adapter = match &args.adapter {
         Some(dir) => {
             let mut a = tunelab::lora::peft::load(dir, &model.llama)?;
@@ -85,7 +100,7 @@ pub fn export(ctx: &HostContext, args: &ExportArgs) -> Result<ExitCode, Error> {
         }
         None => None,
     };
-    let summary = tunelab::export::export(&model, adapter.as_ref(), &args.out, &job)?;
+    let summary = tunelab::export::export(&model, adapter.as_ref(), out, &job)?;
     ctx.output.line(&format!(
         "wrote {summary} ({:.1} s)",
         start.elapsed().as_secs_f64()

@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod imatrix;
+pub mod lf;
 pub mod quantize;
 pub mod serve;
 

@@ -224,3 +224,35 @@ fn bad_configs_are_one_line_naming_file_line_and_key() {
     refused(tunelab_in(&dir, &["train", &f]), "broken.yaml: line");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tutorial 09 (a commented config on `tiny` and the shipped data) trains, prints its script,
+/// chats and exports as its comments say.
+#[test]
+fn tutorial_09_runs_as_it_says() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root
+        .join("scripts/09_llamafactory.yaml")
+        .display()
+        .to_string();
+    let dir = temp("tutorial");
+    let data = format!("dataset_dir={}", root.join("data").display());
+    let (code, out, err) = tunelab_in(&dir, &["train", &config, &data, "output_dir=run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("not used by `tunelab train`: temperature, top_p, max_new_tokens, export_dir, export_size"), "{err}");
+    assert!(dir.join("run/checkpoint-8").exists() && dir.join("run/training_loss.png").exists());
+    let (code, script, err) = tunelab_in(&dir, &["train", &config, &data, "--print-script"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(script.contains("let run = sft(model, data, #{"), "{script}");
+    let (code, out, err) = tunelab_in(
+        &dir,
+        &[
+            "export",
+            &config,
+            "adapter_name_or_path=run",
+            "export_dir=merged",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(dir.join("merged/model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

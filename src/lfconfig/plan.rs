@@ -351,7 +351,12 @@ impl TrainPlan {
             sft.packing = true; // LLaMA-Factory: neat_packing implies packing
         }
         let mut eval_datasets = r.list("eval_dataset")?;
-        match r.string("eval_strategy")?.as_deref() {
+        // YAML 1.1 readers (PyYAML) take a bare `no` for false; both mean "no evaluation".
+        let strategy = match r.entry("eval_strategy").map(|e| &e.value) {
+            Some(Value::Bool(false)) => Some("no".to_string()),
+            _ => r.string("eval_strategy")?,
+        };
+        match strategy.as_deref() {
             None | Some("steps") => {}
             Some("no") => {
                 sft.val_size = 0.0;
@@ -526,6 +531,55 @@ mod tests {
     }
 
     #[test]
+    fn every_other_training_key_reaches_the_run() {
+        let c = config(
+            "model_name_or_path: tiny\ndataset: identity\neval_dataset: instruct_en,chat_sharegpt\nval_size: 0.1\nlora_alpha: 32\nlora_dropout: 0.05\nlora_target: q_proj,v_proj\nuse_rslora: true\nwarmup_steps: 3\nmax_grad_norm: 0.5\nweight_decay: 0.01\nadam_beta2: 0.95\neval_steps: 7\nseed: 7\nfp16: true\nresume_from_checkpoint: true\nneat_packing: true\ntrain_on_prompt: true\ngroup_by_length: true\nearly_stopping_steps: 2\ndataset_dir: my_data\n",
+        );
+        let p = TrainPlan::new(&c).unwrap();
+        assert_eq!(p.eval_datasets, ["instruct_en", "chat_sharegpt"]);
+        assert_eq!(p.dataset_dir, PathBuf::from("my_data"));
+        let s = &p.sft;
+        assert_eq!(
+            (s.val_size, s.lora.alpha, s.lora.dropout),
+            (0.1, 32.0, 0.05)
+        );
+        assert_eq!(
+            s.lora.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            ["q_proj", "v_proj"]
+        );
+        assert!(
+            s.lora.rslora
+                && s.resume
+                && s.packing
+                && s.neat_packing
+                && s.train_on_prompt
+                && s.group_by_length
+        );
+        assert_eq!(
+            (
+                s.warmup_steps,
+                s.max_grad_norm,
+                s.weight_decay,
+                s.adam_beta2
+            ),
+            (3, 0.5, 0.01, 0.95)
+        );
+        assert_eq!(
+            (s.eval_steps, s.seed, s.early_stopping_patience),
+            (Some(7), 7, Some(2))
+        );
+        assert_eq!(TrainPlan::half_precision(&c), Some("fp16"));
+        let p = TrainPlan::new(&config("model_name_or_path: tiny\ndataset: identity\nmask_history: true\npacking: true\neval_strategy: no\nval_size: 0.2\n")).unwrap();
+        assert!(p.sft.mask_history && p.sft.packing && p.sft.val_size == 0.0);
+        let err = TrainPlan::new(&config("model_name_or_path: tiny\ndataset: identity\noutput_dir: runs/a\nresume_from_checkpoint: runs/b/checkpoint-10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4: key \"resume_from_checkpoint\": tunelab resumes the newest checkpoint inside output_dir"), "{err}");
+        let p = TrainPlan::new(&config("model_name_or_path: tiny\ndataset: identity\noutput_dir: runs/a\nresume_from_checkpoint: runs/a/checkpoint-10\n")).unwrap();
+        assert!(p.sft.resume);
+    }
+
+    #[test]
     fn defaults_are_the_command_line_ones() {
         let p = TrainPlan::new(&config("model_name_or_path: tiny\ndataset: identity\n")).unwrap();
         let s = &p.sft;
@@ -644,6 +698,25 @@ mod tests {
 
     #[test]
     fn chat_and_export_read_their_keys() {
+        let c = config("model_name_or_path: tiny\ntemperature: 0.3\ntop_p: 0.8\ntop_k: 20\nrepetition_penalty: 1.1\nseed: 3\n");
+        let chat = ChatPlan::new(&c).unwrap();
+        let s = &chat.generate.sampling;
+        assert_eq!(
+            (
+                s.temperature,
+                s.top_p,
+                s.top_k,
+                s.repetition_penalty,
+                s.seed
+            ),
+            (0.3, 0.8, 20, 1.1, 3)
+        );
+        let d = ChatPlan::new(&config("model_name_or_path: tiny\n")).unwrap();
+        let s = &d.generate.sampling;
+        assert_eq!(
+            (s.temperature, s.top_p, s.top_k, d.generate.max_new_tokens),
+            (0.95, 0.7, 50, 1024)
+        );
         let c = config("model_name_or_path: tiny\ntemperature: 0.3\ndo_sample: false\nmax_new_tokens: 20\ndefault_system: Be brief.\nexport_dir: out/merged\nexport_size: 2\n");
         let chat = ChatPlan::new(&c).unwrap();
         assert_eq!(chat.generate.max_new_tokens, 20);

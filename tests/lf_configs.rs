@@ -39,8 +39,9 @@ fn short_run(data: &str) -> Vec<String> {
         &format!("dataset_dir={data}"),
         "template=chatml",
         "max_samples=16",
-        "max_steps=4",
-        "logging_steps=1",
+        "--max_steps",
+        "4",
+        "--logging_steps=1",
         "gradient_accumulation_steps=2",
     ]
     .iter()

@@ -14,7 +14,8 @@ use tunelab::Error;
 pub struct TrainArgs {
     /// A LLaMA-Factory config (.yaml, .yml or .json), e.g. examples/train_lora/llama3_lora_sft.yaml.
     config: PathBuf,
-    /// Overrides as llamafactory-cli takes them: key=value (e.g. max_steps=10).
+    /// Overrides as llamafactory-cli takes them: key=value or --key value (e.g. max_steps=10).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     overrides: Vec<String>,
     /// Print the equivalent tunelab script instead of training.
     #[arg(long)]
@@ -26,7 +27,8 @@ pub struct TrainArgs {
 pub struct ChatArgs {
     /// A LLaMA-Factory config naming the model (and adapter, template, sampling keys).
     config: PathBuf,
-    /// Overrides: key=value (e.g. temperature=0.3).
+    /// Overrides: key=value or --key value (e.g. temperature=0.3).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     overrides: Vec<String>,
 }
 
@@ -41,9 +43,17 @@ fn read(config: &Path, overrides: &[String], command: Command) -> Result<ConfigF
 
 /// `tunelab train CONFIG [key=value ...] [--print-script]`.
 pub fn train(ctx: &HostContext, args: &TrainArgs) -> Result<ExitCode, Error> {
-    let file = read(&args.config, &args.overrides, Command::Train)?;
+    // After the first override every word is one, so the flag may arrive among them.
+    let print_script = args.print_script || args.overrides.iter().any(|o| o == "--print-script");
+    let overrides: Vec<String> = args
+        .overrides
+        .iter()
+        .filter(|o| *o != "--print-script")
+        .cloned()
+        .collect();
+    let file = read(&args.config, &overrides, Command::Train)?;
     let plan = TrainPlan::new(&file)?;
-    if args.print_script {
+    if print_script {
         let name = args.config.display().to_string();
         print!("{}", lfconfig::script::train_script(&plan, &name));
         return Ok(ExitCode::SUCCESS);

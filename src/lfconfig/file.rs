@@ -34,7 +34,8 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Read `path` (`.yaml`, `.yml` or `.json`) and apply `overrides` (`key=value` each).
+    /// Read `path` (`.yaml`, `.yml` or `.json`) and apply `overrides`: `key=value`,
+    /// `--key=value` or `--key value`, as llamafactory-cli takes them.
     pub fn read(path: &Path, overrides: &[String]) -> Result<ConfigFile> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::io_hint(
@@ -44,8 +45,8 @@ impl ConfigFile {
             )
         })?;
         let mut config = ConfigFile::parse(path, &text)?;
-        for o in overrides {
-            config.apply_override(o)?;
+        for o in pair_flags(overrides)? {
+            config.apply_override(&o)?;
         }
         Ok(config)
     }
@@ -160,6 +161,27 @@ impl ConfigFile {
     }
 }
 
+/// Command-line overrides as `key=value` items: `--key value` pairs joined, `--` dropped.
+pub fn pair_flags(args: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.strip_prefix("--") {
+            Some(flag) if !flag.contains('=') => match it.next() {
+                Some(value) => out.push(format!("{flag}={value}")),
+                None => {
+                    return Err(Error::Usage(format!(
+                        "override --{flag}: give its value (--{flag} VALUE or {flag}=VALUE)"
+                    )))
+                }
+            },
+            Some(item) => out.push(item.to_string()),
+            None => out.push(a.clone()),
+        }
+    }
+    Ok(out)
+}
+
 /// The 1-based line where top-level `key:` is written (LLaMA-Factory configs are flat).
 fn line_of(text: &str, key: &str) -> Option<usize> {
     text.lines()
@@ -234,6 +256,20 @@ mod tests {
         assert_eq!(c.get("max_steps").unwrap().value, Value::from(3));
         let err = c.apply_override("lora_rank").unwrap_err().to_string();
         assert!(err.contains("write key=value"), "{err}");
+    }
+
+    #[test]
+    fn flag_style_overrides_become_pairs() {
+        let args: Vec<String> = ["--lora_rank", "16", "--max_steps=3", "template=chatml"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            pair_flags(&args).unwrap(),
+            ["lora_rank=16", "max_steps=3", "template=chatml"]
+        );
+        let err = pair_flags(&["--seed".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("give its value"), "{err}");
     }
 
     #[test]

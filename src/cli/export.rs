@@ -93,11 +93,7 @@ pub fn export(ctx: &HostContext, args: &ExportArgs) -> Result<ExitCode, Error> {
     let start = std::time::Instant::now();
     let model = tunelab::model::load(model, &Default::default())?;
     let adapter = match &args.adapter {
-        Some(dir) => {
-            let mut a = tunelab::lora::peft::load(dir, &model.llama)?;
-            a.template = tunelab::lora::peft::training_template(dir);
-            Some(a)
-        }
+        Some(dir) => Some(tunelab::lora::peft::load_trained(dir, &model.llama)?),
         None => None,
     };
     let summary = tunelab::export::export(&model, adapter.as_ref(), out, &job)?;

@@ -298,15 +298,20 @@ mod tests {
         (Format::of(dtype).unwrap(), q.data().unwrap().to_vec())
     }
 
+    /// `m` rows of `k` standard-normal activations.
+    fn random_rows(m: usize, k: usize) -> Vec<f32> {
+        Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     /// Against dequantize-then-dot in f32: the only differences are the 16-bit rounding of the
     /// activations and the order of summation, measured against Σ|w·x|.
     #[test]
     fn interleaved_products_match_dequantize_then_dot() {
         let (n, k, m) = (48, 256, 3);
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = random_rows(m, k);
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let (format, data) = quantized(dtype, n, k);
             let w = interleave(format, &data, n, k).unwrap();
@@ -340,10 +345,7 @@ mod tests {
     #[test]
     fn each_row_is_the_same_alone_or_in_a_batch() {
         let (n, k, m) = (32, 128, 7);
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = random_rows(m, k);
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let (format, data) = quantized(dtype, n, k);
             let w = interleave(format, &data, n, k).unwrap();

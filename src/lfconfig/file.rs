@@ -121,12 +121,15 @@ impl ConfigFile {
             )));
         };
         let key = key.trim().to_string();
-        let value = YamlLoader::load_from_str(raw)
-            .ok()
-            .and_then(|docs| docs.into_iter().next())
-            .and_then(|y| yaml_to_json(&y))
-            .unwrap_or_else(|| Value::String(raw.to_string()));
-        let value = if raw.is_empty() { Value::Null } else { value };
+        let value = if raw.is_empty() {
+            Value::Null
+        } else {
+            YamlLoader::load_from_str(raw)
+                .ok()
+                .and_then(|docs| docs.into_iter().next())
+                .and_then(|y| yaml_to_json(&y))
+                .unwrap_or_else(|| Value::String(raw.to_string()))
+        };
         match self.entries.iter_mut().find(|e| e.key == key) {
             Some(e) => {
                 e.value = value;

@@ -24,8 +24,7 @@ fn load_model(spec: &ModelSpec, merge_all: bool) -> Result<(Model, Option<Adapte
     let mut model = model::load(&spec.path, &opts)?;
     let mut last = None;
     for (i, dir) in spec.adapters.iter().enumerate() {
-        let mut adapter = crate::lora::peft::load(dir, &model.llama)?;
-        adapter.template = crate::lora::peft::training_template(dir);
+        let adapter = crate::lora::peft::load_trained(dir, &model.llama)?;
         if merge_all || i + 1 < spec.adapters.len() {
             model = crate::lora::merge::merge(&model, &adapter)?;
         } else {

@@ -74,6 +74,21 @@ pub fn load(dir: &Path, llama: &Llama) -> Result<Adapter> {
     Ok(adapter)
 }
 
+/// [`load`] plus the template the adapter was trained with ([`training_template`]): an adapter
+/// as a user hands it over, ready to chat with, serve or export.
+pub fn load_trained(dir: &Path, llama: &Llama) -> Result<Adapter> {
+    let mut adapter = load(dir, llama)?;
+    adapter.template = training_template(dir);
+    Ok(adapter)
+}
+
+/// [`read`] plus the template the adapter was trained with ([`training_template`]).
+pub fn read_trained(dir: &Path, device: &candle_core::Device) -> Result<Adapter> {
+    let mut adapter = read(dir, device)?;
+    adapter.template = training_template(dir);
+    Ok(adapter)
+}
+
 /// Read a PEFT folder onto `device`; [`Adapter::check_fits`] checks it against a model.
 pub fn read(dir: &Path, device: &candle_core::Device) -> Result<Adapter> {
     let config_path = dir.join("adapter_config.json");

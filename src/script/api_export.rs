@@ -21,10 +21,8 @@ pub fn module() -> rhai::Module {
 pub fn adapter_option(value: Dynamic, model: &Model, what: &str) -> ScriptResult<Adapter> {
     if value.is_string() {
         let dir = value.to_string();
-        let mut a =
-            crate::lora::peft::read(std::path::Path::new(&dir), &model.llama.device).script()?;
-        a.template = crate::lora::peft::training_template(std::path::Path::new(&dir));
-        return Ok(a);
+        return crate::lora::peft::read_trained(std::path::Path::new(&dir), &model.llama.device)
+            .script();
     }
     value.try_cast::<Adapter>().ok_or_else(|| {
         runtime(format!(

@@ -366,10 +366,7 @@ pub mod train_api {
     /// adapter saved elsewhere).
     #[rhai_fn(return_raw)]
     pub fn load_adapter(dir: &str) -> ScriptResult<Adapter> {
-        let mut adapter =
-            crate::lora::peft::read(Path::new(dir), &candle_core::Device::Cpu).script()?;
-        adapter.template = crate::lora::peft::training_template(Path::new(dir));
-        Ok(adapter)
+        crate::lora::peft::read_trained(Path::new(dir), &candle_core::Device::Cpu).script()
     }
 
     /// A new model with the adapter folded into its weights (W + alpha/r·B·A); the base is

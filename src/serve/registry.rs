@@ -73,9 +73,8 @@ impl Served {
     ) -> Result<Served> {
         let mut loaded = Vec::new();
         for source in adapters {
-            let mut adapter = crate::lora::peft::load(&source.path, &model.llama)
+            let adapter = crate::lora::peft::load_trained(&source.path, &model.llama)
                 .map_err(|e| Error::msg(format!("--lora {}: {e}", source.name)))?;
-            adapter.template = crate::lora::peft::training_template(&source.path);
             loaded.push((
                 source.name.clone(),
                 source.path.display().to_string(),

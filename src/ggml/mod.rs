@@ -8,8 +8,10 @@
 //! `quantize` (32-weight formats), `kquants` and `kquants_low_bit` (256-weight K-quants, on the
 //! searches in `kquant_search`) quantize as llama-quantize does; `weighted` (on
 //! `weighted_formats`) is the one entry for every type tunelab writes, with or without an
-//! importance matrix, as `llama-quantize --imatrix` quantizes.
+//! importance matrix, as `llama-quantize --imatrix` quantizes. `act_round` rounds a layer's
+//! input to a few bits (the lab's activation quantization; with 8-bit blocks, llama.cpp's own).
 
+pub mod act_round;
 pub mod blocks;
 pub mod ggml_dot32;
 pub mod ggml_matmul;

@@ -18,6 +18,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::Result;
+use crate::ggml::act_round::InputRounding;
 use crate::ggml::blocks::Format;
 use crate::ggml::interleaved::{self, Interleaved};
 use crate::ggml::matvec;
@@ -104,6 +105,24 @@ fn ggml_forward(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
     Ok(m.forward(x)?)
 }
 
+/// Whether ggml's integer kernels compute the product of `m` under rounding `r` (on the CPU).
+fn ggml_kernel_for(r: &InputRounding, m: &QMatMul) -> bool {
+    matches!(m, QMatMul::QTensor(q) if q.device().is_cpu() && r.uses_ggml_kernel(q.dtype()))
+}
+
+/// `x` (…, in) rounded as `r` asks, in its own dtype and device.
+fn round_input(r: &InputRounding, x: &Tensor) -> Result<Tensor> {
+    if r.granularity == crate::ggml::act_round::Granularity::WeightPartner {
+        return Ok(x.clone()); // llama.cpp keeps a dense weight's input in f32
+    }
+    let k = x.dims().last().copied().unwrap_or(1);
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let y = r.round(&xs, k);
+    Ok(Tensor::from_vec(y, x.dims(), &candle_core::Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?)
+}
+
 /// Whether `x · wᵀ` is a generation-sized product of f32 tensors on the CPU (few rows, no
 /// gradient to track), which [`dense_few_rows`] computes faster than the GEMM.
 fn few_rows_f32(w: &Tensor, x: &Tensor) -> bool {
@@ -146,10 +165,11 @@ pub enum Weight {
 pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
-    /// Quantized weights at inference: round the activations to 8-bit blocks first and dot
-    /// integers, as llama.cpp's CPU kernels do ([`crate::ggml::ggml_matmul`]), instead of keeping
-    /// them f32. Off by default; on for figures that must compare with llama.cpp's.
-    pub ggml_activations: bool,
+    /// At inference, round the input to a few bits before the product (the quantization lab's
+    /// activation quantization, [`crate::ggml::act_round`]); where the rounding is llama.cpp's own
+    /// for a quantized weight, ggml's integer kernels compute it ([`crate::ggml::ggml_matmul`]).
+    /// None (the default): inputs stay f32.
+    pub input_rounding: Option<Arc<InputRounding>>,
     /// Quantized weights: their interleaved copy for generation, shared by clones.
     pub interleaved: InterleavedCache,
 }
@@ -160,7 +180,7 @@ impl Linear {
         Linear {
             weight: Weight::Dense(weight),
             bias,
-            ggml_activations: false,
+            input_rounding: None,
             interleaved: Default::default(),
         }
     }
@@ -172,7 +192,7 @@ impl Linear {
         Ok(Linear {
             weight: Weight::Quantized(Arc::new(matmul), shape),
             bias,
-            ggml_activations: false,
+            input_rounding: None,
             interleaved: Default::default(),
         })
     }
@@ -265,6 +285,23 @@ impl Linear {
 
     /// (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rounded;
+        let x = match &self.input_rounding {
+            Some(r) => match &self.weight {
+                Weight::Quantized(m, _) if ggml_kernel_for(r, m) => {
+                    let y = ggml_forward(m, x)?;
+                    return Ok(match &self.bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    });
+                }
+                _ => {
+                    rounded = round_input(r, x)?;
+                    &rounded
+                }
+            },
+            None => x,
+        };
         let y = match &self.weight {
             Weight::Dense(w) if few_rows_f32(w, x) => dense_few_rows(w, x)?,
             Weight::Dense(w) => {
@@ -276,7 +313,6 @@ impl Linear {
                     .matmul(&w.t()?)?
                     .reshape(out_dims)?
             }
-            Weight::Quantized(m, _) if self.ggml_activations => ggml_forward(m, x)?,
             Weight::Quantized(m, shape) => quantized_forward(m, shape, x, Some(&self.interleaved))?,
         };
         Ok(match &self.bias {

@@ -117,20 +117,42 @@ impl Model {
     }
 
     /// A copy (sharing the weights) whose quantized layers round activations to 8 bits as
-    /// llama.cpp's CPU kernels do ([`linear::Linear::ggml_activations`]), so perplexity and KL
-    /// figures compare with llama.cpp's; dense layers are unchanged.
+    /// llama.cpp's CPU kernels do ([`crate::ggml::act_round::InputRounding::ggml`]), so
+    /// perplexity and KL figures compare with llama.cpp's; dense layers are unchanged.
     pub fn with_ggml_activations(&self) -> Model {
+        let ggml = Arc::new(crate::ggml::act_round::InputRounding::ggml());
+        self.with_input_rounding(&|_| Some(ggml.clone()))
+    }
+
+    /// A copy (sharing the weights) whose every linear layer — each block projection and the
+    /// output projection — rounds its input as `rounding` says for its [`Site`] (None: f32).
+    pub fn with_input_rounding(
+        &self,
+        rounding: &dyn Fn(Site) -> Option<Arc<crate::ggml::act_round::InputRounding>>,
+    ) -> Model {
         let mut llama = self.llama.clone();
-        for b in &mut llama.blocks {
+        for (i, b) in llama.blocks.iter_mut().enumerate() {
             for t in crate::lora::Target::ALL {
-                b.linear_mut(t).ggml_activations = true;
+                b.linear_mut(t).input_rounding = rounding(Site::Block(i, t));
             }
         }
-        llama.lm_head.ggml_activations = true;
+        llama.lm_head.input_rounding = rounding(Site::Output);
         Model::new(ModelParts {
             llama,
             ..(*self.inner).clone()
         })
+    }
+
+    /// How this model's layers round their inputs, when they do (the first layer's rounding:
+    /// its description and the outlier count all layers share).
+    pub fn input_rounding(&self) -> Option<Arc<crate::ggml::act_round::InputRounding>> {
+        self.llama
+            .blocks
+            .iter()
+            .flat_map(|b| crate::lora::Target::ALL.map(|t| b.linear(t).input_rounding.clone()))
+            .chain([self.llama.lm_head.input_rounding.clone()])
+            .flatten()
+            .next()
     }
 }
 

@@ -87,7 +87,7 @@ impl Windows {
     }
 
     /// Window `c`'s token ids, BOS first when the model adds one: (1, ctx).
-    fn ids(&self, c: usize, device: &Device) -> Result<Tensor> {
+    pub fn ids(&self, c: usize, device: &Device) -> Result<Tensor> {
         let ctx = self.ctx;
         let mut window = self.tokens[c * ctx..(c + 1) * ctx].to_vec();
         if let Some(bos) = self.bos {

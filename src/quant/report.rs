@@ -30,6 +30,7 @@ use crate::lora::config::Target;
 use crate::model::linear::{Linear, Weight};
 use crate::model::perplexity::Windows;
 use crate::model::Model;
+use crate::quant::activations::{census, column_ranges, InputCensus};
 
 /// One weight tensor of the quantized model against the reference's.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,14 @@ pub struct QuantReport {
     pub bits_per_weight: f64,
     /// Present when a text was given.
     pub agreement: Option<Agreement>,
+    /// How the model rounds its layers' inputs, when it does
+    /// ([`crate::ggml::act_round::InputRounding::describe`]).
+    pub activations: Option<String>,
+    /// With an outlier threshold: the share of input columns kept in f32 over the scored text.
+    pub outlier_fraction: Option<f64>,
+    /// When the model rounds its inputs and a text was given: the reference's activation
+    /// outlier census on that text, one entry per distinct layer input.
+    pub census: Vec<InputCensus>,
 }
 
 /// The ggml type a linear layer's weight is stored in.
@@ -265,6 +274,8 @@ pub fn report(
 ) -> Result<QuantReport> {
     let tensors = tensor_errors(model, reference)?;
     let (bytes, elements) = weight_bytes(model, &tensors);
+    let rounding = model.input_rounding();
+    let outliers_before = rounding.as_ref().map(|r| r.outliers.get());
     let (model, reference) = if opts.ggml_activations {
         (
             &model.with_ggml_activations(),
@@ -284,11 +295,31 @@ pub fn report(
         )?),
         None => None,
     };
+    let outlier_fraction = match (&rounding, outliers_before) {
+        (Some(r), Some((kept0, seen0))) if r.outlier_threshold.is_some() => {
+            let (kept, seen) = r.outliers.get();
+            (seen > seen0).then(|| (kept - kept0) as f64 / (seen - seen0) as f64)
+        }
+        _ => None,
+    };
+    let census = match (&rounding, &opts.text) {
+        (Some(_), Some(text)) => census(&column_ranges(
+            reference,
+            text,
+            opts.ctx.unwrap_or(512),
+            opts.chunks,
+            cancel,
+        )?),
+        _ => Vec::new(),
+    };
     Ok(QuantReport {
         tensors,
         weight_bytes: bytes,
         bits_per_weight: bytes as f64 * 8.0 / elements.max(1) as f64,
         agreement,
+        activations: rounding.map(|r| r.describe()),
+        outlier_fraction,
+        census,
     })
 }
 
@@ -353,8 +384,53 @@ impl QuantReport {
                 a.ctx
             );
         }
+        if let Some(a) = &self.activations {
+            s += &format!("activations: {a}");
+            if let Some(f) = self.outlier_fraction {
+                s += &format!("; outlier columns kept in f32: {:.3}%", f * 100.0);
+            }
+            s += "\n";
+        }
+        if !self.census.is_empty() {
+            s += &census_table(&self.census);
+        }
         s
     }
+}
+
+/// The activation outlier census as text: one row per layer, one column per distinct input.
+fn census_table(census: &[InputCensus]) -> String {
+    const INPUTS: [&str; 4] = ["attn", "attn_output", "ffn", "ffn_down"];
+    let mut s = String::from(
+        "activation outliers, max|x_j| / median_j max|x_j| per layer input (reference, scored text):\n",
+    );
+    s += &format!("{:<6}", "layer");
+    for i in INPUTS {
+        s += &format!(" {i:>11}");
+    }
+    s += "\n";
+    let layers = census
+        .iter()
+        .filter_map(|c| c.layer)
+        .max()
+        .map_or(0, |l| l + 1);
+    for layer in 0..layers {
+        s += &format!("{layer:<6}");
+        for i in INPUTS {
+            match census
+                .iter()
+                .find(|c| c.layer == Some(layer) && c.input == i)
+            {
+                Some(c) => s += &format!(" {:>11.1}", c.ratio),
+                None => s += &format!(" {:>11}", "-"),
+            }
+        }
+        s += "\n";
+    }
+    if let Some(c) = census.iter().find(|c| c.layer.is_none()) {
+        s += &format!("output {:>11.1}\n", c.ratio);
+    }
+    s
 }
 
 #[cfg(test)]

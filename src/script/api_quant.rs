@@ -124,6 +124,101 @@ pub fn importance_from(
     Ok(Some(std::sync::Arc::new(importance)))
 }
 
+/// A text option: the text itself, or the path of a file holding it.
+pub fn text_or_file(value: Option<String>) -> crate::script::errors::ScriptResult<Option<String>> {
+    use crate::script::errors::IntoScript;
+    Ok(match value {
+        Some(t) if std::path::Path::new(&t).is_file() => Some(
+            std::fs::read_to_string(&t)
+                .map_err(|e| crate::Error::io(&t, e))
+                .script()?,
+        ),
+        other => other,
+    })
+}
+
+/// `quantize`'s `activations` map: `bits` (8), `granularity` ("token"), `mode` ("dynamic"),
+/// `calibration` (text or a file), `ctx` (512), `chunks`, `outlier_threshold`, `smooth_alpha`,
+/// `ignore` (patterns of llama.cpp tensor names whose input stays f32).
+pub fn activation_options(
+    map: rhai::Map,
+) -> crate::script::errors::ScriptResult<crate::quant::activations::ActivationOptions> {
+    use crate::ggml::act_round::Granularity;
+    use crate::quant::activations::{ActivationOptions, RangeMode};
+    use crate::script::errors::{runtime, IntoScript};
+    const WHAT: &str = "quantize options: activations";
+    let o = crate::script::options::Options::new(
+        WHAT,
+        map,
+        &[
+            "bits",
+            "granularity",
+            "mode",
+            "calibration",
+            "ctx",
+            "chunks",
+            "outlier_threshold",
+            "smooth_alpha",
+            "ignore",
+        ],
+    )?;
+    let mut ignore = Vec::new();
+    for (i, p) in o
+        .array("ignore")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let text = p.into_string().map_err(|t| {
+            runtime(format!(
+                "{WHAT}: ignore[{i}] is {t}, not a pattern like \"output\" or \"ffn_down\""
+            ))
+        })?;
+        ignore.push(regex::Regex::new(&text).map_err(|e| {
+            runtime(format!(
+                "{WHAT}: ignore[{i}] \"{text}\" is not a regular expression: {e}"
+            ))
+        })?);
+    }
+    let d = ActivationOptions::default();
+    let granularity = match o.string("granularity")?.as_deref() {
+        None => d.granularity,
+        Some("tensor") => Granularity::Tensor,
+        Some("token") => Granularity::Token,
+        Some("block32") => Granularity::Block(32),
+        Some("block256") => Granularity::Block(256),
+        Some("ggml") => Granularity::WeightPartner,
+        Some(other) => {
+            return Err(runtime(format!(
+                "{WHAT}: key \"granularity\": \"{other}\" is not \"tensor\", \"token\", \"block32\", \"block256\" or \"ggml\""
+            )))
+        }
+    };
+    let mode = match o.string("mode")?.as_deref() {
+        None | Some("dynamic") => RangeMode::Dynamic,
+        Some("static") => RangeMode::Static,
+        Some(other) => {
+            return Err(runtime(format!(
+                "{WHAT}: key \"mode\": \"{other}\" is not \"dynamic\" (ranges from the live tensor) or \"static\" (calibrated on text)"
+            )))
+        }
+    };
+    let bits = o.int("bits")?.unwrap_or(d.bits as INT);
+    let opts = ActivationOptions {
+        bits: u32::try_from(bits).unwrap_or(0),
+        granularity,
+        mode,
+        calibration: text_or_file(o.string("calibration")?)?,
+        ctx: o.int("ctx")?.map_or(d.ctx, |c| c.max(0) as usize),
+        chunks: o.int("chunks")?.map(|c| c.max(1) as usize),
+        outlier_threshold: o.float("outlier_threshold")?.map(|t| t as f32),
+        smooth_alpha: o.float("smooth_alpha")?,
+        ignore,
+    };
+    opts.check(WHAT).script()?;
+    Ok(opts)
+}
+
 /// What `export_gguf` returns: `#{ path, tensors, bytes, file_type }`.
 pub fn export_map(path: &str, r: &crate::gguf::export::ExportReport) -> rhai::Map {
     let mut m = rhai::Map::new();
@@ -174,6 +269,30 @@ fn report_map(r: &crate::quant::report::QuantReport, file_size: Option<u64>) -> 
         m.insert("tokens".into(), Dynamic::from(a.tokens as INT));
         m.insert("chunks".into(), Dynamic::from(a.chunks as INT));
         m.insert("ctx".into(), Dynamic::from(a.ctx as INT));
+    }
+    if let Some(a) = &r.activations {
+        m.insert("activations".into(), a.clone().into());
+    }
+    if let Some(f) = r.outlier_fraction {
+        m.insert("outlier_fraction".into(), Dynamic::from(f));
+    }
+    if !r.census.is_empty() {
+        let census: rhai::Array = r
+            .census
+            .iter()
+            .map(|c| {
+                let mut e = rhai::Map::new();
+                e.insert(
+                    "layer".into(),
+                    c.layer.map_or(Dynamic::UNIT, |l| Dynamic::from(l as INT)),
+                );
+                e.insert("input".into(), c.input.into());
+                e.insert("ratio".into(), Dynamic::from(c.ratio));
+                e.insert("max".into(), Dynamic::from(c.max as f64));
+                e.into()
+            })
+            .collect();
+        m.insert("census".into(), census.into());
     }
     m.insert("table".into(), r.table().into());
     m
@@ -277,9 +396,14 @@ pub mod quant_api {
 
     /// `model` quantized in memory, as `export_gguf` with the same options would write it and
     /// `load_model(file, #{ quantized: true })` would read it back: `quantize(model, "Q4_K_M")`,
-    /// or `quantize(model, #{ type, rules, output_type, token_embd_type, pure })`.
+    /// or `quantize(model, #{ type, rules, output_type, token_embd_type, pure, imatrix,
+    /// activations })`. `activations: #{ bits, granularity, mode, calibration, ctx, chunks,
+    /// outlier_threshold, smooth_alpha }` makes every linear layer round its input before the
+    /// product (see README "Activations and low-rank"); with it, a missing `type` leaves the
+    /// weights as they are, so the activations' cost is measured alone.
     #[rhai_fn(return_raw)]
     pub fn quantize(
+        ctx: NativeCallContext,
         model: crate::model::Model,
         type_or_options: Dynamic,
     ) -> ScriptResult<crate::model::Model> {
@@ -290,12 +414,24 @@ pub mod quant_api {
             m
         } else {
             type_or_options.try_cast::<Map>().ok_or_else(|| {
-                runtime("quantize: the second argument is a type (\"Q4_K_M\") or options #{ type, rules, output_type, token_embd_type, pure }")
+                runtime("quantize: the second argument is a type (\"Q4_K_M\") or options #{ type, rules, output_type, token_embd_type, pure, imatrix, activations }")
             })?
         };
-        let o = crate::script::options::Options::new("quantize options", opts, super::PLAN_KEYS)?;
-        let plan = super::plan_from(&o, "quantize options", "Q8_0")?;
-        crate::quant::quantize_model::quantize_model(&model, &plan).script()
+        let mut keys = super::PLAN_KEYS.to_vec();
+        keys.push("activations");
+        let o = crate::script::options::Options::new("quantize options", opts, &keys)?;
+        let Some(act) = o.map("activations")? else {
+            let plan = super::plan_from(&o, "quantize options", "Q8_0")?;
+            return crate::quant::quantize_model::quantize_model(&model, &plan).script();
+        };
+        let act = super::activation_options(act)?;
+        let plan = match o.value("type") {
+            Some(_) => Some(super::plan_from(&o, "quantize options", "Q8_0")?),
+            None => None,
+        };
+        let host = crate::script::engine::host(&ctx);
+        crate::quant::activations::quantize_activations(&model, plan.as_ref(), &act, &host.cancel)
+            .script()
     }
 
     /// What quantization cost: `model` (quantized, or the path of a quantized .gguf, loaded with
@@ -337,14 +473,7 @@ pub mod quant_api {
             })?;
             (m, None)
         };
-        let text = match o.string("text")? {
-            Some(t) if std::path::Path::new(&t).is_file() => Some(
-                std::fs::read_to_string(&t)
-                    .map_err(|e| crate::Error::io(&t, e))
-                    .script()?,
-            ),
-            other => other,
-        };
+        let text = super::text_or_file(o.string("text")?)?;
         let ggml_activations = match o.string("activations")?.as_deref() {
             None | Some("f32") => false,
             Some("ggml") | Some("llama.cpp") => true,

@@ -92,7 +92,7 @@ fn check_presets(fixture: &str, names: &[&str]) {
         let q = quantize_model(&m, &plan(name)).unwrap();
         // As llama.cpp computes: activations rounded to 8 bits before each quantized product.
         let q = q.with_ggml_activations();
-        let a = agreement(&q, &m, &text, ctx, Some(chunks), &CancelToken::new()).unwrap();
+        let a = agreement(&q, &m, &text, ctx, Some(chunks), None, &CancelToken::new()).unwrap();
         let (ppl, kl, top1) = (
             want["ppl"].as_f64().unwrap(),
             want["kl_mean"].as_f64().unwrap(),

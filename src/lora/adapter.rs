@@ -33,6 +33,9 @@ pub struct Adapter {
     pub base_model: String,
     /// The chat template it was trained with, when known (chat uses it by default).
     pub template: Option<String>,
+    /// LoftQ's compensation (`quant::lowrank` with more than one iteration) re-quantizes the
+    /// base it was fitted to: that model, which the adapter must be used with.
+    pub requantized_base: Option<crate::model::Model>,
 }
 
 /// Dropout on the adapter's input during training: the probability and the generator.
@@ -67,6 +70,7 @@ impl Adapter {
             layers,
             base_model: base_model.to_string(),
             template: None,
+            requantized_base: None,
         })
     }
 

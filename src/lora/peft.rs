@@ -214,6 +214,7 @@ pub fn read(dir: &Path, device: &candle_core::Device) -> Result<Adapter> {
         rslora,
     };
     Ok(Adapter {
+        requantized_base: None,
         config,
         layers,
         base_model,

@@ -143,6 +143,11 @@ impl Model {
         })
     }
 
+    /// Whether `other` is this very model (a clone of it), not merely an equal one.
+    pub fn is_same(&self, other: &Model) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// How this model's layers round their inputs, when they do (the first layer's rounding:
     /// its description and the outlier count all layers share).
     pub fn input_rounding(&self) -> Option<Arc<crate::ggml::act_round::InputRounding>> {

@@ -471,6 +471,7 @@ pub fn lowrank(
         layers,
         base_model: quantized.source.clone(),
         template: None,
+        requantized_base: None,
     };
     let base = (opts.iters > 1).then(|| {
         Model::new(ModelParts {
@@ -482,6 +483,10 @@ pub fn lowrank(
             ..(**quantized).clone()
         })
     });
+    let adapter = Adapter {
+        requantized_base: base.clone(),
+        ..adapter
+    };
     Ok(LowRank {
         adapter,
         base,

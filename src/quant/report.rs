@@ -63,8 +63,11 @@ pub struct Agreement {
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantReport {
     pub tensors: Vec<TensorError>,
-    /// Bytes of all weights as stored (1-D tensors in F32), and per weight.
+    /// Bytes of all weights as stored (1-D tensors in F32).
     pub weight_bytes: u64,
+    /// Bytes of the adapter's factors (F32, as a LoRA GGUF stores them); 0 without one.
+    pub adapter_bytes: u64,
+    /// (weight bytes + adapter bytes) · 8 per weight of the model: what the whole costs.
     pub bits_per_weight: f64,
     /// Present when a text was given.
     pub agreement: Option<Agreement>,
@@ -204,6 +207,7 @@ pub fn agreement(
     text: &str,
     ctx: usize,
     max_chunks: Option<usize>,
+    adapter: Option<&crate::lora::Adapter>,
     cancel: &CancelToken,
 ) -> Result<Agreement> {
     if model.config().vocab_size != reference.config().vocab_size {
@@ -219,7 +223,7 @@ pub fn agreement(
     let (mut same, mut count) = (0usize, 0usize);
     for c in 0..windows.count {
         cancel.check()?;
-        let (lq, targets) = windows.log_probs(model, c, None)?; // (n, V), (n)
+        let (lq, targets) = windows.log_probs(model, c, adapter)?; // (n, V), (n)
         let (lr, _) = windows.log_probs(reference, c, None)?;
         let picked = |lp: &Tensor| -> Result<f64> {
             let p = lp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
@@ -263,6 +267,9 @@ pub struct ReportOptions {
     /// ([`Model::with_ggml_activations`]), so the figures compare with llama-perplexity's;
     /// otherwise activations stay f32 and the figures show the cost of the weights alone.
     pub ggml_activations: bool,
+    /// A low-rank compensation (or any adapter) applied to the model: its factors count in the
+    /// size and it runs in the comparison.
+    pub adapter: Option<crate::lora::Adapter>,
 }
 
 /// `model` (quantized) against `reference`.
@@ -272,8 +279,19 @@ pub fn report(
     opts: &ReportOptions,
     cancel: &CancelToken,
 ) -> Result<QuantReport> {
+    if let Some(base) = opts.adapter.as_ref().and_then(|a| a.requantized_base.as_ref()) {
+        if !base.is_same(model) {
+            return Err(Error::msg(
+                "quant_report: this adapter was fitted by LoftQ to a re-quantized base: report adapter.base with it, not the model it started from",
+            ));
+        }
+    }
     let tensors = tensor_errors(model, reference)?;
     let (bytes, elements) = weight_bytes(model, &tensors);
+    let adapter_bytes = opts
+        .adapter
+        .as_ref()
+        .map_or(0, crate::quant::lowrank::adapter_bytes);
     let rounding = model.input_rounding();
     let outliers_before = rounding.as_ref().map(|r| r.outliers.get());
     let (model, reference) = if opts.ggml_activations {
@@ -291,6 +309,7 @@ pub fn report(
             text,
             opts.ctx.unwrap_or(512),
             opts.chunks,
+            opts.adapter.as_ref(),
             cancel,
         )?),
         None => None,
@@ -315,7 +334,8 @@ pub fn report(
     Ok(QuantReport {
         tensors,
         weight_bytes: bytes,
-        bits_per_weight: bytes as f64 * 8.0 / elements.max(1) as f64,
+        adapter_bytes,
+        bits_per_weight: (bytes + adapter_bytes) as f64 * 8.0 / elements.max(1) as f64,
         agreement,
         activations: rounding.map(|r| r.describe()),
         outlier_fraction,
@@ -365,11 +385,21 @@ impl QuantReport {
                 ts[0].bits_per_weight
             );
         }
-        s += &format!(
-            "weights: {:.2} MB, {:.2} bits/weight\n",
-            self.weight_bytes as f64 / 1e6,
-            self.bits_per_weight
-        );
+        if self.adapter_bytes > 0 {
+            s += &format!(
+                "weights: {:.2} MB + adapter {:.2} MB = {:.2} MB, {:.2} bits/weight in all\n",
+                self.weight_bytes as f64 / 1e6,
+                self.adapter_bytes as f64 / 1e6,
+                (self.weight_bytes + self.adapter_bytes) as f64 / 1e6,
+                self.bits_per_weight
+            );
+        } else {
+            s += &format!(
+                "weights: {:.2} MB, {:.2} bits/weight\n",
+                self.weight_bytes as f64 / 1e6,
+                self.bits_per_weight
+            );
+        }
         if let Some(a) = &self.agreement {
             s += &format!(
                 "perplexity {:.4} (reference {:.4}, {:+.2}%); KL divergence mean {:.5}, max {:.4}; top-1 agreement {:.2}% over {} tokens ({} windows of {})\n",

@@ -256,6 +256,11 @@ fn report_map(r: &crate::quant::report::QuantReport, file_size: Option<u64>) -> 
     let mut m = rhai::Map::new();
     m.insert("tensors".into(), tensors.into());
     m.insert("weight_bytes".into(), Dynamic::from(r.weight_bytes as INT));
+    m.insert("adapter_bytes".into(), Dynamic::from(r.adapter_bytes as INT));
+    m.insert(
+        "total_bytes".into(),
+        Dynamic::from((r.weight_bytes + r.adapter_bytes) as INT),
+    );
     m.insert("bits_per_weight".into(), Dynamic::from(r.bits_per_weight));
     if let Some(size) = file_size {
         m.insert("file_size".into(), Dynamic::from(size as INT));
@@ -453,7 +458,7 @@ pub mod quant_api {
         let o = crate::script::options::Options::new(
             "quant_report options",
             opts,
-            &["text", "ctx", "chunks", "quiet", "activations"],
+            &["text", "ctx", "chunks", "quiet", "activations", "adapter"],
         )?;
         let (model, file_size) = if model.is_string() {
             let path = model.to_string();
@@ -488,6 +493,14 @@ pub mod quant_api {
             ctx: o.int("ctx")?.map(|c| c.max(0) as usize),
             chunks: o.int("chunks")?.map(|c| c.max(1) as usize),
             ggml_activations,
+            adapter: match o.value("adapter") {
+                Some(v) => Some(crate::script::api_export::adapter_option(
+                    v,
+                    &model,
+                    "quant_report options",
+                )?),
+                None => None,
+            },
         };
         let host = crate::script::engine::host(&ctx);
         let r = crate::quant::report::report(&model, &reference, &ro, &host.cancel).script()?;
@@ -547,6 +560,101 @@ pub mod quant_api {
             ..Default::default()
         };
         crate::quant::plot::plot_tradeoff(&drawn, std::path::Path::new(path), &to).script()
+    }
+
+    /// The low-rank compensation of `quantized`'s error against `reference` (the unquantized
+    /// model it came from), as a LoRA adapter whose B·A approximates W − Q(W) per projection.
+    /// Options: `rank` (8), `scale` ("identity": LoRC, "lqer", "diag" (default): QERA-approx,
+    /// "rxx": QERA-exact), `text` (calibration text or a file; lqer and rxx need it, diag takes it
+    /// or `imatrix`), `imatrix`, `ctx` (512), `chunks`, `targets` ("all"), `iters` (1; more:
+    /// LoftQ's alternation, which re-quantizes the base: use `adapter.base` with the adapter),
+    /// `quiet`. The adapter works wherever adapters do (`quant_report(q, ref, #{ adapter })`,
+    /// `chat`, `merge`, `export_lora_gguf`).
+    #[rhai_fn(return_raw)]
+    pub fn lowrank(
+        ctx: NativeCallContext,
+        quantized: crate::model::Model,
+        reference: crate::model::Model,
+        opts: Map,
+    ) -> ScriptResult<crate::lora::Adapter> {
+        use crate::quant::lowrank::{LowRankOptions, Scale};
+        use crate::script::errors::runtime;
+        const WHAT: &str = "lowrank options";
+        let o = crate::script::options::Options::new(
+            WHAT,
+            opts,
+            &["rank", "scale", "text", "imatrix", "ctx", "chunks", "targets", "iters", "quiet"],
+        )?;
+        let d = LowRankOptions::default();
+        let scale = match o.string("scale")? {
+            None => d.scale,
+            Some(name) => Scale::parse(&name).ok_or_else(|| {
+                runtime(format!(
+                    "{WHAT}: key \"scale\": \"{name}\" is not \"identity\" (LoRC), \"lqer\", \"diag\" (QERA-approx) or \"rxx\" (QERA-exact)"
+                ))
+            })?,
+        };
+        let positive = |key: &str, default: usize| -> ScriptResult<usize> {
+            match o.int(key)? {
+                None => Ok(default),
+                Some(n) if n >= 1 => Ok(n as usize),
+                Some(n) => Err(runtime(format!("{WHAT}: key \"{key}\": {n} is not at least 1"))),
+            }
+        };
+        let targets = match o.value("targets") {
+            None => d.targets.clone(),
+            Some(v) => {
+                let names: Vec<String> = if v.is_string() {
+                    vec![v.to_string()]
+                } else {
+                    v.into_typed_array::<rhai::ImmutableString>()
+                        .map_err(|_| runtime(format!("{WHAT}: key \"targets\": a list of module names or \"all\"")))?
+                        .into_iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                };
+                crate::lora::LoraConfig::parse_targets(&names).script()?
+            }
+        };
+        let lo = LowRankOptions {
+            rank: positive("rank", d.rank)?,
+            scale,
+            iters: positive("iters", d.iters)?,
+            text: super::text_or_file(o.string("text")?)?,
+            imatrix: super::importance_from(&o, WHAT)?,
+            ctx: positive("ctx", d.ctx)?,
+            chunks: o.int("chunks")?.map(|c| c.max(1) as usize),
+            targets,
+        };
+        let host = crate::script::engine::host(&ctx);
+        let r = crate::quant::lowrank::lowrank(&quantized, &reference, &lo, &host.cancel, &mut |_, _| {})
+            .script()?;
+        if !o.bool("quiet")?.unwrap_or(false) {
+            let before: f64 = r.fits.iter().map(|f| f.before * f.before).sum::<f64>().sqrt();
+            let after: f64 = r.fits.iter().map(|f| f.after * f.after).sum::<f64>().sqrt();
+            host.output.write(&format!(
+                "lowrank: rank {} ({}), {} tensors, {:.2} MB of factors; weighted error {:.4} → {:.4} ({:.1}% removed){}\n",
+                lo.rank,
+                scale.name(),
+                r.fits.len(),
+                crate::quant::lowrank::adapter_bytes(&r.adapter) as f64 / 1e6,
+                before,
+                after,
+                (1.0 - after / before.max(f64::MIN_POSITIVE)) * 100.0,
+                if r.base.is_some() { format!("; LoftQ re-quantized the base ({} iterations): use adapter.base", lo.iters) } else { String::new() }
+            ));
+        }
+        Ok(r.adapter)
+    }
+
+    /// The re-quantized base a LoftQ adapter belongs to (`lowrank` with `iters` > 1); `()` for
+    /// any other adapter.
+    #[rhai_fn(global, get = "base", pure)]
+    pub fn adapter_base(adapter: &mut crate::lora::Adapter) -> Dynamic {
+        adapter
+            .requantized_base
+            .clone()
+            .map_or(Dynamic::UNIT, Dynamic::from)
     }
 
     /// [`plot_tradeoff`] of perplexity, with the default options.

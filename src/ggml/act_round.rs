@@ -188,8 +188,8 @@ impl InputRounding {
             Granularity::Block(n) => {
                 let ggml = self.bits == 8 && keep.is_none();
                 out.par_chunks_mut(k).for_each(|row| match n {
-                    32 if ggml && k % 32 == 0 => ggml_round::<BlockQ8_0>(row),
-                    256 if ggml && k % 256 == 0 => ggml_round::<BlockQ8K>(row),
+                    32 if ggml && k.is_multiple_of(32) => ggml_round::<BlockQ8_0>(row),
+                    256 if ggml && k.is_multiple_of(256) => ggml_round::<BlockQ8K>(row),
                     _ => {
                         for (b, block) in row.chunks_mut(n.max(1)).enumerate() {
                             let keep = keep.as_deref().map(|m| &m[b * n..b * n + block.len()]);

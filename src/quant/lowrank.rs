@@ -292,7 +292,6 @@ pub fn factor(
 fn scaling_for(
     opts: &LowRankOptions,
     stats: &BTreeMap<(usize, Target), InputStats>,
-    model: &Model,
     layer: usize,
     t: Target,
 ) -> Result<Scaling> {
@@ -328,7 +327,6 @@ fn scaling_for(
                 .iter()
                 .map(|&v| v as f64 / n)
                 .collect();
-            let _ = model;
             Scaling::full(&r, dim)?
         }
         Scale::Identity => unreachable!("returned above"),
@@ -405,7 +403,7 @@ pub fn lowrank(
                 .flatten_all()?
                 .to_vec1()?;
             let lin = q.blocks[i].linear(t);
-            let scaling = scaling_for(opts, &stats, reference, i, t)?;
+            let scaling = scaling_for(opts, &stats, i, t)?;
             let dequant = |l: &Linear| -> Result<Vec<f32>> {
                 Ok(l.dense_weight()?.flatten_all()?.to_vec1()?)
             };
@@ -414,20 +412,21 @@ pub fn lowrank(
             let mut e = err_of(&dequant(lin)?);
             let (mut b, mut a, before, mut after) = factor(&e, out, inp, opts.rank, &scaling)?;
             if opts.iters > 1 {
-                let dtype =
-                    match &lin.weight {
-                        Weight::Quantized(m, _) => match m.as_ref() {
-                            QMatMul::QTensor(qt) => qt.dtype(),
-                            _ => return Err(Error::msg(format!(
-                                "lowrank: iters > 1 re-quantizes, but {name} is not in ggml blocks"
-                            ))),
-                        },
-                        Weight::Dense(_) => {
+                let dtype = match &lin.weight {
+                    Weight::Quantized(m, _) => match m.as_ref() {
+                        QMatMul::QTensor(qt) => qt.dtype(),
+                        _ => {
                             return Err(Error::msg(format!(
-                                "lowrank: iters > 1 re-quantizes, but {name} is not quantized"
+                                "lowrank: iters > 1 re-quantizes, but {name} is not in ggml blocks"
                             )))
                         }
-                    };
+                    },
+                    Weight::Dense(_) => {
+                        return Err(Error::msg(format!(
+                            "lowrank: iters > 1 re-quantizes, but {name} is not quantized"
+                        )))
+                    }
+                };
                 let importance = opts.imatrix.as_ref().and_then(|im| im.of(&name));
                 let mut new_lin = lin.clone();
                 for _ in 1..opts.iters {

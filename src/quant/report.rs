@@ -279,7 +279,11 @@ pub fn report(
     opts: &ReportOptions,
     cancel: &CancelToken,
 ) -> Result<QuantReport> {
-    if let Some(base) = opts.adapter.as_ref().and_then(|a| a.requantized_base.as_ref()) {
+    if let Some(base) = opts
+        .adapter
+        .as_ref()
+        .and_then(|a| a.requantized_base.as_ref())
+    {
         if !base.is_same(model) {
             return Err(Error::msg(
                 "quant_report: this adapter was fitted by LoftQ to a re-quantized base: report adapter.base with it, not the model it started from",

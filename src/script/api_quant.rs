@@ -256,7 +256,10 @@ fn report_map(r: &crate::quant::report::QuantReport, file_size: Option<u64>) -> 
     let mut m = rhai::Map::new();
     m.insert("tensors".into(), tensors.into());
     m.insert("weight_bytes".into(), Dynamic::from(r.weight_bytes as INT));
-    m.insert("adapter_bytes".into(), Dynamic::from(r.adapter_bytes as INT));
+    m.insert(
+        "adapter_bytes".into(),
+        Dynamic::from(r.adapter_bytes as INT),
+    );
     m.insert(
         "total_bytes".into(),
         Dynamic::from((r.weight_bytes + r.adapter_bytes) as INT),
@@ -583,7 +586,9 @@ pub mod quant_api {
         let o = crate::script::options::Options::new(
             WHAT,
             opts,
-            &["rank", "scale", "text", "imatrix", "ctx", "chunks", "targets", "iters", "quiet"],
+            &[
+                "rank", "scale", "text", "imatrix", "ctx", "chunks", "targets", "iters", "quiet",
+            ],
         )?;
         let d = LowRankOptions::default();
         let scale = match o.string("scale")? {
@@ -598,7 +603,9 @@ pub mod quant_api {
             match o.int(key)? {
                 None => Ok(default),
                 Some(n) if n >= 1 => Ok(n as usize),
-                Some(n) => Err(runtime(format!("{WHAT}: key \"{key}\": {n} is not at least 1"))),
+                Some(n) => Err(runtime(format!(
+                    "{WHAT}: key \"{key}\": {n} is not at least 1"
+                ))),
             }
         };
         let targets = match o.value("targets") {
@@ -608,7 +615,11 @@ pub mod quant_api {
                     vec![v.to_string()]
                 } else {
                     v.into_typed_array::<rhai::ImmutableString>()
-                        .map_err(|_| runtime(format!("{WHAT}: key \"targets\": a list of module names or \"all\"")))?
+                        .map_err(|_| {
+                            runtime(format!(
+                                "{WHAT}: key \"targets\": a list of module names or \"all\""
+                            ))
+                        })?
                         .into_iter()
                         .map(|s| s.to_string())
                         .collect()
@@ -627,10 +638,21 @@ pub mod quant_api {
             targets,
         };
         let host = crate::script::engine::host(&ctx);
-        let r = crate::quant::lowrank::lowrank(&quantized, &reference, &lo, &host.cancel, &mut |_, _| {})
-            .script()?;
+        let r = crate::quant::lowrank::lowrank(
+            &quantized,
+            &reference,
+            &lo,
+            &host.cancel,
+            &mut |_, _| {},
+        )
+        .script()?;
         if !o.bool("quiet")?.unwrap_or(false) {
-            let before: f64 = r.fits.iter().map(|f| f.before * f.before).sum::<f64>().sqrt();
+            let before: f64 = r
+                .fits
+                .iter()
+                .map(|f| f.before * f.before)
+                .sum::<f64>()
+                .sqrt();
             let after: f64 = r.fits.iter().map(|f| f.after * f.after).sum::<f64>().sqrt();
             host.output.write(&format!(
                 "lowrank: rank {} ({}), {} tensors, {:.2} MB of factors; weighted error {:.4} → {:.4} ({:.1}% removed){}\n",

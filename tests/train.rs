@@ -540,3 +540,59 @@ fn neat_packing_keeps_examples_apart() {
         "plain packing should let examples attend to each other"
     );
 }
+
+#[test]
+fn a_lowrank_start_begins_at_the_compensation_and_only_on_its_base() {
+    use tunelab::quant::lowrank::{lowrank, LowRankOptions, Scale};
+    let reference = tiny();
+    let q = quantized_tiny();
+    let cancel = CancelToken::new();
+    let opts = LowRankOptions {
+        rank: 4,
+        scale: Scale::Identity,
+        iters: 2,
+        ..Default::default()
+    };
+    let loft = lowrank(&q, &reference, &opts, &cancel, &mut |_, _| {}).unwrap();
+    let base = loft.base.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SftConfig {
+        // A step too small to move anything: the run's adapter is its start.
+        learning_rate: 1e-30,
+        max_steps: Some(1),
+        lora: LoraConfig {
+            rank: 4,
+            alpha: 16.0,
+            ..Default::default()
+        },
+        lora_init: Some(loft.adapter.clone()),
+        ..tiny_cfg(dir.path().join("run"))
+    };
+    let ds = shipped("identity");
+    let out = Output::capture();
+    let run = sft(&base, &ds, &cfg, quiet_hooks(&cancel, &out)).unwrap();
+    let scale = run.adapter.config.scale();
+    assert_eq!(scale, 4.0);
+    for (i, pairs) in run.adapter.layers.iter().enumerate() {
+        for (p, want) in pairs.iter().zip(&loft.adapter.layers[i]) {
+            let (p, want) = (p.as_ref().unwrap(), want.as_ref().unwrap());
+            let got = (p.b.as_tensor().matmul(p.a.as_tensor()).unwrap() * scale).unwrap();
+            let want = want.b.as_tensor().matmul(want.a.as_tensor()).unwrap();
+            let size = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(max_diff(&got, &want) <= 1e-5 * size.max(1e-6));
+        }
+    }
+    // LoftQ re-quantized the base: starting on the original one is refused.
+    let cfg = SftConfig {
+        out: Some(dir.path().join("run2")),
+        ..cfg
+    };
+    let e = sft(&q, &ds, &cfg, quiet_hooks(&cancel, &out)).unwrap_err();
+    assert!(e.to_string().contains("adapter.base"), "{e}");
+}

@@ -22,9 +22,9 @@ let a = lowrank(q, model, #{ rank: 8, scale: "diag", text: "/usr/share/common-li
 export_lora_gguf(a, model, "$out/lowrank.gguf");
 let opts = #{ text: "$eval_text", ctx: 512, chunks: 4, activations: "ggml", quiet: true };
 let bare = quant_report(q, model, opts);
-let with = quant_report(q, model, opts + #{ adapter: a });
+let compensated = quant_report(q, model, opts + #{ adapter: a });
 print(\`tunelab Q4_0: \${bare.ppl}\`);
-print(\`tunelab Q4_0 + lowrank: \${with.ppl}\`);
+print(\`tunelab Q4_0 + lowrank: \${compensated.ppl}\`);
 RHAI
 "$root/target/release/tunelab" run "$out/make.rhai"
 ppl() { "$llama/llama-perplexity" -m "$out/q4_0.gguf" "$@" -f "$eval_text" -c 512 --chunks 4 -t "$(nproc)" 2>&1 | grep -o "Final estimate: PPL = [0-9.]*" | grep -o "[0-9.]*$"; }

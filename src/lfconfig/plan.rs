@@ -344,6 +344,7 @@ impl TrainPlan {
             neat_packing: r.bool("neat_packing")?.unwrap_or(false),
             group_by_length: r.bool("group_by_length")?.unwrap_or(false),
             lora,
+            lora_init: None,
             early_stopping_patience: r.count("early_stopping_steps")?,
             plot_loss: r.bool("plot_loss")?.unwrap_or(false),
         };

@@ -59,7 +59,7 @@ const SFT_KEYS: &[&str] = &[
     "progress",
 ];
 
-const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "targets", "rslora"];
+const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "targets", "rslora", "init"];
 
 /// Read a key that has a long (LLaMA-Factory) name and a short alias.
 fn either<T>(
@@ -83,10 +83,23 @@ fn count(o: &Options, key: &str) -> ScriptResult<Option<usize>> {
     }
 }
 
-/// The LoRA sub-map: `#{ rank, alpha, dropout, targets, rslora }`.
-fn lora_config(map: Map) -> ScriptResult<LoraConfig> {
+/// The LoRA sub-map: `#{ rank, alpha, dropout, targets, rslora, init }`; `init` (an adapter,
+/// e.g. from `lowrank`) sets the rank and targets unless they are given.
+fn lora_config(map: Map) -> ScriptResult<(LoraConfig, Option<Adapter>)> {
     let o = Options::new("sft config: lora", map, LORA_KEYS)?;
+    let init = match o.value("init") {
+        None => None,
+        Some(v) if v.is_string() && v.to_string() == "zero" => None,
+        Some(v) => Some(v.try_cast::<Adapter>().ok_or_else(|| {
+            runtime("sft config: lora: key \"init\": an adapter to start from (LoftQ: lowrank(quantized, reference, #{ iters }) and train on adapter.base), or \"zero\" (PEFT's start, the default)")
+        })?),
+    };
     let mut c = LoraConfig::default();
+    if let Some(a) = &init {
+        c.rank = a.config.rank;
+        c.alpha = 2.0 * c.rank as f64;
+        c.targets = a.config.targets.clone();
+    }
     if let Some(r) = o.int("rank")? {
         c.rank = r.max(0) as usize;
         // LLaMA-Factory's CLI: alpha defaults to twice the rank.
@@ -107,7 +120,7 @@ fn lora_config(map: Map) -> ScriptResult<LoraConfig> {
         };
         c.targets = LoraConfig::parse_targets(&names).script()?;
     }
-    Ok(c)
+    Ok((c, init))
 }
 
 /// The `sft` configuration map → [`SftConfig`] and the optional `on_log` callback.
@@ -151,13 +164,14 @@ fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
         packing: o.bool("packing")?.unwrap_or(false),
         neat_packing: o.bool("neat_packing")?.unwrap_or(false),
         group_by_length: o.bool("group_by_length")?.unwrap_or(false),
-        lora: match o.map("lora")? {
-            Some(m) => lora_config(m)?,
-            None => LoraConfig::default(),
-        },
+        lora: LoraConfig::default(),
+        lora_init: None,
         early_stopping_patience: count(&o, "early_stopping_patience")?,
         plot_loss: o.bool("plot_loss")?.unwrap_or(true),
     };
+    if let Some(m) = o.map("lora")? {
+        (c.lora, c.lora_init) = lora_config(m)?;
+    }
     if let Some(v) = o.value("eval_dataset") {
         c.eval_dataset = Some(v.try_cast::<crate::data::Dataset>().ok_or_else(|| {
             runtime("sft config: key \"eval_dataset\": expected a Dataset (from dataset(...))")

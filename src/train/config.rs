@@ -51,6 +51,10 @@ pub struct SftConfig {
     /// Batch examples of similar length together.
     pub group_by_length: bool,
     pub lora: LoraConfig,
+    /// Start the adapter from these factors instead of PEFT's random A and zero B (a low-rank
+    /// compensation of the base's quantization error: LoftQ's start). Its rank and targets are
+    /// the run's; B is divided by the run's scale so that scale·B·A is the given product.
+    pub lora_init: Option<crate::lora::Adapter>,
     /// Stop when the eval loss has not improved for this many evaluations.
     pub early_stopping_patience: Option<usize>,
     /// Draw training_loss.png (and training_eval_loss.png) into the run folder at the end, as
@@ -91,6 +95,7 @@ impl Default for SftConfig {
             neat_packing: false,
             group_by_length: false,
             lora: LoraConfig::default(),
+            lora_init: None,
             early_stopping_patience: None,
             plot_loss: true,
         }

@@ -95,6 +95,61 @@ impl Plan {
     }
 }
 
+/// A fresh adapter with `init`'s factors (copied: training never changes `init`), B divided by
+/// `config`'s scale so that the run's `scale·B·A` equals `init`'s product.
+fn started_from(
+    init: &Adapter,
+    model: &Model,
+    config: &crate::lora::LoraConfig,
+) -> Result<Adapter> {
+    if let Some(base) = &init.requantized_base {
+        if !base.is_same(model) {
+            return Err(Error::config(
+                "lora.init",
+                "this adapter was fitted by LoftQ to a re-quantized base: train on adapter.base, not the model it started from",
+            ));
+        }
+    }
+    init.check_fits(&model.llama, Path::new("lora.init"))?;
+    if init.config.rank != config.rank || init.config.targets != config.targets {
+        return Err(Error::config(
+            "lora.init",
+            format!(
+                "the initial adapter has rank {} on {} but the run asks rank {} on {}; give the same (or leave rank and targets out)",
+                init.config.rank,
+                init.config.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(","),
+                config.rank,
+                config.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+            ),
+        ));
+    }
+    let ratio = init.config.scale() / config.scale();
+    let mut layers = Vec::with_capacity(init.layers.len());
+    for pairs in &init.layers {
+        let mut copied: [Option<crate::lora::LoraPair>; 7] = Default::default();
+        for (slot, pair) in copied.iter_mut().zip(pairs) {
+            if let Some(p) = pair {
+                *slot = Some(crate::lora::LoraPair {
+                    a: candle_core::Var::from_tensor(
+                        &p.a.as_tensor().to_dtype(candle_core::DType::F32)?.copy()?,
+                    )?,
+                    b: candle_core::Var::from_tensor(
+                        &(p.b.as_tensor().to_dtype(candle_core::DType::F32)? * ratio)?,
+                    )?,
+                });
+            }
+        }
+        layers.push(copied);
+    }
+    Ok(Adapter {
+        config: config.clone(),
+        layers,
+        base_model: model.source.clone(),
+        template: None,
+        requantized_base: None,
+    })
+}
+
 /// Fine-tune `model` with LoRA on `train`.
 pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) -> Result<Run> {
     cfg.validate()?;
@@ -116,7 +171,10 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         None
     };
     let fresh = |state: TrainerState| -> Result<(Adapter, AdamW, TrainerState)> {
-        let adapter = Adapter::new(&model.llama, cfg.lora.clone(), cfg.seed, &model.source)?;
+        let adapter = match &cfg.lora_init {
+            Some(init) => started_from(init, model, &cfg.lora)?,
+            None => Adapter::new(&model.llama, cfg.lora.clone(), cfg.seed, &model.source)?,
+        };
         let optim = AdamW::new(
             adapter.named_vars().into_iter().map(|(_, v)| v).collect(),
             adam_params(cfg),

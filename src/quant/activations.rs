@@ -191,21 +191,32 @@ pub fn column_ranges(
         }
         Ok(())
     };
+    run_windows(model, &windows, Logits::All, &observe, cancel)?;
+    Ok(ColumnRanges {
+        sites: sites.into_inner().unwrap_or_else(|p| p.into_inner()),
+        tokens: windows.count * ctx,
+    })
+}
+
+/// Every window of `windows` through `model` (inference), `observe` seeing each projection's
+/// input: the calibration pass of activation ranges and low-rank statistics alike.
+pub fn run_windows(
+    model: &Model,
+    windows: &Windows,
+    which: Logits,
+    observe: crate::model::Observer,
+    cancel: &CancelToken,
+) -> Result<()> {
     let pass = Pass {
-        observe: Some(&observe),
+        observe: Some(observe),
         ..Default::default()
     };
     for c in 0..windows.count {
         cancel.check()?;
         let ids = windows.ids(c, &model.llama.device)?;
-        model
-            .llama
-            .forward_with(&ids, None, None, Logits::All, pass)?;
+        model.llama.forward_with(&ids, None, None, which, pass)?;
     }
-    Ok(ColumnRanges {
-        sites: sites.into_inner().unwrap_or_else(|p| p.into_inner()),
-        tokens: windows.count * ctx,
-    })
+    Ok(())
 }
 
 /// One layer input's outlier census.
@@ -304,10 +315,7 @@ pub fn smooth(model: &Model, ranges: &ColumnRanges, alpha: f64) -> Result<Model>
                 let lin = block.linear_mut(t);
                 let scaled = w
                     .broadcast_mul(&s_t.unsqueeze(0)?)?
-                    .to_dtype(match &lin.weight {
-                        Weight::Dense(d) => d.dtype(),
-                        Weight::Quantized(..) => DType::F32,
-                    })?;
+                    .to_dtype(dense_dtype(lin))?;
                 *lin = Linear::dense(scaled, lin.bias.clone());
             }
         }

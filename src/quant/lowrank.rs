@@ -40,7 +40,7 @@ use crate::lora::config::{LoraConfig, Target};
 use crate::lora::{Adapter, LoraPair};
 use crate::model::linear::{Linear, Weight};
 use crate::model::perplexity::Windows;
-use crate::model::{Logits, Model, ModelParts, Pass, Site};
+use crate::model::{Logits, Model, ModelParts, Site};
 
 /// R's ridge, relative to its mean diagonal.
 pub const RIDGE: f64 = 1e-3;
@@ -198,17 +198,7 @@ pub fn input_stats(
         }
         Ok(())
     };
-    let pass = Pass {
-        observe: Some(&observe),
-        ..Default::default()
-    };
-    for c in 0..windows.count {
-        cancel.check()?;
-        let ids = windows.ids(c, &model.llama.device)?;
-        model
-            .llama
-            .forward_with(&ids, None, None, Logits::Last, pass)?;
-    }
+    super::activations::run_windows(model, &windows, Logits::Last, &observe, cancel)?;
     Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 

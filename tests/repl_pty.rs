@@ -10,6 +10,8 @@ use rexpect::session::{spawn_command, PtySession};
 /// Long enough for a slow CI machine to start the binary; cancellation is timed separately.
 const TIMEOUT_MS: u64 = 20_000;
 const PROMPT: &str = "tunelab> ";
+/// What rustyline writes (bracketed paste off) when Enter hands the typed line to the REPL.
+const LINE_HANDED_OVER: &str = "\x1b[?2004l";
 
 fn start() -> (PtySession, tempfile::TempDir) {
     let home = tempfile::tempdir().unwrap();
@@ -21,12 +23,22 @@ fn start() -> (PtySession, tempfile::TempDir) {
     (p, home)
 }
 
+/// Sends `line` and waits until it has run. The prompt alone is not proof: rustyline redraws the
+/// typed line (prompt included) when Enter arrives, and bytes sent before it has handed the
+/// line over are dropped with its read buffer. So the line ends by printing a marker that only
+/// its output contains (the echo shows the marker split in two), then the next prompt.
+fn run_line(p: &mut PtySession, line: &str) {
+    p.send_line(&format!("{line} print(\"line\" + \"-done\");"))
+        .unwrap();
+    p.exp_string("line-done").unwrap();
+    p.exp_string(PROMPT).unwrap();
+}
+
 #[test]
 fn repl_session_multiline_help_and_ctrl_c() {
     let (mut p, home) = start();
 
-    p.send_line("let x = 40;").unwrap();
-    p.exp_string(PROMPT).unwrap();
+    run_line(&mut p, "let x = 40;");
 
     // An unfinished definition waits for more lines, then defines the function.
     p.send_line("fn add2(v) {").unwrap();
@@ -93,15 +105,17 @@ fn repl_session_multiline_help_and_ctrl_c() {
 #[test]
 fn repl_chat_mode_talks_to_a_session_until_end() {
     let (mut p, _home) = start();
-    p.send_line(
+    run_line(
+        &mut p,
         "let c = chat(load_model(\"tiny\"), #{ max_new_tokens: 4, temperature: 1.0, seed: 2 });",
-    )
-    .unwrap();
-    p.exp_string(PROMPT).unwrap();
+    );
     p.send_line(":chat c").unwrap();
     p.exp_string("chatting with `c`").unwrap();
     p.exp_string("you> ").unwrap();
     p.send_line("hello there").unwrap();
+    // The reply is random text; rustyline switches bracketed paste off when it hands a line over,
+    // so the prompt after that is the next turn's, not the redraw of this one.
+    p.exp_string(LINE_HANDED_OVER).unwrap();
     p.exp_string("you> ").unwrap();
     p.send_line(":end").unwrap();
     p.exp_string(PROMPT).unwrap();
@@ -114,8 +128,7 @@ fn repl_chat_mode_talks_to_a_session_until_end() {
 #[test]
 fn repl_errors_show_line_and_caret_and_keep_the_session() {
     let (mut p, _home) = start();
-    p.send_line("let y = 5;").unwrap();
-    p.exp_string(PROMPT).unwrap();
+    run_line(&mut p, "let y = 5;");
     p.send_line("y + nope()").unwrap();
     p.exp_string("<repl>:1:5: Function not found: nope")
         .unwrap();
@@ -132,19 +145,19 @@ fn ctrl_c_during_training_keeps_a_checkpoint_and_the_session() {
     let (mut p, home) = start();
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
     let out = home.path().join("run");
-    p.send_line(&format!(
-        "let cfg = #{{ out: \"{}\", max_steps: 40, batch_size: 2, gradient_accumulation_steps: 1, logging_steps: 1, lr: 1e-3 }}; print(\"cfg-ready\");",
-        out.display()
-    ))
-    .unwrap();
-    p.exp_string("cfg-ready").unwrap();
-    p.exp_string(PROMPT).unwrap();
-    p.send_line(&format!(
-        "let m = load_model(\"tiny\"); let ds = dataset(\"identity\", #{{ dir: \"{data}\" }}); print(\"data-ready\");"
-    ))
-    .unwrap();
-    p.exp_string("data-ready").unwrap();
-    p.exp_string(PROMPT).unwrap();
+    run_line(
+        &mut p,
+        &format!(
+            "let cfg = #{{ out: \"{}\", max_steps: 40, batch_size: 2, gradient_accumulation_steps: 1, logging_steps: 1, lr: 1e-3 }};",
+            out.display()
+        ),
+    );
+    run_line(
+        &mut p,
+        &format!(
+            "let m = load_model(\"tiny\"); let ds = dataset(\"identity\", #{{ dir: \"{data}\" }});"
+        ),
+    );
     p.send_line("let run = sft(m, ds, cfg);").unwrap();
     p.exp_string("step 3/").unwrap();
     p.send_control('c').unwrap();

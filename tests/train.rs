@@ -249,7 +249,7 @@ fn assert_adapter_is_checkpoint(run: &Run, step: usize) {
     let m = tiny();
     let saved =
         tunelab::lora::peft::load(&run.out.join(format!("checkpoint-{step}")), &m.llama).unwrap();
-    let x = adapted(&m, &run.adapter, Logits::Last);
+    let x = adapted(&m, run.adapter.as_ref().unwrap(), Logits::Last);
     let y = adapted(&m, &saved, Logits::Last);
     assert_eq!(max_diff(&x, &y), 0.0);
 }
@@ -318,7 +318,7 @@ fn a_tiny_run_lowers_the_loss_and_writes_llamafactory_files() {
     // The saved adapter reloads and gives the same logits.
     let m = tiny();
     let back = tunelab::lora::peft::load(&run.out, &m.llama).unwrap();
-    let a = adapted(&m, &run.adapter, Logits::Last);
+    let a = adapted(&m, run.adapter.as_ref().unwrap(), Logits::Last);
     let b = adapted(&m, &back, Logits::Last);
     assert_eq!(max_diff(&a, &b), 0.0);
     // The same folder is not overwritten without resume.
@@ -571,9 +571,9 @@ fn a_lowrank_start_begins_at_the_compensation_and_only_on_its_base() {
     let ds = shipped("identity");
     let out = Output::capture();
     let run = sft(&base, &ds, &cfg, quiet_hooks(&cancel, &out)).unwrap();
-    let scale = run.adapter.config.scale();
+    let scale = run.adapter.as_ref().unwrap().config.scale();
     assert_eq!(scale, 4.0);
-    for (i, pairs) in run.adapter.layers.iter().enumerate() {
+    for (i, pairs) in run.adapter.as_ref().unwrap().layers.iter().enumerate() {
         for (p, want) in pairs.iter().zip(&loft.adapter.layers[i]) {
             let (p, want) = (p.as_ref().unwrap(), want.as_ref().unwrap());
             let got = (p.b.as_tensor().matmul(p.a.as_tensor()).unwrap() * scale).unwrap();

@@ -123,7 +123,7 @@ fn a_short_run_on_the_chinese_set_learns_its_answers() {
         .iter()
         .map(|(q, a)| {
             overlap(
-                &answer(&m, Some(&run.adapter), q),
+                &answer(&m, run.adapter.as_ref(), q),
                 &m.tokenizer.encode(a).unwrap(),
             )
         })

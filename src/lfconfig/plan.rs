@@ -238,7 +238,7 @@ fn model_spec(r: &Reader) -> Result<ModelSpec> {
         Some(other @ ("full" | "freeze")) => {
             return Err(r.error(
                 "finetuning_type",
-                format!("\"{other}\" fine-tuning is not built yet; use finetuning_type: lora"),
+                format!("\"{other}\" fine-tuning runs from a script (sft(model, data, #{{ finetuning_type: \"{other}\" }})), not yet from a YAML file; use finetuning_type: lora here"),
             ))
         }
         Some(other) => {
@@ -347,6 +347,7 @@ impl TrainPlan {
             lora_init: None,
             early_stopping_patience: r.count("early_stopping_steps")?,
             plot_loss: r.bool("plot_loss")?.unwrap_or(false),
+            ..SftConfig::default()
         };
         if sft.neat_packing {
             sft.packing = true; // LLaMA-Factory: neat_packing implies packing
@@ -686,7 +687,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("not built yet; use finetuning_type: lora"),
+            err.contains("not yet from a YAML file; use finetuning_type: lora"),
             "{err}"
         );
         let err = TrainPlan::new(&config(

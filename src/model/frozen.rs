@@ -1,5 +1,6 @@
 //! Frozen linear layers for training: `y = x Wᵀ` whose backward pass returns only the gradient of
-//! `x`, never of `W`.
+//! `x`, and of a dense `W` only when it is being trained (a variable: full and freeze
+//! fine-tuning).
 //!
 //! candle's matmul backward always computes both operands' gradients, so a frozen base weight
 //! would cost a full dW GEMM and an (out, in) buffer per use per step (specs/candle.md §2.3); and
@@ -53,16 +54,24 @@ impl CustomOp2 for DenseFrozen {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None)) // (M, N)·(N, K) → (M, K)
+        let dx = grad.matmul(w)?; // (M, N)·(N, K) → (M, K)
+        // A weight being trained (full or freeze fine-tuning) is a variable: it gets dW = gᵀx.
+        let dw = if w.is_variable() {
+            Some(grad.t()?.matmul(x)?) // (N, M)·(M, K) → (N, K)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
     }
 }
 
-/// `x Wᵀ` for a frozen dense weight `w` (N, K); x is (M, K).
+/// `x Wᵀ` for a dense weight `w` (N, K); x is (M, K). The weight's gradient is computed only
+/// when `w` is a variable (a weight being trained); otherwise it is frozen and costs nothing.
 pub fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(w, DenseFrozen)
 }

@@ -177,7 +177,10 @@ impl Llama {
 
     pub(super) fn rms_norm(&self, x: &Tensor, weight: &Tensor, pass: Pass) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
-        Ok(if pass.train {
+        Ok(if pass.train && weight.is_variable() {
+            // A norm weight being trained: the composed op, which differentiates the weight too.
+            candle_nn::ops::rms_norm_slow(x, weight, eps)?
+        } else if pass.train {
             super::fused::rms_norm(x, weight, eps)?
         } else {
             if plain_op("rms_norm") {

@@ -105,6 +105,28 @@ pub fn save_hf(model: &Model, dir: &Path, opts: &SaveHfOptions) -> Result<SavedH
     saved.ok_or_else(|| Error::msg("save_hf wrote nothing"))
 }
 
+/// Write `model`'s folder files into the existing folder `dir` beside what it holds (a full
+/// fine-tuning run's folder, with its logs and checkpoints, as LLaMA-Factory leaves it). The
+/// files are written completely under a temporary folder first, then each is renamed into place.
+pub fn save_hf_into(model: &Model, dir: &Path, opts: &SaveHfOptions) -> Result<SavedHf> {
+    let tmp = dir.join(".model.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let saved = match write_files(model, &tmp, opts) {
+        Ok(saved) => saved,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    for name in &saved.files {
+        let to = dir.join(name);
+        std::fs::rename(tmp.join(name), &to).map_err(|e| Error::io(&to, e))?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(saved)
+}
+
 /// The dtype weights are written in.
 fn weight_dtype(model: &Model, opts: &SaveHfOptions) -> DType {
     opts.dtype.unwrap_or(match model.llama.dtype {

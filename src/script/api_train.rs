@@ -5,6 +5,9 @@ use rhai::plugin::*;
 use rhai::{FnPtr, Map, INT};
 
 use crate::lora::{Adapter, LoraConfig};
+use crate::train::config::Optim;
+use crate::train::grad_quant::{Fp8Format, GradQuant};
+use crate::train::trainable::FinetuningType;
 use crate::train::{Schedule, SftConfig};
 
 use super::errors::{runtime, IntoScript, ScriptResult};
@@ -57,7 +60,102 @@ const SFT_KEYS: &[&str] = &[
     "early_stopping_patience",
     "plot_loss",
     "progress",
+    "finetuning_type",
+    "freeze_trainable_layers",
+    "freeze_trainable_modules",
+    "freeze_extra_modules",
+    "optim",
+    "adamw_8bit_block",
+    "grad_quant",
 ];
+
+const GRAD_QUANT_KEYS: &[&str] = &["method", "bits", "bucket", "error_feedback", "format", "scaling"];
+
+/// A comma-separated string or an array of strings.
+fn names(v: Dynamic) -> Vec<String> {
+    let parts: Vec<String> = if v.is_array() {
+        v.into_array()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| x.to_string())
+            .collect()
+    } else {
+        vec![v.to_string()]
+    };
+    parts
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The `grad_quant` sub-map: `#{ method: "qsgd", bits, bucket }`, `#{ method: "sign",
+/// error_feedback }` or `#{ method: "fp8", format, scaling }`.
+fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
+    let o = Options::new("sft config: grad_quant", map, GRAD_QUANT_KEYS)?;
+    let method = o.string("method")?.ok_or_else(|| {
+        runtime("sft config: grad_quant: key \"method\" is required: \"qsgd\", \"sign\" or \"fp8\"")
+    })?;
+    let only = |allowed: &[&str]| -> ScriptResult<()> {
+        for key in ["bits", "bucket", "error_feedback", "format", "scaling"] {
+            if !allowed.contains(&key) && o.value(key).is_some() {
+                return Err(runtime(format!(
+                    "sft config: grad_quant: key \"{key}\" does not apply to method \"{method}\" (it takes: {})",
+                    allowed.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    };
+    let q = match method.as_str() {
+        "qsgd" => {
+            only(&["bits", "bucket"])?;
+            GradQuant::Qsgd {
+                bits: o.int("bits")?.unwrap_or(4).clamp(0, 64) as u32,
+                bucket: o.int("bucket")?.unwrap_or(512).max(0) as usize,
+            }
+        }
+        "sign" => {
+            only(&["error_feedback"])?;
+            GradQuant::Sign {
+                error_feedback: o.bool("error_feedback")?.unwrap_or(true),
+            }
+        }
+        "fp8" => {
+            only(&["format", "scaling"])?;
+            let format = match o.string("format")?.as_deref().unwrap_or("e5m2") {
+                "e5m2" => Fp8Format::E5M2,
+                "e4m3" => Fp8Format::E4M3,
+                other => {
+                    return Err(runtime(format!(
+                        "sft config: grad_quant: key \"format\": \"{other}\" is not one of: e5m2, e4m3"
+                    )))
+                }
+            };
+            let scaling = o.string("scaling")?.unwrap_or_else(|| "tensor".into());
+            let block = match scaling.as_str() {
+                "tensor" => None,
+                s => match s.strip_prefix("block").and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n) => Some(n),
+                    None => {
+                        return Err(runtime(format!(
+                            "sft config: grad_quant: key \"scaling\": \"{s}\" is not \"tensor\" or \"blockN\" (e.g. \"block128\")"
+                        )))
+                    }
+                },
+            };
+            GradQuant::Fp8 { format, block }
+        }
+        other => {
+            return Err(runtime(format!(
+                "sft config: grad_quant: key \"method\": \"{other}\" is not one of: qsgd, sign, fp8"
+            )))
+        }
+    };
+    q.check().script()?;
+    Ok(q)
+}
 
 const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "targets", "rslora", "init"];
 
@@ -168,7 +266,45 @@ fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
         lora_init: None,
         early_stopping_patience: count(&o, "early_stopping_patience")?,
         plot_loss: o.bool("plot_loss")?.unwrap_or(true),
+        finetuning_type: match o.string("finetuning_type")? {
+            Some(s) => FinetuningType::parse(&s).script()?,
+            None => FinetuningType::Lora,
+        },
+        freeze: Default::default(),
+        optim: Optim::AdamW,
+        grad_quant: None,
     };
+    if let Some(n) = o.int("freeze_trainable_layers")? {
+        c.freeze.trainable_layers = n;
+    }
+    if let Some(v) = o.value("freeze_trainable_modules") {
+        c.freeze.trainable_modules = names(v);
+    }
+    if let Some(v) = o.value("freeze_extra_modules") {
+        c.freeze.extra_modules = names(v);
+    }
+    let block = count(&o, "adamw_8bit_block")?;
+    c.optim = match o.string("optim")?.as_deref() {
+        None | Some("adamw") | Some("adamw_torch") => {
+            if block.is_some() {
+                return Err(runtime(
+                    "sft config: key \"adamw_8bit_block\" applies to optim: \"adamw_8bit\" only",
+                ));
+            }
+            Optim::AdamW
+        }
+        Some("adamw_8bit") | Some("adamw_bnb_8bit") => Optim::AdamW8bit {
+            block: block.unwrap_or(Optim::DEFAULT_BLOCK),
+        },
+        Some(other) => {
+            return Err(runtime(format!(
+                "sft config: key \"optim\": \"{other}\" is not one of: adamw, adamw_8bit"
+            )))
+        }
+    };
+    if let Some(m) = o.map("grad_quant")? {
+        c.grad_quant = Some(grad_quant(m)?);
+    }
     if let Some(m) = o.map("lora")? {
         (c.lora, c.lora_init) = lora_config(m)?;
     }
@@ -321,10 +457,32 @@ pub mod train_api {
         Curve::new("eval_accuracy", &run.eval_accuracy)
     }
 
-    /// The trained adapter (the best checkpoint's after early stopping).
-    #[rhai_fn(global, get = "adapter", pure)]
-    pub fn run_adapter(run: &mut Run) -> Adapter {
-        run.adapter.clone()
+    /// The trained adapter (the best checkpoint's after early stopping); an error for a full or
+    /// freeze run, which trained the model itself (`run.model`).
+    #[rhai_fn(global, get = "adapter", pure, return_raw)]
+    pub fn run_adapter(run: &mut Run) -> ScriptResult<Adapter> {
+        run.adapter.clone().ok_or_else(|| {
+            runtime(format!(
+                "run.adapter: this run trained the model's own weights (finetuning_type \"{}\"); use run.model, or load_model(run.out)",
+                run.finetuning_type.name()
+            ))
+        })
+    }
+
+    /// The trained model of a full or freeze run (also saved in `run.out`); an error for a LoRA
+    /// run, whose result is `run.adapter` (`merge(model, run.adapter)` gives a model).
+    #[rhai_fn(global, get = "model", pure, return_raw)]
+    pub fn run_model(run: &mut Run) -> ScriptResult<crate::model::Model> {
+        run.model.clone().ok_or_else(|| {
+            runtime("run.model: this run trained a LoRA adapter; use run.adapter, or merge(model, run.adapter)")
+        })
+    }
+
+    /// Bytes of optimizer state at the end of the run: both AdamW moments, f32 or 8-bit codes
+    /// with their block scales.
+    #[rhai_fn(global, get = "optimizer_state_bytes", pure)]
+    pub fn run_optimizer_state_bytes(run: &mut Run) -> INT {
+        run.optimizer_state_bytes as INT
     }
 
     /// The run folder.

@@ -1,5 +1,7 @@
-//! Checkpoints: `out/checkpoint-<step>/` holds the adapter (PEFT files), the optimizer moments
-//! (`optimizer.safetensors`) and `trainer_state.json` (step, loss window, best eval, history),
+//! Checkpoints: `out/checkpoint-<step>/` holds the adapter (PEFT files) or a full or freeze run's
+//! trained weights (`trained_weights.safetensors`), the optimizer state (`optimizer.safetensors`:
+//! moments, f32 or 8-bit, and error feedback's residuals) and `trainer_state.json` (step, loss
+//! window, best eval, history),
 //! everything a resumed run needs to continue exactly where this one stood. Each checkpoint is
 //! built in a temporary folder and renamed into place, so an interruption at any moment leaves
 //! the previous checkpoints intact and loadable.
@@ -11,9 +13,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
+use super::trainable::{self, FinetuningType, Trainable};
 use crate::error::{Error, Result};
-use crate::lora::{peft, Adapter};
-use crate::model::Llama;
+use crate::lora::peft;
+use crate::model::Model;
 
 /// The trainer's progress, saved with every checkpoint.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -41,19 +44,43 @@ pub fn dir_for(out: &Path, step: usize) -> PathBuf {
     out.join(format!("checkpoint-{step}"))
 }
 
+/// The trained weights of a full or freeze run's checkpoint (f32, Hugging Face names).
+pub const TRAINED_WEIGHTS: &str = "trained_weights.safetensors";
+
 /// Write a checkpoint.
-pub fn save(out: &Path, adapter: &Adapter, optim: &AdamW, state: &TrainerState) -> Result<PathBuf> {
+pub fn save(
+    out: &Path,
+    trainable: &Trainable,
+    optim: &AdamW,
+    residuals: &[(String, Tensor)],
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let dir = dir_for(out, state.global_step);
     crate::fsutil::write_dir_atomic(&dir, true, |tmp| {
-        peft::write_files(adapter, tmp)?;
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for (i, (name, _)) in adapter.named_vars().iter().enumerate() {
-            tensors.insert(format!("exp_avg.{name}"), optim.m[i].clone());
-            tensors.insert(format!("exp_avg_sq.{name}"), optim.v[i].clone());
+        let save = |tensors: Vec<(String, Tensor)>, name: &str| -> Result<()> {
+            let path = tmp.join(name);
+            let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+            candle_core::safetensors::save(&map, &path)
+                .map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+        };
+        match trainable {
+            Trainable::Lora(adapter) => peft::write_files(adapter, tmp)?,
+            Trainable::Weights(w) => save(
+                w.vars
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                    .collect(),
+                TRAINED_WEIGHTS,
+            )?,
         }
-        let path = tmp.join("optimizer.safetensors");
-        candle_core::safetensors::save(&tensors, &path)
-            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        let mut tensors = optim.state_tensors(&trainable.names())?;
+        // Error feedback's residuals are optimizer state too: a resume needs them exactly.
+        tensors.extend(
+            residuals
+                .iter()
+                .map(|(n, t)| (format!("grad_residual.{n}"), t.clone())),
+        );
+        save(tensors, "optimizer.safetensors")?;
         let mut json = serde_json::to_value(state).expect("state serializes");
         json["optimizer_steps"] = optim.t.into();
         let text = serde_json::to_string_pretty(&json).expect("json");
@@ -79,15 +106,27 @@ pub fn latest(out: &Path) -> Option<(usize, PathBuf)> {
         .max_by_key(|(step, _)| *step)
 }
 
-/// Read a checkpoint back: the adapter, the optimizer moments (restored into `optim`, which
-/// must be built over the adapter's vars) and the trainer state.
+/// Read a checkpoint back: what it trained (an adapter, or the weights put into a trainable copy
+/// of `base`, selected by `selected`), its optimizer tensors (see [`AdamW::restore`]), the
+/// optimizer's step count and the trainer state.
 pub fn load(
     dir: &Path,
-    llama: &Llama,
-) -> Result<(Adapter, HashMap<String, Tensor>, usize, TrainerState)> {
-    let adapter = peft::load(dir, llama)?;
+    base: &Model,
+    finetuning_type: FinetuningType,
+    selected: &dyn Fn(&str) -> bool,
+) -> Result<(Trainable, HashMap<String, Tensor>, usize, TrainerState)> {
+    let device = &base.llama.device;
+    let trainable = match finetuning_type {
+        FinetuningType::Lora => Trainable::Lora(peft::load(dir, &base.llama)?),
+        _ => {
+            let path = dir.join(TRAINED_WEIGHTS);
+            let values = candle_core::safetensors::load(&path, device)
+                .map_err(|e| Error::msg(format!("{}: {e}; resume from an earlier checkpoint", path.display())))?;
+            Trainable::Weights(trainable::weights(base, selected, Some((&values, &path)))?)
+        }
+    };
     let path = dir.join("optimizer.safetensors");
-    let moments = candle_core::safetensors::load(&path, &llama.device)
+    let moments = candle_core::safetensors::load(&path, device)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
@@ -99,30 +138,5 @@ pub fn load(
         .unwrap_or(0) as usize;
     let state: TrainerState = serde_json::from_value(json)
         .map_err(|e| Error::data(&state_path, "trainer state", e.to_string()))?;
-    Ok((adapter, moments, steps, state))
-}
-
-/// Put saved moments into `optim` (built over `adapter`'s vars, in `named_vars` order).
-pub fn restore_moments(
-    optim: &mut AdamW,
-    adapter: &Adapter,
-    moments: &HashMap<String, Tensor>,
-    steps: usize,
-    dir: &Path,
-) -> Result<()> {
-    for (i, (name, _)) in adapter.named_vars().iter().enumerate() {
-        let get = |key: String| {
-            moments.get(&key).cloned().ok_or_else(|| {
-                Error::data(
-                    dir.join("optimizer.safetensors"),
-                    format!("tensor \"{key}\""),
-                    "missing; the checkpoint is incomplete, resume from an earlier one",
-                )
-            })
-        };
-        optim.m[i] = get(format!("exp_avg.{name}"))?;
-        optim.v[i] = get(format!("exp_avg_sq.{name}"))?;
-    }
-    optim.t = steps;
-    Ok(())
+    Ok((trainable, moments, steps, state))
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use super::grad_quant::GradQuant;
 use super::schedule::Schedule;
+use super::trainable::{FinetuningType, FreezeOptions};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
@@ -60,6 +62,35 @@ pub struct SftConfig {
     /// Draw training_loss.png (and training_eval_loss.png) into the run folder at the end, as
     /// LLaMA-Factory's `plot_loss` (on in its Web UI).
     pub plot_loss: bool,
+    /// What trains: LoRA factors, or the weights themselves (all, or some blocks').
+    pub finetuning_type: FinetuningType,
+    /// Which weights `freeze` trains.
+    pub freeze: FreezeOptions,
+    /// The optimizer: AdamW with f32 moments, or bitsandbytes' 8-bit AdamW.
+    pub optim: Optim,
+    /// Round each step's gradient before clipping and the optimizer (None: f32).
+    pub grad_quant: Option<GradQuant>,
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Optim {
+    AdamW,
+    /// 8-bit block-wise moments, `block` values per absmax.
+    AdamW8bit { block: usize },
+}
+
+impl Optim {
+    /// The 8-bit optimizer's default block (bitsandbytes' paper and releases before 0.45; later
+    /// releases use 256, which `adamw_8bit_block` can ask for).
+    pub const DEFAULT_BLOCK: usize = 2048;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Optim::AdamW => "adamw",
+            Optim::AdamW8bit { .. } => "adamw_8bit",
+        }
+    }
 }
 
 impl Default for SftConfig {
@@ -98,6 +129,10 @@ impl Default for SftConfig {
             lora_init: None,
             early_stopping_patience: None,
             plot_loss: true,
+            finetuning_type: FinetuningType::Lora,
+            freeze: FreezeOptions::default(),
+            optim: Optim::AdamW,
+            grad_quant: None,
         }
     }
 }
@@ -157,14 +192,29 @@ impl SftConfig {
                 "must be at least 1",
             ));
         }
+        if let Optim::AdamW8bit { block: 0 } = self.optim {
+            return Err(Error::config("adamw_8bit_block", "must be at least 1"));
+        }
+        if let Some(q) = &self.grad_quant {
+            q.check()?;
+        }
+        if self.finetuning_type == FinetuningType::Freeze {
+            self.freeze.validate()?;
+        }
+        if self.finetuning_type != FinetuningType::Lora && self.lora_init.is_some() {
+            return Err(Error::config(
+                "lora.init",
+                format!("starts LoRA factors, and this run is finetuning_type \"{}\"", self.finetuning_type.name()),
+            ));
+        }
         self.lora.validate()
     }
 
     /// The settings as written to `training_args.json` (LLaMA-Factory's names).
     pub fn to_json(&self) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "stage": "sft",
-            "finetuning_type": "lora",
+            "finetuning_type": self.finetuning_type.name(),
             "template": self.template,
             "learning_rate": self.learning_rate,
             "num_train_epochs": self.num_train_epochs,
@@ -200,7 +250,29 @@ impl SftConfig {
             "use_rslora": self.lora.rslora,
             "early_stopping_steps": self.early_stopping_patience,
             "plot_loss": self.plot_loss,
-        })
+        });
+        // The low-precision settings only when used, so runs written before they existed still
+        // resume (the resume fingerprint is this map).
+        let m = v.as_object_mut().expect("an object");
+        if self.finetuning_type == FinetuningType::Freeze {
+            m.insert("freeze_trainable_layers".into(), json!(self.freeze.trainable_layers));
+            m.insert(
+                "freeze_trainable_modules".into(),
+                json!(self.freeze.trainable_modules.join(",")),
+            );
+            m.insert(
+                "freeze_extra_modules".into(),
+                json!(self.freeze.extra_modules.join(",")),
+            );
+        }
+        if let Optim::AdamW8bit { block } = self.optim {
+            m.insert("optim".into(), json!("adamw_bnb_8bit"));
+            m.insert("adamw_8bit_block".into(), json!(block));
+        }
+        if let Some(q) = &self.grad_quant {
+            m.insert("grad_quant".into(), json!(q.describe()));
+        }
+        v
     }
 
     /// The settings that must not change when a run is resumed (same data order, same steps).

@@ -1,10 +1,13 @@
-//! Supervised fine-tuning with LoRA, with LLaMA-Factory's semantics.
+//! Supervised fine-tuning with LLaMA-Factory's semantics: LoRA, or the model's own weights
+//! (`full`, `freeze`), optionally with 8-bit optimizer states and quantized gradients.
 //!
 //! - [`config`]: the settings, LLaMA-Factory's names and Web UI defaults.
 //! - [`prepare`]: template choice, validation split, encoding, packing.
 //! - [`batch`]: items, padded batches, per-epoch order.
 //! - [`loss`]: token cross-entropy and accuracy.
-//! - [`optim`]: AdamW and gradient clipping; [`schedule`]: learning-rate schedules.
+//! - [`trainable`]: what a run trains (LoRA factors, or all or some of the weights).
+//! - [`optim`]: AdamW (f32 or 8-bit moments, [`dynamic_map`]) and gradient clipping;
+//!   [`schedule`]: learning-rate schedules; [`grad_quant`]: quantized gradients.
 //! - [`checkpoint`]: atomic checkpoints and resume; [`log`]: `trainer_log.jsonl`.
 //! - [`progress`]: the bar or plain lines; [`sft`]: the loop; [`run`]: its result.
 
@@ -14,6 +17,8 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod dynamic_map;
+pub mod grad_quant;
 pub mod log;
 pub mod loss;
 pub mod optim;
@@ -22,6 +27,7 @@ pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod sft;
+pub mod trainable;
 
 pub use config::SftConfig;
 pub use run::{Run, StopReason};

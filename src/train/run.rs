@@ -20,7 +20,13 @@ pub enum StopReason {
 pub struct Run {
     /// The run folder: trainer_log.jsonl, training_args.json, checkpoints, final adapter.
     pub out: PathBuf,
-    pub adapter: Adapter,
+    /// The trained adapter (LoRA runs).
+    pub adapter: Option<Adapter>,
+    /// The trained model (full and freeze runs), also written to `out` as a Hugging Face folder.
+    pub model: Option<crate::model::Model>,
+    pub finetuning_type: super::trainable::FinetuningType,
+    /// Bytes of optimizer state at the end (both moments; 8-bit ones with their scales).
+    pub optimizer_state_bytes: usize,
     /// Optimizer steps done and planned.
     pub steps: usize,
     pub total_steps: usize,
@@ -70,12 +76,15 @@ impl std::fmt::Display for Run {
         }
         write!(
             f,
-            ", {:.0} tokens/s, {:.1} s; verdict: {} ({:.2}); adapter: {}",
+            ", {:.0} tokens/s, {:.1} s; verdict: {} ({:.2}); {}",
             self.tokens_per_sec,
             self.elapsed,
             self.diagnosis.verdict.name(),
             self.diagnosis.confidence,
-            self.adapter
+            match &self.adapter {
+                Some(a) => format!("adapter: {a}"),
+                None => format!("{} fine-tuning: the model is in the run folder", self.finetuning_type.name()),
+            }
         )
     }
 }

@@ -8,7 +8,11 @@
 //!
 //! Per step: forward and backward on each batch (the loss is the sum over label tokens divided
 //! by the label tokens of the whole step, so accumulation does not change the objective), sum the
-//! gradients, clip them to `max_grad_norm`, and take an AdamW step at the scheduled rate.
+//! gradients, round them when `grad_quant` asks, clip them to `max_grad_norm`, and take an AdamW
+//! step (f32 or 8-bit moments) at the scheduled rate.
+//!
+//! What trains is the run's [`Trainable`]: LoRA factors, or (`full`, `freeze`) the weights of a
+//! trainable copy of the model, which the run ends by writing as a Hugging Face folder.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -22,7 +26,10 @@ use super::checkpoint::{self, TrainerState};
 use super::config::SftConfig;
 use super::log::{format_duration, round, TrainerLog};
 use super::loss::cross_entropy_sum;
+use super::config::Optim;
+use super::grad_quant::GradQuantizer;
 use super::optim::{clip_grad_norm, AdamParams, AdamW};
+use super::trainable::{self, FinetuningType, Trainable};
 use super::prepare::{prepare, Prepared};
 use super::progress::Progress;
 use super::run::{Run, StopReason};
@@ -150,7 +157,40 @@ fn started_from(
     })
 }
 
-/// Fine-tune `model` with LoRA on `train`.
+/// The optimizer a run asks for, over `vars`.
+fn optimizer(vars: Vec<candle_core::Var>, cfg: &SftConfig) -> Result<AdamW> {
+    match cfg.optim {
+        Optim::AdamW => AdamW::new(vars, adam_params(cfg)),
+        Optim::AdamW8bit { block } => AdamW::new_8bit(vars, adam_params(cfg), block),
+    }
+}
+
+/// The weights a full or freeze run trains (Hugging Face names).
+fn selector(cfg: &SftConfig, model: &Model) -> impl Fn(&str) -> bool {
+    let (ftype, freeze) = (cfg.finetuning_type, cfg.freeze.clone());
+    let layers = model.config().num_hidden_layers;
+    move |name: &str| match ftype {
+        FinetuningType::Freeze => freeze.selects(name, layers),
+        _ => true,
+    }
+}
+
+/// The gradient rounding a run asks for, over `trainable`'s parameters.
+fn quantizer(cfg: &SftConfig, trainable: &Trainable) -> Option<GradQuantizer> {
+    cfg.grad_quant.map(|q| {
+        let sizes: Vec<usize> = trainable
+            .named_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count())
+            .collect();
+        GradQuantizer::new(q, cfg.seed, &sizes)
+    })
+}
+
+/// The prefix of error feedback's residuals in `optimizer.safetensors`.
+const RESIDUAL: &str = "grad_residual.";
+
+/// Fine-tune `model` on `train`: LoRA, or its own weights (`finetuning_type` full or freeze).
 pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) -> Result<Run> {
     cfg.validate()?;
     let data = prepare(model, train, cfg)?;
@@ -170,20 +210,30 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     } else {
         None
     };
-    let fresh = |state: TrainerState| -> Result<(Adapter, AdamW, TrainerState)> {
-        let adapter = match &cfg.lora_init {
-            Some(init) => started_from(init, model, &cfg.lora)?,
-            None => Adapter::new(&model.llama, cfg.lora.clone(), cfg.seed, &model.source)?,
+    let selected = selector(cfg, model);
+    let fresh = |state: TrainerState| -> Result<(Trainable, AdamW, TrainerState)> {
+        let trainable = match (cfg.finetuning_type, &cfg.lora_init) {
+            (FinetuningType::Lora, Some(init)) => {
+                Trainable::Lora(started_from(init, model, &cfg.lora)?)
+            }
+            (FinetuningType::Lora, None) => Trainable::Lora(Adapter::new(
+                &model.llama,
+                cfg.lora.clone(),
+                cfg.seed,
+                &model.source,
+            )?),
+            _ => Trainable::Weights(trainable::weights(model, &selected, None)?),
         };
-        let optim = AdamW::new(
-            adapter.named_vars().into_iter().map(|(_, v)| v).collect(),
-            adam_params(cfg),
+        let optim = optimizer(
+            trainable.named_vars().into_iter().map(|(_, v)| v).collect(),
+            cfg,
         )?;
-        Ok((adapter, optim, state))
+        Ok((trainable, optim, state))
     };
-    let (adapter, mut optim, mut state, log) = match resume_from {
+    let (trainable, mut optim, mut state, log, mut rounding) = match resume_from {
         Some((_, dir)) => {
-            let (adapter, moments, steps, saved) = checkpoint::load(&dir, &model.llama)?;
+            let (trainable, tensors, steps, saved) =
+                checkpoint::load(&dir, model, cfg.finetuning_type, &selected)?;
             if saved.fingerprint != state.fingerprint {
                 return Err(Error::config(
                     "resume",
@@ -193,11 +243,17 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                     ),
                 ));
             }
-            let mut optim = AdamW::new(
-                adapter.named_vars().into_iter().map(|(_, v)| v).collect(),
-                adam_params(cfg),
+            let mut optim = optimizer(
+                trainable.named_vars().into_iter().map(|(_, v)| v).collect(),
+                cfg,
             )?;
-            checkpoint::restore_moments(&mut optim, &adapter, &moments, steps, &dir)?;
+            let names = trainable.names();
+            let source = dir.join("optimizer.safetensors");
+            optim.restore(&names, &tensors, steps, &source)?;
+            let mut rounding = quantizer(cfg, &trainable);
+            if let Some(q) = rounding.as_mut() {
+                q.restore(&names, &tensors, RESIDUAL, &source)?;
+            }
             let log = TrainerLog::resume(&out, saved.global_step)?;
             hooks.output.line(&format!(
                 "resuming from {} (step {}/{})",
@@ -205,15 +261,25 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 saved.global_step,
                 plan.total_steps
             ));
-            (adapter, optim, saved, log)
+            (trainable, optim, saved, log, rounding)
         }
         None => {
             refuse_to_overwrite(&out)?;
             std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-            let (adapter, optim, state) = fresh(std::mem::take(&mut state))?;
-            (adapter, optim, state, TrainerLog::create(&out)?)
+            let (trainable, optim, state) = fresh(std::mem::take(&mut state))?;
+            let rounding = quantizer(cfg, &trainable);
+            (trainable, optim, state, TrainerLog::create(&out)?, rounding)
         }
     };
+    let names = trainable.names();
+    let residuals = |r: &Option<GradQuantizer>| -> Result<Vec<(String, Tensor)>> {
+        match r {
+            Some(q) => q.residual_tensors(&names),
+            None => Ok(Vec::new()),
+        }
+    };
+    let fmodel = trainable.model(model);
+    let adapter = trainable.adapter();
     let args_path = out.join("training_args.json");
     let mut args = cfg.to_json();
     args["template"] = data.template.name.into();
@@ -227,7 +293,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             .as_bytes(),
     )?;
 
-    let vars: Vec<_> = adapter.named_vars().into_iter().map(|(_, v)| v).collect();
+    let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
     let progress = Progress::new(
         plan.total_steps,
         state.global_step,
@@ -235,7 +301,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         hooks.progress_bar,
     );
     progress.line(&format!(
-        "sft: {} items ({} examples{}), template {}, {} steps ({} per epoch), batch {} × {} accumulation, {}",
+        "sft: {} items ({} examples{}), template {}, {} steps ({} per epoch), batch {} × {} accumulation, {}: {}{}{}",
         data.train.len(),
         data.num_examples,
         if data.dropped > 0 {
@@ -248,7 +314,14 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         plan.steps_per_epoch,
         cfg.batch_size,
         cfg.gradient_accumulation_steps,
-        adapter
+        cfg.finetuning_type.name(),
+        trainable,
+        match cfg.optim {
+            Optim::AdamW => String::new(),
+            Optim::AdamW8bit { block } => format!(", 8-bit AdamW (block {block})"),
+        },
+        cfg.grad_quant
+            .map_or(String::new(), |q| format!(", gradients rounded: {}", q.describe()))
     ));
 
     let lengths: Vec<usize> = data.train.iter().map(Item::len).collect();
@@ -293,7 +366,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             rng: &dropout_rng,
         };
         let pass = Pass {
-            adapter: Some(&adapter),
+            adapter,
             train: true,
             dropout: Some(&dropout),
             ..Default::default()
@@ -305,8 +378,9 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             if hooks.cancel.is_cancelled() {
                 return Err(interrupted(
                     &out,
-                    &adapter,
+                    &trainable,
                     &optim,
+                    &residuals(&rounding)?,
                     &mut state,
                     last_saved,
                     &progress,
@@ -319,7 +393,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             if batch.num_targets == 0 {
                 continue;
             }
-            let (loss_sum, _) = batch_loss(model, &batch, pass)?;
+            let (loss_sum, _) = batch_loss(fmodel, &batch, pass)?;
             let loss = (loss_sum / step_targets as f64)?;
             step_loss += loss.to_scalar::<f32>()? as f64;
             let store = loss.backward()?;
@@ -343,6 +417,11 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 s + 1
             ));
         }
+        // What a data-parallel worker would send: rounded before clipping and the optimizer.
+        let grad_bits = match rounding.as_mut() {
+            Some(q) => Some(q.apply(s, &mut grads)?),
+            None => None,
+        };
         let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = cfg.learning_rate
             * cfg
@@ -376,9 +455,13 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             event.insert("lr".into(), json!(next_lr));
             event.insert("throughput".into(), json!(round(tokens_per_sec, 2)));
             event.insert("total_tokens".into(), json!(state.total_tokens));
+            if let Some(bits) = grad_bits {
+                event.insert("grad_bits".into(), json!(round(bits, 4)));
+            }
             progress.line(&format!(
-                "step {step}/{}  loss {loss:.4}  lr {next_lr:.3e}  grad_norm {grad_norm:.3}  {tokens_per_sec:.0} tok/s  {} < {}",
+                "step {step}/{}  loss {loss:.4}  lr {next_lr:.3e}  grad_norm {grad_norm:.3}{}  {tokens_per_sec:.0} tok/s  {} < {}",
                 plan.total_steps,
+                grad_bits.map_or(String::new(), |b| format!("  grad {b:.2} bits/elem")),
                 event["elapsed_time"].as_str().unwrap_or(""),
                 event["remaining_time"].as_str().unwrap_or("")
             ));
@@ -387,7 +470,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         let mut save_now = step % cfg.save_steps == 0;
         if !data.eval.is_empty() && (step % eval_every == 0 || last) {
             let (eval_loss, accuracy) =
-                evaluate(model, &adapter, &data, cfg.batch_size, hooks.cancel)?;
+                evaluate(fmodel, adapter, &data, cfg.batch_size, hooks.cancel)?;
             let eval_loss = round(eval_loss, 4);
             state.eval_history.push((step, eval_loss, accuracy));
             let mut event = base_event(&state, &plan, cfg, s);
@@ -429,7 +512,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             stopped = StopReason::StoppedByCallback;
         }
         if save_now || stopped != StopReason::Finished {
-            let dir = checkpoint::save(&out, &adapter, &optim, &state)?;
+            let dir = checkpoint::save(&out, &trainable, &optim, &residuals(&rounding)?, &state)?;
             last_saved = step;
             progress.line(&format!("checkpoint: {}", dir.display()));
         }
@@ -451,21 +534,45 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         }
     }
 
-    // The run's adapter at the top of the folder (LLaMA-Factory's layout); after early stopping
-    // the best checkpoint's.
-    let final_adapter = match (&stopped, state.best_step) {
-        (StopReason::EarlyStopped, Some(best)) => {
-            crate::lora::peft::load(&checkpoint::dir_for(&out, best), &model.llama)?
-        }
-        _ => adapter,
+    // What the run trained at the top of the folder (LLaMA-Factory's layout: the adapter, or the
+    // whole model for full and freeze); after early stopping the best checkpoint's.
+    let best = match (&stopped, state.best_step) {
+        (StopReason::EarlyStopped, Some(best)) => Some(checkpoint::dir_for(&out, best)),
+        _ => None,
     };
-    let mut final_adapter = final_adapter;
-    final_adapter.template = Some(data.template.name.to_string());
-    crate::lora::peft::write_files(&final_adapter, &out)?;
+    let optimizer_state_bytes = optim.state_bytes();
+    let (final_adapter, final_model) = match trainable {
+        Trainable::Lora(adapter) => {
+            let mut adapter = match &best {
+                Some(dir) => crate::lora::peft::load(dir, &model.llama)?,
+                None => adapter,
+            };
+            adapter.template = Some(data.template.name.to_string());
+            crate::lora::peft::write_files(&adapter, &out)?;
+            (Some(adapter), None)
+        }
+        Trainable::Weights(weights) => {
+            let trained = match &best {
+                Some(dir) => checkpoint::load(dir, model, cfg.finetuning_type, &selected)?.0,
+                None => Trainable::Weights(weights),
+            };
+            let trained = trainable::frozen(trained.model(model));
+            let opts = crate::model::save::SaveHfOptions {
+                dtype: Some(candle_core::DType::F32),
+                template: Some(data.template.name.to_string()),
+                ..Default::default()
+            };
+            crate::model::save::save_hf_into(&trained, &out, &opts)?;
+            (None, Some(trained))
+        }
+    };
     let elapsed = state.elapsed;
     Ok(Run {
         out,
         adapter: final_adapter,
+        model: final_model,
+        finetuning_type: cfg.finetuning_type,
+        optimizer_state_bytes,
         steps: state.global_step,
         total_steps: plan.total_steps,
         loss: state.loss_history.clone(),
@@ -611,8 +718,9 @@ fn emit(log: &TrainerLog, hooks: &mut Hooks, event: &Map<String, Value>) -> Resu
 #[allow(clippy::too_many_arguments)]
 fn interrupted(
     out: &Path,
-    adapter: &Adapter,
+    trainable: &Trainable,
     optim: &AdamW,
+    residuals: &[(String, Tensor)],
     state: &mut TrainerState,
     last_saved: usize,
     progress: &Progress,
@@ -622,7 +730,7 @@ fn interrupted(
     progress.finish();
     state.elapsed = elapsed_before + started.elapsed().as_secs_f64();
     if state.global_step > 0 && state.global_step != last_saved {
-        match checkpoint::save(out, adapter, optim, state) {
+        match checkpoint::save(out, trainable, optim, residuals, state) {
             Ok(dir) => progress.line(&format!(
                 "interrupted: checkpoint {} saved; run sft again with resume: true to continue",
                 dir.display()
@@ -645,16 +753,16 @@ fn batch_loss(model: &Model, batch: &Batch, pass: Pass) -> Result<(Tensor, usize
     cross_entropy_sum(&logits, &batch.targets)
 }
 
-/// Mean token loss and accuracy of the adapted model on the evaluation items.
+/// Mean token loss and accuracy of the model (with its adapter, if any) on the evaluation items.
 pub fn evaluate(
     model: &Model,
-    adapter: &Adapter,
+    adapter: Option<&Adapter>,
     data: &Prepared,
     batch_size: usize,
     cancel: &CancelToken,
 ) -> Result<(f64, f64)> {
     let pass = Pass {
-        adapter: Some(adapter),
+        adapter,
         train: false,
         dropout: None,
         ..Default::default()

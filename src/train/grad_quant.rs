@@ -1,0 +1,419 @@
+//! Gradient quantization: each step's gradient rounded to a few bits before clipping and the
+//! optimizer, as a data-parallel worker would round what it sends, so a single-machine run shows
+//! what the compression costs in loss.
+//!
+//! - **QSGD** (Alistarh et al. 2017): per bucket of values, the L2 norm (f32) and, per value, its
+//!   sign and |v|/norm rounded *stochastically* to one of `s` levels, so the rounded gradient is
+//!   unbiased (its expectation is the true gradient). `bits` counts the sign: s = 2^(bits−1) − 1.
+//! - **sign** (signSGD / 1-bit Adam's compression): one bit per value, scaled by the mean
+//!   magnitude. Biased; with **error feedback** the part lost each step (the residual) is added
+//!   to the next step's gradient before rounding, so nothing is lost for good.
+//! - **FP8** (E5M2 or E4M3, the formats of FP8 training): each value rounded to nearest-even in
+//!   the format after scaling its tensor or block of 128 so the largest magnitude meets the
+//!   format's maximum (57,344 for E5M2, 448 for E4M3).
+//!
+//! Each method reports the bits it would send per gradient element, scales included.
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// An FP8 format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp8Format {
+    /// 5 exponent bits, 2 fraction bits: range over precision (gradients).
+    E5M2,
+    /// 4 exponent bits, 3 fraction bits, no infinities (OCP "FN"): precision over range.
+    E4M3,
+}
+
+impl Fp8Format {
+    /// Fraction bits, the exponent of the smallest normal value, and the largest finite value.
+    fn layout(self) -> (i32, i32, f32) {
+        match self {
+            Fp8Format::E5M2 => (2, -14, 57344.0),
+            Fp8Format::E4M3 => (3, -6, 448.0),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fp8Format::E5M2 => "e5m2",
+            Fp8Format::E4M3 => "e4m3",
+        }
+    }
+
+    /// The largest finite value.
+    pub fn max(self) -> f32 {
+        self.layout().2
+    }
+
+    /// `x` rounded to the nearest value of the format (ties to even), saturating at ±max.
+    pub fn round(self, x: f32) -> f32 {
+        let (fraction_bits, min_exponent, max) = self.layout();
+        if x == 0.0 || !x.is_finite() {
+            return if x.is_nan() { x } else { x.signum() * max.min(x.abs()) };
+        }
+        let a = x.abs();
+        // The binary exponent of a (subnormals of the format share the smallest normal's step).
+        let exponent = ((a.to_bits() >> 23) as i32 - 127).max(min_exponent);
+        let step = 2f32.powi(exponent - fraction_bits);
+        let rounded = ((a / step).round_ties_even() * step).min(max);
+        rounded.copysign(x)
+    }
+}
+
+/// How a step's gradient is rounded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GradQuant {
+    Qsgd { bits: u32, bucket: usize },
+    Sign { error_feedback: bool },
+    Fp8 { format: Fp8Format, block: Option<usize> },
+}
+
+impl GradQuant {
+    /// Refuse settings that cannot work, naming the option.
+    pub fn check(&self) -> Result<()> {
+        match *self {
+            GradQuant::Qsgd { bits, bucket } => {
+                if !(2..=16).contains(&bits) {
+                    return Err(Error::config(
+                        "grad_quant.bits",
+                        format!("{bits} is out of range; QSGD takes 2 to 16 bits (one is the sign)"),
+                    ));
+                }
+                if bucket == 0 {
+                    return Err(Error::config(
+                        "grad_quant.bucket",
+                        "must be at least 1 (QSGD's paper uses 512)",
+                    ));
+                }
+            }
+            GradQuant::Fp8 { block: Some(0), .. } => {
+                return Err(Error::config("grad_quant.scaling", "a block needs at least one value"))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Bits sent per element of an `n`-element tensor, scales included.
+    pub fn bits_per_element(&self, n: usize) -> f64 {
+        let n = n.max(1) as f64;
+        match *self {
+            GradQuant::Qsgd { bits, bucket } => bits as f64 + 32.0 / (bucket as f64).min(n),
+            GradQuant::Sign { .. } => 1.0 + 32.0 / n,
+            GradQuant::Fp8 { block, .. } => {
+                8.0 + 32.0 / block.map_or(n, |b| (b as f64).min(n))
+            }
+        }
+    }
+
+    /// One line for logs: `qsgd 4-bit, bucket 512`.
+    pub fn describe(&self) -> String {
+        match *self {
+            GradQuant::Qsgd { bits, bucket } => format!("qsgd {bits}-bit, bucket {bucket}"),
+            GradQuant::Sign { error_feedback } => format!(
+                "sign{}",
+                if error_feedback { " with error feedback" } else { "" }
+            ),
+            GradQuant::Fp8 { format, block } => format!(
+                "fp8 {}, {}",
+                format.name(),
+                block.map_or("per-tensor scale".to_string(), |b| format!("block{b} scales"))
+            ),
+        }
+    }
+}
+
+/// QSGD: round `values` in place, bucket by bucket, drawing from `rng`.
+pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, rng: &mut Rng) {
+    let levels = ((1u32 << (bits - 1)) - 1) as f32;
+    for chunk in values.chunks_mut(bucket) {
+        let norm = chunk.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32;
+        if norm == 0.0 {
+            continue;
+        }
+        for v in chunk.iter_mut() {
+            let scaled = v.abs() / norm * levels; // in [0, levels]
+            let low = scaled.floor();
+            let up = (rng.next_f64() as f32) < scaled - low;
+            let level = if up { low + 1.0 } else { low };
+            *v = (norm * level / levels).copysign(*v);
+        }
+    }
+}
+
+/// Scaled sign: every value becomes ±mean|v| (0 stays 0). With a `residual` (error feedback),
+/// the residual is added first and receives what the rounding lost.
+pub fn sign(values: &mut [f32], residual: Option<&mut [f32]>) {
+    if let Some(r) = &residual {
+        for (v, e) in values.iter_mut().zip(r.iter()) {
+            *v += e;
+        }
+    }
+    let scale = (values.iter().map(|v| v.abs() as f64).sum::<f64>() / values.len().max(1) as f64)
+        as f32;
+    match residual {
+        Some(r) => {
+            for (v, e) in values.iter_mut().zip(r.iter_mut()) {
+                let q = if *v == 0.0 { 0.0 } else { scale.copysign(*v) };
+                *e = *v - q;
+                *v = q;
+            }
+        }
+        None => {
+            for v in values.iter_mut() {
+                *v = if *v == 0.0 { 0.0 } else { scale.copysign(*v) };
+            }
+        }
+    }
+}
+
+/// FP8: per tensor (`block` None) or per `block` values, scale so the largest magnitude is the
+/// format's maximum, round, and scale back.
+pub fn fp8(values: &mut [f32], format: Fp8Format, block: Option<usize>) {
+    let block = block.unwrap_or(values.len()).max(1);
+    for chunk in values.chunks_mut(block) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if amax == 0.0 || !amax.is_finite() {
+            continue;
+        }
+        let scale = amax / format.max();
+        for v in chunk.iter_mut() {
+            *v = format.round(*v / scale) * scale;
+        }
+    }
+}
+
+/// A run's gradient rounding: the method, and error feedback's residual per parameter.
+#[derive(Debug, Clone)]
+pub struct GradQuantizer {
+    pub method: GradQuant,
+    seed: u64,
+    /// Error feedback only: what rounding has not yet sent, one per parameter.
+    residuals: Vec<Vec<f32>>,
+}
+
+impl GradQuantizer {
+    /// For parameters of `sizes` elements; `seed` makes QSGD's draws repeatable per step.
+    pub fn new(method: GradQuant, seed: u64, sizes: &[usize]) -> GradQuantizer {
+        let residuals = match method {
+            GradQuant::Sign {
+                error_feedback: true,
+            } => sizes.iter().map(|&n| vec![0f32; n]).collect(),
+            _ => Vec::new(),
+        };
+        GradQuantizer {
+            method,
+            seed,
+            residuals,
+        }
+    }
+
+    /// Round step `step`'s gradients in place; returns the bits sent per element over all of
+    /// them.
+    pub fn apply(&mut self, step: usize, grads: &mut [candle_core::Tensor]) -> Result<f64> {
+        let (mut bits, mut count) = (0f64, 0usize);
+        for (i, g) in grads.iter_mut().enumerate() {
+            let mut values = g
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            let n = values.len();
+            match self.method {
+                GradQuant::Qsgd { bits, bucket } => {
+                    let mut rng = Rng::new(
+                        self.seed
+                            ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ (i as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+                    );
+                    qsgd(&mut values, bits, bucket, &mut rng);
+                }
+                GradQuant::Sign { error_feedback } => {
+                    let residual = if error_feedback {
+                        Some(self.residuals[i].as_mut_slice())
+                    } else {
+                        None
+                    };
+                    sign(&mut values, residual);
+                }
+                GradQuant::Fp8 { format, block } => fp8(&mut values, format, block),
+            }
+            *g = candle_core::Tensor::from_vec(values, g.shape(), g.device())?.to_dtype(g.dtype())?;
+            bits += self.method.bits_per_element(n) * n as f64;
+            count += n;
+        }
+        Ok(bits / count.max(1) as f64)
+    }
+
+    /// Error feedback's residuals as named tensors (`names[i]` naming parameter i), for a
+    /// checkpoint; empty for methods without state.
+    pub fn residual_tensors(&self, names: &[String]) -> Result<Vec<(String, candle_core::Tensor)>> {
+        let cpu = candle_core::Device::Cpu;
+        names
+            .iter()
+            .zip(&self.residuals)
+            .map(|(n, r)| Ok((n.clone(), candle_core::Tensor::from_slice(r, r.len(), &cpu)?)))
+            .collect()
+    }
+
+    /// Put saved residuals back (`residual.NAME` under `prefix`); `source` names the file.
+    pub fn restore(
+        &mut self,
+        names: &[String],
+        tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+        prefix: &str,
+        source: &std::path::Path,
+    ) -> Result<()> {
+        for (name, r) in names.iter().zip(self.residuals.iter_mut()) {
+            let key = format!("{prefix}{name}");
+            let values = tensors
+                .get(&key)
+                .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()));
+            match values {
+                Some(Ok(v)) if v.len() == r.len() => *r = v,
+                _ => {
+                    return Err(Error::data(
+                        source,
+                        format!("tensor \"{key}\""),
+                        "missing or of the wrong size; the checkpoint was written without error feedback (grad_quant must match), resume from an earlier one",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_rounding_agrees_with_the_float8_reference_everywhere_in_range() {
+        // candle's F8E4M3 (the float8 crate) is the reference; scan magnitudes densely.
+        let device = candle_core::Device::Cpu;
+        let xs: Vec<f32> = (0..20_000)
+            .map(|i| {
+                let t = i as f32 / 20_000.0;
+                let v = 2f32.powf(-12.0 + 20.7 * t) * (1.0 + 0.37 * (i % 7) as f32 / 7.0);
+                if i % 2 == 0 {
+                    v
+                } else {
+                    -v
+                }
+            })
+            .filter(|v| v.abs() <= 448.0)
+            .collect();
+        let reference: Vec<f32> = candle_core::Tensor::new(xs.as_slice(), &device)
+            .unwrap()
+            .to_dtype(candle_core::DType::F8E4M3)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (x, r) in xs.iter().zip(&reference) {
+            assert_eq!(Fp8Format::E4M3.round(*x), *r, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn e5m2_rounds_to_its_own_grid_with_ties_to_even() {
+        let f = Fp8Format::E5M2;
+        // Between 1 and 2 the grid step is 0.25; 1.125 is a tie between 1.0 (even) and 1.25.
+        assert_eq!(f.round(1.125), 1.0);
+        assert_eq!(f.round(1.375), 1.5);
+        assert_eq!(f.round(1.3), 1.25);
+        assert_eq!(f.round(-3.1), -3.0);
+        assert_eq!(f.round(1e6), 57344.0);
+        // The smallest subnormal is 2^-16; half of it rounds to zero (tie to even), more does not.
+        assert_eq!(f.round(2f32.powi(-17)), 0.0);
+        assert_eq!(f.round(1.01 * 2f32.powi(-17)), 2f32.powi(-16));
+        // Every value is idempotent.
+        for x in [0.75f32, 2.5, 40960.0, 6.103_515_6e-5] {
+            assert_eq!(f.round(f.round(x)), f.round(x));
+        }
+    }
+
+    #[test]
+    fn qsgd_is_unbiased() {
+        let g: Vec<f32> = (0..64).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+        let mut rng = Rng::new(7);
+        let draws = 20_000;
+        let mut mean = vec![0f64; g.len()];
+        for _ in 0..draws {
+            let mut q = g.clone();
+            qsgd(&mut q, 2, 32, &mut rng); // the coarsest: levels {0, ±norm}
+            for (m, v) in mean.iter_mut().zip(&q) {
+                *m += *v as f64 / draws as f64;
+            }
+        }
+        let norm = (g.iter().map(|v| v * v).sum::<f32>() / 2.0).sqrt() as f64;
+        for (m, v) in mean.iter().zip(&g) {
+            // Standard error of one element: at most norm / √draws.
+            assert!((m - *v as f64).abs() < 5.0 * norm / (draws as f64).sqrt(), "{m} vs {v}");
+        }
+        // One draw is really quantized: at most 2 distinct magnitudes per bucket.
+        let mut q = g.clone();
+        qsgd(&mut q, 2, 32, &mut rng);
+        let mut mags: Vec<u32> = q[..32].iter().map(|v| v.abs().to_bits()).collect();
+        mags.sort();
+        mags.dedup();
+        assert!(mags.len() <= 2, "{mags:?}");
+    }
+
+    #[test]
+    fn error_feedback_keeps_what_rounding_lost() {
+        let g = [0.5f32, -0.1, 0.02, 0.0];
+        let mut residual = [0.1f32, 0.0, -0.04, 0.0];
+        let mut q = g;
+        sign(&mut q, Some(&mut residual));
+        // Sent plus kept equals the gradient plus the old residual, value by value.
+        let old = [0.1f32, 0.0, -0.04, 0.0];
+        for i in 0..4 {
+            assert!((q[i] + residual[i] - (g[i] + old[i])).abs() < 1e-7, "{i}");
+        }
+        // The corrected values are 0.6, -0.1, -0.02, 0: scale 0.18, signs + − − 0.
+        assert!((q[0] - 0.18).abs() < 1e-6 && (q[1] + 0.18).abs() < 1e-6 && q[3] == 0.0);
+        assert!(q[2] < 0.0);
+    }
+
+    #[test]
+    fn fp8_scaling_maps_each_blocks_largest_value_exactly() {
+        let mut v: Vec<f32> = (0..256).map(|i| (i as f32 - 100.0) * 1e-4).collect();
+        let original = v.clone();
+        fp8(&mut v, Fp8Format::E4M3, Some(128));
+        for (block, orig) in v.chunks(128).zip(original.chunks(128)) {
+            let (i, _) = orig
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap();
+            assert!((block[i] - orig[i]).abs() <= orig[i].abs() * 1e-6);
+        }
+        // Relative error of E4M3 is at most 2^-4 for normal values.
+        for (q, o) in v.iter().zip(&original) {
+            assert!((q - o).abs() <= o.abs() / 16.0 + 1e-9, "{o} → {q}");
+        }
+    }
+
+    #[test]
+    fn bits_per_element_count_the_scales() {
+        let q = GradQuant::Qsgd {
+            bits: 4,
+            bucket: 512,
+        };
+        assert_eq!(q.bits_per_element(1 << 20), 4.0 + 32.0 / 512.0);
+        let s = GradQuant::Sign {
+            error_feedback: true,
+        };
+        assert!((s.bits_per_element(32) - 2.0).abs() < 1e-12);
+        let f = GradQuant::Fp8 {
+            format: Fp8Format::E5M2,
+            block: Some(128),
+        };
+        assert_eq!(f.bits_per_element(4096), 8.25);
+        assert!(GradQuant::Qsgd { bits: 1, bucket: 8 }.check().is_err());
+    }
+}

@@ -16,11 +16,38 @@ pub fn process_stats() -> ProcessStats {
     }
 }
 
+/// Start a new peak: hand memory the allocator keeps but no longer uses back to the system
+/// (glibc's `malloc_trim`), then set this process's recorded peak resident size (VmHWM) to what
+/// it holds now (Linux's `/proc/self/clear_refs`, value 5), so that the next reading is the peak
+/// of what runs from here on over what is alive now, not of everything before. Returns false
+/// where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn peak_rss_bytes() -> Option<u64> {
+    status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// The resident set size now (VmRSS).
+pub fn rss_bytes() -> Option<u64> {
+    status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn status_kb(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cpu_seconds() -> Option<f64> {
@@ -47,5 +74,19 @@ mod tests {
         let busy: u64 = (0..20_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
         assert!(busy > 0);
         assert!(s.cpu_seconds.unwrap() >= 0.0);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_reset_peak_forgets_memory_already_given_back() {
+        // Touch 256 MB, free it, reset: the new peak is below the old one.
+        let big = vec![1u8; 256 << 20];
+        assert_eq!(big.iter().map(|&b| b as usize).sum::<usize>(), 256 << 20);
+        let before = process_stats().peak_rss_bytes.unwrap();
+        drop(big);
+        if reset_peak_rss() {
+            let after = process_stats().peak_rss_bytes.unwrap();
+            assert!(after < before, "{after} ≥ {before}");
+        }
     }
 }

@@ -196,7 +196,13 @@ fn cfg(out: PathBuf) -> SftConfig {
 fn train(cfg: &SftConfig) -> Run {
     let cancel = CancelToken::new();
     let out = Output::capture();
-    sft(&tiny(), &shipped("identity"), cfg, quiet_hooks(&cancel, &out)).unwrap()
+    sft(
+        &tiny(),
+        &shipped("identity"),
+        cfg,
+        quiet_hooks(&cancel, &out),
+    )
+    .unwrap()
 }
 
 fn last_logits(m: &Model) -> Tensor {
@@ -223,7 +229,12 @@ fn a_full_run_lowers_the_loss_and_leaves_a_loadable_model_folder() {
     assert!(!trained.llama.embed.is_variable());
     // f32 AdamW: two moments per parameter.
     assert_eq!(run.optimizer_state_bytes, 8 * tiny().num_params());
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "training_args.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training_args.json",
+    ] {
         assert!(run.out.join(f).is_file(), "{f} missing");
     }
     let back = model::load(run.out.to_str().unwrap(), &Default::default()).unwrap();
@@ -262,7 +273,10 @@ fn assert_resumes_exactly(what: &str, cfg: SftConfig) -> Run {
         resume: true,
         ..stopped_cfg
     });
-    assert_eq!(resumed.loss, whole.loss, "{what}: the resumed run's losses differ");
+    assert_eq!(
+        resumed.loss, whole.loss,
+        "{what}: the resumed run's losses differ"
+    );
     whole
 }
 
@@ -321,7 +335,8 @@ fn every_low_precision_mode_resumes_exactly() {
         assert_eq!(run.steps, 6, "{what}");
         let log = std::fs::read_to_string(run.out.join("trainer_log.jsonl")).unwrap();
         if what.contains("QSGD") {
-            let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+            let first: serde_json::Value =
+                serde_json::from_str(log.lines().next().unwrap()).unwrap();
             let bits = first["grad_bits"].as_f64().unwrap();
             assert!((bits - (4.0 + 32.0 / 64.0)).abs() < 0.05, "{bits}");
         }
@@ -402,7 +417,10 @@ fn the_dynamic_maps_and_blockwise_codes_match_bitsandbytes() {
             differ += 1;
             assert_eq!((got as i32 - bnb as i32).abs(), 1, "value {i}");
         }
-        assert!(differ <= values.len() / 200, "block {block}: {differ} codes differ");
+        assert!(
+            differ <= values.len() / 200,
+            "block {block}: {differ} codes differ"
+        );
     }
 }
 
@@ -461,13 +479,23 @@ fn eight_bit_adamw_follows_bitsandbytes_step_by_step() {
         let got: Vec<u8> = state[key].to_vec1().unwrap();
         let want = bytes(&a[codes]);
         let same = got.iter().zip(&want).filter(|(x, y)| x == y).count();
-        assert!(same as f64 >= 0.98 * want.len() as f64, "{key}: {same} of {} codes equal", want.len());
+        assert!(
+            same as f64 >= 0.98 * want.len() as f64,
+            "{key}: {same} of {} codes equal",
+            want.len()
+        );
         let got: Vec<f32> = state[&format!("{key}.absmax")].to_vec1().unwrap();
         let close = got
             .iter()
             .zip(floats(&a[absmax]))
             .filter(|(x, y)| (*x - y).abs() <= 1e-5 * y.abs())
             .count();
-        assert!(close + 1 >= got.len(), "{key}: {close} of {} absmax equal: {:?} vs {:?}", got.len(), &got[..3], &floats(&a[absmax])[..3]);
+        assert!(
+            close + 1 >= got.len(),
+            "{key}: {close} of {} absmax equal: {:?} vs {:?}",
+            got.len(),
+            &got[..3],
+            &floats(&a[absmax])[..3]
+        );
     }
 }

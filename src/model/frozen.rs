@@ -60,9 +60,10 @@ impl CustomOp2 for DenseFrozen {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = grad.matmul(w)?; // (M, N)·(N, K) → (M, K)
-        // A weight being trained (full or freeze fine-tuning) is a variable: it gets dW = gᵀx.
+                                  // A weight being trained (full or freeze fine-tuning) is a variable: it gets dW = gᵀx.
         let dw = if w.is_variable() {
-            Some(grad.t()?.matmul(x)?) // (N, M)·(M, K) → (N, K)
+            // x detached: the result is a value, not a node that would hold the forward graph.
+            Some(grad.t()?.matmul(&x.detach())?) // (N, M)·(M, K) → (N, K)
         } else {
             None
         };

@@ -78,9 +78,11 @@ fn kl_gradients(
         let store = kl_total.backward()?;
         for (k, var) in vars.iter().enumerate() {
             if let Some(g) = store.get(var.as_tensor()) {
+                // Detached, so the sum does not keep each batch's forward graph alive.
+                let g = g.detach();
                 grads[k] = Some(match grads[k].take() {
                     Some(sum) => (sum + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }

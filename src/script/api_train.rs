@@ -69,7 +69,14 @@ const SFT_KEYS: &[&str] = &[
     "grad_quant",
 ];
 
-const GRAD_QUANT_KEYS: &[&str] = &["method", "bits", "bucket", "error_feedback", "format", "scaling"];
+const GRAD_QUANT_KEYS: &[&str] = &[
+    "method",
+    "bits",
+    "bucket",
+    "error_feedback",
+    "format",
+    "scaling",
+];
 
 /// A comma-separated string or an array of strings.
 fn names(v: Dynamic) -> Vec<String> {
@@ -127,11 +134,9 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
             let format = match o.string("format")?.as_deref().unwrap_or("e5m2") {
                 "e5m2" => Fp8Format::E5M2,
                 "e4m3" => Fp8Format::E4M3,
-                other => {
-                    return Err(runtime(format!(
-                        "sft config: grad_quant: key \"format\": \"{other}\" is not one of: e5m2, e4m3"
-                    )))
-                }
+                other => return Err(runtime(format!(
+                    "sft config: grad_quant: key \"format\": \"{other}\" is not one of: e5m2, e4m3"
+                ))),
             };
             let scaling = o.string("scaling")?.unwrap_or_else(|| "tensor".into());
             let block = match scaling.as_str() {
@@ -376,9 +381,13 @@ pub mod train_api {
     }
 
     /// Training speed on random tokens (the PyTorch + PEFT peer does the same): options `batch`
-    /// (4), `seq` (256), `rank` (8), `targets` ("q_proj,v_proj"), `steps` (3). Returns
-    /// `#{ tokens_per_s, step_s, forward_s, backward_s, optimizer_s, cpu_s_per_step, loss_first,
-    /// loss_last, trainable_params }` (seconds are medians over the timed steps).
+    /// (4), `seq` (256), `rank` (8), `targets` ("q_proj,v_proj"), `steps` (3), and sft's
+    /// `finetuning_type`, `freeze_trainable_layers`, `freeze_trainable_modules`, `optim`,
+    /// `adamw_8bit_block`, `grad_quant`. Returns `#{ tokens_per_s, step_s, forward_s,
+    /// backward_s, optimizer_s, cpu_s_per_step, loss_first, loss_last, trainable_params,
+    /// optimizer_state_bytes, peak_rss_mb, start_rss_mb, grad_bits }` (seconds are medians over
+    /// the timed steps; the peak is the process's resident memory during the benchmark, the start
+    /// what it held before it, model included).
     #[rhai_fn(return_raw)]
     pub fn bench_sft(
         ctx: NativeCallContext,
@@ -388,8 +397,36 @@ pub mod train_api {
         let o = crate::script::options::Options::new(
             "bench_sft options",
             opts,
-            &["batch", "seq", "rank", "targets", "steps"],
+            &[
+                "batch",
+                "seq",
+                "rank",
+                "targets",
+                "steps",
+                "finetuning_type",
+                "freeze_trainable_layers",
+                "freeze_trainable_modules",
+                "optim",
+                "adamw_8bit_block",
+                "grad_quant",
+            ],
         )?;
+        // The low-precision keys read as sft reads them.
+        let mut low = Map::new();
+        for key in [
+            "finetuning_type",
+            "freeze_trainable_layers",
+            "freeze_trainable_modules",
+            "optim",
+            "adamw_8bit_block",
+            "grad_quant",
+        ] {
+            if let Some(v) = o.value(key) {
+                low.insert(key.into(), v);
+            }
+        }
+        let (low, _, _) = super::sft_config(low)?;
+        low.validate().script()?;
         let rank = o.int("rank")?.unwrap_or(8).max(1) as usize;
         let targets = o
             .string("targets")?
@@ -406,6 +443,10 @@ pub mod train_api {
             lora,
             steps: o.int("steps")?.unwrap_or(3).max(1) as usize,
             seed: 0,
+            finetuning_type: low.finetuning_type,
+            freeze: low.freeze,
+            optim: low.optim,
+            grad_quant: low.grad_quant,
         };
         let r = crate::train::bench::bench_sft(&model, &b, &host(&ctx).cancel).script()?;
         let mut m = Map::new();
@@ -435,6 +476,24 @@ pub mod train_api {
         m.insert(
             "trainable_params".into(),
             Dynamic::from(r.trainable_params as INT),
+        );
+        m.insert(
+            "optimizer_state_bytes".into(),
+            Dynamic::from(r.optimizer_state_bytes as INT),
+        );
+        m.insert(
+            "peak_rss_mb".into(),
+            r.peak_rss_bytes
+                .map_or(Dynamic::UNIT, |b| Dynamic::from(b as f64 / 1e6)),
+        );
+        m.insert(
+            "start_rss_mb".into(),
+            r.start_rss_bytes
+                .map_or(Dynamic::UNIT, |b| Dynamic::from(b as f64 / 1e6)),
+        );
+        m.insert(
+            "grad_bits".into(),
+            r.grad_bits.map_or(Dynamic::UNIT, Dynamic::from),
         );
         Ok(m)
     }
@@ -483,6 +542,13 @@ pub mod train_api {
     #[rhai_fn(global, get = "optimizer_state_bytes", pure)]
     pub fn run_optimizer_state_bytes(run: &mut Run) -> INT {
         run.optimizer_state_bytes as INT
+    }
+
+    /// Bits per gradient element the run's last step sent with `grad_quant`, scales included
+    /// (() with f32 gradients).
+    #[rhai_fn(global, get = "grad_bits", pure)]
+    pub fn run_grad_bits(run: &mut Run) -> Dynamic {
+        run.grad_bits.map_or(Dynamic::UNIT, Dynamic::from)
     }
 
     /// The run folder.

@@ -4,6 +4,10 @@
 //! then `steps` timed steps (forward, backward, optimizer), with the split between the three.
 //! On a GPU, work is queued asynchronously: each phase waits for the device before its clock
 //! stops, so the split is what the GPU spent.
+//!
+//! The same measure covers the low-precision modes: full or freeze fine-tuning instead of LoRA,
+//! 8-bit AdamW, quantized gradients; it reports the optimizer's state bytes and the process's
+//! peak resident memory during the measured steps (the peak is reset first where Linux allows).
 
 use std::cell::RefCell;
 use std::time::Instant;
@@ -11,8 +15,11 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::batch::{stack, Item};
+use super::config::Optim;
+use super::grad_quant::{GradQuant, GradQuantizer};
 use super::loss::cross_entropy_sum;
 use super::optim::{AdamParams, AdamW};
+use super::trainable::{self, FinetuningType, FreezeOptions, Trainable};
 use crate::cancel::CancelToken;
 use crate::data::encode::IGNORE;
 use crate::error::Result;
@@ -28,6 +35,26 @@ pub struct BenchOptions {
     pub lora: LoraConfig,
     pub steps: usize,
     pub seed: u64,
+    pub finetuning_type: FinetuningType,
+    pub freeze: FreezeOptions,
+    pub optim: Optim,
+    pub grad_quant: Option<GradQuant>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            batch: 4,
+            seq: 256,
+            lora: LoraConfig::default(),
+            steps: 3,
+            seed: 0,
+            finetuning_type: FinetuningType::Lora,
+            freeze: FreezeOptions::default(),
+            optim: Optim::AdamW,
+            grad_quant: None,
+        }
+    }
 }
 
 /// What was measured (seconds per step; medians over the timed steps).
@@ -42,6 +69,14 @@ pub struct BenchResult {
     pub tokens_per_sec: f64,
     pub losses: Vec<f64>,
     pub trainable_params: usize,
+    /// Bytes of AdamW's moments.
+    pub optimizer_state_bytes: usize,
+    /// The process's peak resident memory over the benchmark, and what it held when the
+    /// benchmark started (model and data already loaded; None off Linux).
+    pub peak_rss_bytes: Option<u64>,
+    pub start_rss_bytes: Option<u64>,
+    /// Bits per gradient element sent, when gradients are quantized.
+    pub grad_bits: Option<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -71,16 +106,41 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
         .collect();
     let refs: Vec<&Item> = items.iter().collect();
     let batch = stack(&refs, 0, &model.llama.device)?;
-    let adapter = Adapter::new(&model.llama, opts.lora.clone(), opts.seed, &model.source)?;
-    let vars: Vec<_> = adapter.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut optim = AdamW::new(vars.clone(), AdamParams::default())?;
+    crate::procstat::reset_peak_rss();
+    let start_rss_bytes = crate::procstat::rss_bytes();
+    let layers = model.config().num_hidden_layers;
+    let trainable = match opts.finetuning_type {
+        FinetuningType::Lora => Trainable::Lora(Adapter::new(
+            &model.llama,
+            opts.lora.clone(),
+            opts.seed,
+            &model.source,
+        )?),
+        FinetuningType::Full => Trainable::Weights(trainable::weights(model, &|_| true, None)?),
+        FinetuningType::Freeze => Trainable::Weights(trainable::weights(
+            model,
+            &|n: &str| opts.freeze.selects(n, layers),
+            None,
+        )?),
+    };
+    let fmodel = trainable.model(model);
+    let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
+    let mut optim = match opts.optim {
+        Optim::AdamW => AdamW::new(vars.clone(), AdamParams::default())?,
+        Optim::AdamW8bit { block } => AdamW::new_8bit(vars.clone(), AdamParams::default(), block)?,
+    };
+    let sizes: Vec<usize> = vars.iter().map(|v| v.as_tensor().elem_count()).collect();
+    let mut rounding = opts
+        .grad_quant
+        .map(|q| GradQuantizer::new(q, opts.seed, &sizes));
+    let mut grad_bits = None;
     let dropout_rng = RefCell::new(Rng::new(opts.seed));
     let dropout = Dropout {
         p: opts.lora.dropout,
         rng: &dropout_rng,
     };
     let pass = Pass {
-        adapter: Some(&adapter),
+        adapter: trainable.adapter(),
         train: true,
         dropout: Some(&dropout),
         ..Default::default()
@@ -95,7 +155,7 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
         }
         let t0 = Instant::now();
         let logits =
-            model
+            fmodel
                 .llama
                 .forward_train(&batch.ids, &batch.positions, None, &batch.rows, pass)?;
         let (sum, _) = cross_entropy_sum(&logits, &batch.targets)?;
@@ -103,15 +163,18 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
         let value = loss.to_scalar::<f32>()? as f64;
         let t1 = Instant::now();
         let store = loss.backward()?;
-        let grads: Vec<Tensor> = vars
+        let mut grads: Vec<Tensor> = vars
             .iter()
             .map(|v| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.clone()),
+                Some(g) => Ok(g.detach()),
                 None => v.as_tensor().zeros_like(),
             })
             .collect::<candle_core::Result<_>>()?;
         model.llama.device.synchronize()?;
         let t2 = Instant::now();
+        if let Some(q) = rounding.as_mut() {
+            grad_bits = Some(q.apply(i, &mut grads)?);
+        }
         optim.step(&grads, 1e-4)?;
         model.llama.device.synchronize()?;
         let t3 = Instant::now();
@@ -136,6 +199,10 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
         tokens_per_sec: (opts.batch * opts.seq) as f64 / med,
         step_seconds: steps,
         losses,
-        trainable_params: adapter.num_params(),
+        trainable_params: trainable.num_params(),
+        optimizer_state_bytes: optim.state_bytes(),
+        peak_rss_bytes: crate::procstat::process_stats().peak_rss_bytes,
+        start_rss_bytes,
+        grad_bits,
     })
 }

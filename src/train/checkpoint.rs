@@ -120,8 +120,12 @@ pub fn load(
         FinetuningType::Lora => Trainable::Lora(peft::load(dir, &base.llama)?),
         _ => {
             let path = dir.join(TRAINED_WEIGHTS);
-            let values = candle_core::safetensors::load(&path, device)
-                .map_err(|e| Error::msg(format!("{}: {e}; resume from an earlier checkpoint", path.display())))?;
+            let values = candle_core::safetensors::load(&path, device).map_err(|e| {
+                Error::msg(format!(
+                    "{}: {e}; resume from an earlier checkpoint",
+                    path.display()
+                ))
+            })?;
             Trainable::Weights(trainable::weights(base, selected, Some((&values, &path)))?)
         }
     };

@@ -77,7 +77,9 @@ pub struct SftConfig {
 pub enum Optim {
     AdamW,
     /// 8-bit block-wise moments, `block` values per absmax.
-    AdamW8bit { block: usize },
+    AdamW8bit {
+        block: usize,
+    },
 }
 
 impl Optim {
@@ -204,7 +206,10 @@ impl SftConfig {
         if self.finetuning_type != FinetuningType::Lora && self.lora_init.is_some() {
             return Err(Error::config(
                 "lora.init",
-                format!("starts LoRA factors, and this run is finetuning_type \"{}\"", self.finetuning_type.name()),
+                format!(
+                    "starts LoRA factors, and this run is finetuning_type \"{}\"",
+                    self.finetuning_type.name()
+                ),
             ));
         }
         self.lora.validate()
@@ -255,7 +260,10 @@ impl SftConfig {
         // resume (the resume fingerprint is this map).
         let m = v.as_object_mut().expect("an object");
         if self.finetuning_type == FinetuningType::Freeze {
-            m.insert("freeze_trainable_layers".into(), json!(self.freeze.trainable_layers));
+            m.insert(
+                "freeze_trainable_layers".into(),
+                json!(self.freeze.trainable_layers),
+            );
             m.insert(
                 "freeze_trainable_modules".into(),
                 json!(self.freeze.trainable_modules.join(",")),

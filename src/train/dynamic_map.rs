@@ -20,7 +20,11 @@ pub fn dynamic_map(signed: bool) -> Vec<f32> {
     for i in 0..EXPONENTS {
         // Within decade i, the fraction has i bits (signed) or i + 1 (unsigned): 2^bits values,
         // the midpoints of that many equal steps between 0.1 and 1.
-        let steps = if signed { 1usize << i } else { 1usize << (i + 1) };
+        let steps = if signed {
+            1usize << i
+        } else {
+            1usize << (i + 1)
+        };
         let bounds = linspace_f32(0.1, 1.0, steps + 1);
         // f32 arithmetic throughout, as the reference computes it.
         let decade = 10f64.powi(i - (EXPONENTS - 1)) as f32;
@@ -151,7 +155,9 @@ mod tests {
     #[test]
     fn quantizing_keeps_zeros_and_each_blocks_largest_value_exactly() {
         let map = dynamic_map(true);
-        let values: Vec<f32> = (0..300).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let values: Vec<f32> = (0..300)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut with_zero = values.clone();
         with_zero[5] = 0.0;
         let q = Blockwise8::quantize(&with_zero, 128, &map);

@@ -51,7 +51,11 @@ impl Fp8Format {
     pub fn round(self, x: f32) -> f32 {
         let (fraction_bits, min_exponent, max) = self.layout();
         if x == 0.0 || !x.is_finite() {
-            return if x.is_nan() { x } else { x.signum() * max.min(x.abs()) };
+            return if x.is_nan() {
+                x
+            } else {
+                x.signum() * max.min(x.abs())
+            };
         }
         let a = x.abs();
         // The binary exponent of a (subnormals of the format share the smallest normal's step).
@@ -65,9 +69,17 @@ impl Fp8Format {
 /// How a step's gradient is rounded.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GradQuant {
-    Qsgd { bits: u32, bucket: usize },
-    Sign { error_feedback: bool },
-    Fp8 { format: Fp8Format, block: Option<usize> },
+    Qsgd {
+        bits: u32,
+        bucket: usize,
+    },
+    Sign {
+        error_feedback: bool,
+    },
+    Fp8 {
+        format: Fp8Format,
+        block: Option<usize>,
+    },
 }
 
 impl GradQuant {
@@ -78,7 +90,9 @@ impl GradQuant {
                 if !(2..=16).contains(&bits) {
                     return Err(Error::config(
                         "grad_quant.bits",
-                        format!("{bits} is out of range; QSGD takes 2 to 16 bits (one is the sign)"),
+                        format!(
+                            "{bits} is out of range; QSGD takes 2 to 16 bits (one is the sign)"
+                        ),
                     ));
                 }
                 if bucket == 0 {
@@ -89,7 +103,10 @@ impl GradQuant {
                 }
             }
             GradQuant::Fp8 { block: Some(0), .. } => {
-                return Err(Error::config("grad_quant.scaling", "a block needs at least one value"))
+                return Err(Error::config(
+                    "grad_quant.scaling",
+                    "a block needs at least one value",
+                ))
             }
             _ => {}
         }
@@ -102,9 +119,7 @@ impl GradQuant {
         match *self {
             GradQuant::Qsgd { bits, bucket } => bits as f64 + 32.0 / (bucket as f64).min(n),
             GradQuant::Sign { .. } => 1.0 + 32.0 / n,
-            GradQuant::Fp8 { block, .. } => {
-                8.0 + 32.0 / block.map_or(n, |b| (b as f64).min(n))
-            }
+            GradQuant::Fp8 { block, .. } => 8.0 + 32.0 / block.map_or(n, |b| (b as f64).min(n)),
         }
     }
 
@@ -114,12 +129,18 @@ impl GradQuant {
             GradQuant::Qsgd { bits, bucket } => format!("qsgd {bits}-bit, bucket {bucket}"),
             GradQuant::Sign { error_feedback } => format!(
                 "sign{}",
-                if error_feedback { " with error feedback" } else { "" }
+                if error_feedback {
+                    " with error feedback"
+                } else {
+                    ""
+                }
             ),
             GradQuant::Fp8 { format, block } => format!(
                 "fp8 {}, {}",
                 format.name(),
-                block.map_or("per-tensor scale".to_string(), |b| format!("block{b} scales"))
+                block.map_or("per-tensor scale".to_string(), |b| format!(
+                    "block{b} scales"
+                ))
             ),
         }
     }
@@ -129,7 +150,11 @@ impl GradQuant {
 pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, rng: &mut Rng) {
     let levels = ((1u32 << (bits - 1)) - 1) as f32;
     for chunk in values.chunks_mut(bucket) {
-        let norm = chunk.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32;
+        let norm = chunk
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt() as f32;
         if norm == 0.0 {
             continue;
         }
@@ -151,8 +176,8 @@ pub fn sign(values: &mut [f32], residual: Option<&mut [f32]>) {
             *v += e;
         }
     }
-    let scale = (values.iter().map(|v| v.abs() as f64).sum::<f64>() / values.len().max(1) as f64)
-        as f32;
+    let scale =
+        (values.iter().map(|v| v.abs() as f64).sum::<f64>() / values.len().max(1) as f64) as f32;
     match residual {
         Some(r) => {
             for (v, e) in values.iter_mut().zip(r.iter_mut()) {
@@ -239,7 +264,8 @@ impl GradQuantizer {
                 }
                 GradQuant::Fp8 { format, block } => fp8(&mut values, format, block),
             }
-            *g = candle_core::Tensor::from_vec(values, g.shape(), g.device())?.to_dtype(g.dtype())?;
+            *g = candle_core::Tensor::from_vec(values, g.shape(), g.device())?
+                .to_dtype(g.dtype())?;
             bits += self.method.bits_per_element(n) * n as f64;
             count += n;
         }
@@ -253,7 +279,12 @@ impl GradQuantizer {
         names
             .iter()
             .zip(&self.residuals)
-            .map(|(n, r)| Ok((n.clone(), candle_core::Tensor::from_slice(r, r.len(), &cpu)?)))
+            .map(|(n, r)| {
+                Ok((
+                    n.clone(),
+                    candle_core::Tensor::from_slice(r, r.len(), &cpu)?,
+                ))
+            })
             .collect()
     }
 
@@ -338,7 +369,9 @@ mod tests {
 
     #[test]
     fn qsgd_is_unbiased() {
-        let g: Vec<f32> = (0..64).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+        let g: Vec<f32> = (0..64)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0)
+            .collect();
         let mut rng = Rng::new(7);
         let draws = 20_000;
         let mut mean = vec![0f64; g.len()];
@@ -352,7 +385,10 @@ mod tests {
         let norm = (g.iter().map(|v| v * v).sum::<f32>() / 2.0).sqrt() as f64;
         for (m, v) in mean.iter().zip(&g) {
             // Standard error of one element: at most norm / √draws.
-            assert!((m - *v as f64).abs() < 5.0 * norm / (draws as f64).sqrt(), "{m} vs {v}");
+            assert!(
+                (m - *v as f64).abs() < 5.0 * norm / (draws as f64).sqrt(),
+                "{m} vs {v}"
+            );
         }
         // One draw is really quantized: at most 2 distinct magnitudes per bucket.
         let mut q = g.clone();

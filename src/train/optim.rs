@@ -268,7 +268,10 @@ fn step_8bit(
 ) -> Result<()> {
     let shape = var.as_tensor().shape().clone();
     let device = var.as_tensor().device().clone();
-    let g = grad.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    let g = grad
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
     let mut w = var
         .as_tensor()
         .flatten_all()?

@@ -27,6 +27,8 @@ pub struct Run {
     pub finetuning_type: super::trainable::FinetuningType,
     /// Bytes of optimizer state at the end (both moments; 8-bit ones with their scales).
     pub optimizer_state_bytes: usize,
+    /// Bits per gradient element the last step sent, scales included (None: f32 gradients).
+    pub grad_bits: Option<f64>,
     /// Optimizer steps done and planned.
     pub steps: usize,
     pub total_steps: usize,
@@ -83,7 +85,10 @@ impl std::fmt::Display for Run {
             self.diagnosis.confidence,
             match &self.adapter {
                 Some(a) => format!("adapter: {a}"),
-                None => format!("{} fine-tuning: the model is in the run folder", self.finetuning_type.name()),
+                None => format!(
+                    "{} fine-tuning: the model is in the run folder",
+                    self.finetuning_type.name()
+                ),
             }
         )
     }

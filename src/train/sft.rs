@@ -23,16 +23,16 @@ use serde_json::{json, Map, Value};
 
 use super::batch::{epoch_order, stack, Batch, Item};
 use super::checkpoint::{self, TrainerState};
+use super::config::Optim;
 use super::config::SftConfig;
+use super::grad_quant::GradQuantizer;
 use super::log::{format_duration, round, TrainerLog};
 use super::loss::cross_entropy_sum;
-use super::config::Optim;
-use super::grad_quant::GradQuantizer;
 use super::optim::{clip_grad_norm, AdamParams, AdamW};
-use super::trainable::{self, FinetuningType, Trainable};
 use super::prepare::{prepare, Prepared};
 use super::progress::Progress;
 use super::run::{Run, StopReason};
+use super::trainable::{self, FinetuningType, Trainable};
 use crate::cancel::CancelToken;
 use crate::curves::plot::PlotOptions;
 use crate::curves::{Curve, Verdict};
@@ -333,6 +333,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     let mut stopped = StopReason::Finished;
     // The last problem the live diagnosis warned about (each is said once).
     let mut warned: Option<Verdict> = None;
+    let mut last_grad_bits: Option<f64> = None;
     let device = model.llama.device.clone();
 
     while state.global_step < plan.total_steps {
@@ -399,9 +400,12 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             let store = loss.backward()?;
             for (slot, var) in grads.iter_mut().zip(&vars) {
                 if let Some(g) = store.get(var.as_tensor()) {
+                    // Detached: a gradient computed from the forward pass's tensors would
+                    // otherwise keep that whole graph alive through the moments built from it.
+                    let g = g.detach();
                     *slot = Some(match slot.take() {
                         Some(acc) => (acc + g)?,
-                        None => g.clone(),
+                        None => g,
                     });
                 }
             }
@@ -422,6 +426,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             Some(q) => Some(q.apply(s, &mut grads)?),
             None => None,
         };
+        last_grad_bits = grad_bits;
         let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = cfg.learning_rate
             * cfg
@@ -573,6 +578,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         model: final_model,
         finetuning_type: cfg.finetuning_type,
         optimizer_state_bytes,
+        grad_bits: last_grad_bits,
         steps: state.global_step,
         total_steps: plan.total_steps,
         loss: state.loss_history.clone(),

@@ -95,7 +95,10 @@ impl FreezeOptions {
             if m != "all" && !BLOCK_MODULES.contains(&m.as_str()) {
                 return Err(Error::config(
                     "freeze_trainable_modules",
-                    format!("\"{m}\" is not a module of a block; use all or some of: {}", BLOCK_MODULES.join(", ")),
+                    format!(
+                        "\"{m}\" is not a module of a block; use all or some of: {}",
+                        BLOCK_MODULES.join(", ")
+                    ),
                 ));
             }
         }
@@ -103,7 +106,10 @@ impl FreezeOptions {
             if !EXTRA_MODULES.contains(&m.as_str()) {
                 return Err(Error::config(
                     "freeze_extra_modules",
-                    format!("\"{m}\" is not a module outside the blocks; use some of: {}", EXTRA_MODULES.join(", ")),
+                    format!(
+                        "\"{m}\" is not a module outside the blocks; use some of: {}",
+                        EXTRA_MODULES.join(", ")
+                    ),
                 ));
             }
         }
@@ -248,7 +254,12 @@ pub fn weights(
                 current.dims()
             )));
         }
-        let var = Var::from_tensor(&start.to_dtype(DType::F32)?.to_device(current.device())?.copy()?)?;
+        let var = Var::from_tensor(
+            &start
+                .to_dtype(DType::F32)?
+                .to_device(current.device())?
+                .copy()?,
+        )?;
         let t = var.as_tensor().clone();
         vars.push((name, var));
         Ok(Some(t))
@@ -262,7 +273,10 @@ pub fn weights(
         if let Some(t) = take(format!("{p}.input_layernorm.weight"), &block.attn_norm)? {
             block.attn_norm = t;
         }
-        if let Some(t) = take(format!("{p}.post_attention_layernorm.weight"), &block.mlp_norm)? {
+        if let Some(t) = take(
+            format!("{p}.post_attention_layernorm.weight"),
+            &block.mlp_norm,
+        )? {
             block.mlp_norm = t;
         }
         for target in Target::ALL {
@@ -312,7 +326,13 @@ pub fn weights(
 /// `model` with every trained weight (a variable) replaced by a plain tensor holding the same
 /// values: a finished model, which a later run treats as frozen.
 pub fn frozen(model: &Model) -> Model {
-    let plain = |t: &Tensor| if t.is_variable() { t.detach() } else { t.clone() };
+    let plain = |t: &Tensor| {
+        if t.is_variable() {
+            t.detach()
+        } else {
+            t.clone()
+        }
+    };
     let mut llama = model.llama.clone();
     llama.embed = plain(&llama.embed);
     llama.norm = plain(&llama.norm);
@@ -363,6 +383,10 @@ mod tests {
             trainable_modules: vec!["attention".into()],
             ..Default::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("self_attn"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("self_attn"));
     }
 }

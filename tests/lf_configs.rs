@@ -257,3 +257,46 @@ fn tutorial_09_runs_as_it_says() {
     assert!(dir.join("merged/model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_freeze_config_with_8bit_adamw_trains_the_weights_and_its_script_matches() {
+    let data = lf_data();
+    if !Path::new(&data).join("dataset_info.json").exists() {
+        eprintln!("SKIP: LLaMA-Factory's demo data is not at {data}");
+        return;
+    }
+    let dir = temp("freeze");
+    let mut args = vec!["train".to_string(), fixture("llama3_lora_sft.yaml")];
+    args.extend(short_run(&data));
+    args.extend(
+        [
+            "finetuning_type=freeze",
+            "freeze_trainable_layers=1",
+            "freeze_trainable_modules=mlp",
+            "optim=adamw_bnb_8bit",
+            "output_dir=run",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = tunelab_in(&dir, &refs);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("freeze: 3 weight tensors"), "{out}");
+    assert!(out.contains("8-bit AdamW"), "{out}");
+    // The trained model, not an adapter, is the run's result.
+    let run = dir.join("run");
+    assert!(run.join("config.json").is_file() && run.join("model.safetensors").is_file());
+    assert!(!run.join("adapter_config.json").exists());
+    let first = losses(&run);
+    let mut print = args.clone();
+    print.push("--print-script".into());
+    let refs: Vec<&str> = print.iter().map(String::as_str).collect();
+    let (code, script, err) = tunelab_in(&dir, &refs);
+    assert_eq!(code, 0, "{err}");
+    assert!(script.contains("finetuning_type: \"freeze\""), "{script}");
+    let script = script.replace("out: \"run\"", "out: \"script_run\"");
+    std::fs::write(dir.join("equivalent.rhai"), &script).unwrap();
+    let (code, out, err) = tunelab_in(&dir, &["run", "equivalent.rhai"]);
+    assert_eq!(code, 0, "{script}\n{out}\n{err}");
+    assert_eq!(losses(&dir.join("script_run")), first, "{script}");
+}

@@ -14,11 +14,15 @@ use crate::error::{Error, Result};
 use crate::export::{ExportFormat, ExportJob};
 use crate::generate::GenerateOptions;
 use crate::lora::LoraConfig;
+use crate::train::config::Optim;
+use crate::train::trainable::FinetuningType;
 use crate::train::{Schedule, SftConfig};
 
 /// The model part every command shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
+    /// What training trains (LoRA by default; full and freeze train the weights themselves).
+    pub finetuning_type: FinetuningType,
     /// A Hugging Face folder, a GGUF file, or `tiny`.
     pub path: String,
     /// Adapters to apply (PEFT folders or tunelab runs), in order.
@@ -233,22 +237,19 @@ fn model_spec(r: &Reader) -> Result<ModelSpec> {
         };
         return Err(r.error("model_name_or_path", message));
     }
-    match r.string("finetuning_type")?.as_deref() {
-        None | Some("lora") => {}
-        Some(other @ ("full" | "freeze")) => {
-            return Err(r.error(
-                "finetuning_type",
-                format!("\"{other}\" fine-tuning runs from a script (sft(model, data, #{{ finetuning_type: \"{other}\" }})), not yet from a YAML file; use finetuning_type: lora here"),
-            ))
-        }
+    let finetuning_type = match r.string("finetuning_type")?.as_deref() {
+        None | Some("lora") => FinetuningType::Lora,
+        Some("full") => FinetuningType::Full,
+        Some("freeze") => FinetuningType::Freeze,
         Some(other) => {
             return Err(r.error(
                 "finetuning_type",
-                format!("\"{other}\": expected lora, full or freeze (tunelab trains lora)"),
+                format!("\"{other}\": expected lora, full or freeze"),
             ))
         }
-    }
+    };
     Ok(ModelSpec {
+        finetuning_type,
         path,
         adapters: r
             .list("adapter_name_or_path")?
@@ -347,8 +348,41 @@ impl TrainPlan {
             lora_init: None,
             early_stopping_patience: r.count("early_stopping_steps")?,
             plot_loss: r.bool("plot_loss")?.unwrap_or(false),
+            finetuning_type: model.finetuning_type,
+            optim: match r.string("optim")?.as_deref() {
+                None | Some("adamw_torch" | "adamw_torch_fused" | "adamw_hf" | "") => Optim::AdamW,
+                Some("adamw_bnb_8bit" | "adamw_8bit") => Optim::AdamW8bit {
+                    block: Optim::DEFAULT_BLOCK,
+                },
+                Some(other) => {
+                    return Err(r.error(
+                        "optim",
+                        format!("\"{other}\": tunelab's optimizers are AdamW (adamw_torch) and 8-bit AdamW (adamw_bnb_8bit)"),
+                    ))
+                }
+            },
             ..SftConfig::default()
         };
+        if let Some(n) = r.number("freeze_trainable_layers")? {
+            sft.freeze.trainable_layers = n as i64;
+        }
+        for (key, list) in [
+            (
+                "freeze_trainable_modules",
+                &mut sft.freeze.trainable_modules,
+            ),
+            ("freeze_extra_modules", &mut sft.freeze.extra_modules),
+        ] {
+            let names = r.list(key)?;
+            if !names.is_empty() {
+                *list = names;
+            }
+        }
+        if sft.finetuning_type == FinetuningType::Freeze {
+            sft.freeze
+                .validate()
+                .map_err(|e| r.error("freeze_trainable_modules", e.to_string()))?;
+        }
         if sft.neat_packing {
             sft.packing = true; // LLaMA-Factory: neat_packing implies packing
         }
@@ -681,15 +715,26 @@ mod tests {
             err.contains("line 3: key \"stage\": stage \"dpo\" is not built"),
             "{err}"
         );
+        let plan = TrainPlan::new(&config(
+            "model_name_or_path: tiny\ndataset: identity\nfinetuning_type: freeze\nfreeze_trainable_layers: 1\nfreeze_trainable_modules: mlp,self_attn\noptim: adamw_bnb_8bit\n",
+        ))
+        .unwrap();
+        assert_eq!(plan.sft.finetuning_type, FinetuningType::Freeze);
+        assert_eq!(plan.sft.freeze.trainable_layers, 1);
+        assert_eq!(plan.sft.freeze.trainable_modules, ["mlp", "self_attn"]);
+        assert_eq!(plan.sft.optim, Optim::AdamW8bit { block: 2048 });
         let err = TrainPlan::new(&config(
-            "model_name_or_path: tiny\ndataset: identity\nfinetuning_type: full\n",
+            "model_name_or_path: tiny\ndataset: identity\nfinetuning_type: partial\n",
         ))
         .unwrap_err()
         .to_string();
-        assert!(
-            err.contains("not yet from a YAML file; use finetuning_type: lora"),
-            "{err}"
-        );
+        assert!(err.contains("expected lora, full or freeze"), "{err}");
+        let err = TrainPlan::new(&config(
+            "model_name_or_path: tiny\ndataset: identity\noptim: sgd\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("adamw_bnb_8bit"), "{err}");
         let err = TrainPlan::new(&config(
             "model_name_or_path: tiny\ndataset: identity\nadapter_name_or_path: runs/a\n",
         ))

@@ -8,7 +8,7 @@ use super::plan::TrainPlan;
 use crate::train::SftConfig;
 
 /// Keys of `training_args.json` that are not `sft` options, or are written another way.
-const NOT_OPTIONS: &[&str] = &["stage", "finetuning_type", "eval_dataset", "output_dir"];
+const NOT_OPTIONS: &[&str] = &["stage", "eval_dataset", "output_dir"];
 
 /// The LoRA keys of `training_args.json` and their names in `sft`'s `lora` map.
 const LORA: &[(&str, &str)] = &[

@@ -134,9 +134,11 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
             let format = match o.string("format")?.as_deref().unwrap_or("e5m2") {
                 "e5m2" => Fp8Format::E5M2,
                 "e4m3" => Fp8Format::E4M3,
-                other => return Err(runtime(format!(
+                other => {
+                    return Err(runtime(format!(
                     "sft config: grad_quant: key \"format\": \"{other}\" is not one of: e5m2, e4m3"
-                ))),
+                )))
+                }
             };
             let scaling = o.string("scaling")?.unwrap_or_else(|| "tensor".into());
             let block = match scaling.as_str() {

@@ -12,6 +12,8 @@
 //! code nearest to value/absmax. Both maps hold 0 and 1 exactly, so zeros and each block's
 //! largest value survive unchanged.
 
+use rayon::prelude::*;
+
 /// The 256 code values of the dynamic type, ascending. `signed`: the first moment's map (±);
 /// otherwise the second moment's (≥ 0).
 pub fn dynamic_map(signed: bool) -> Vec<f32> {
@@ -86,17 +88,21 @@ impl Blockwise8 {
     /// the nearest code of each value / absmax (the lower code on a tie).
     pub fn quantize(values: &[f32], block: usize, map: &[f32]) -> Blockwise8 {
         let mut codes = vec![0u8; values.len()];
-        let mut absmax = Vec::with_capacity(values.len().div_ceil(block));
-        for (chunk, out) in values.chunks(block).zip(codes.chunks_mut(block)) {
-            let mut max = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if max == 0.0 {
-                max = 1.0;
-            }
-            for (c, v) in out.iter_mut().zip(chunk) {
-                *c = nearest_code(map, v / max);
-            }
-            absmax.push(max);
-        }
+        // Blocks are independent: one task per block (a few thousand values each).
+        let absmax: Vec<f32> = codes
+            .par_chunks_mut(block)
+            .zip(values.par_chunks(block))
+            .map(|(out, chunk)| {
+                let mut max = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if max == 0.0 {
+                    max = 1.0;
+                }
+                for (c, v) in out.iter_mut().zip(chunk) {
+                    *c = nearest_code(map, v / max);
+                }
+                max
+            })
+            .collect();
         Blockwise8 {
             codes,
             absmax,
@@ -106,10 +112,15 @@ impl Blockwise8 {
 
     /// The values back: code value × its block's absmax.
     pub fn dequantize(&self, map: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.codes.len());
-        for (chunk, max) in self.codes.chunks(self.block).zip(&self.absmax) {
-            out.extend(chunk.iter().map(|&c| map[c as usize] * max));
-        }
+        let mut out = vec![0f32; self.codes.len()];
+        out.par_chunks_mut(self.block)
+            .zip(self.codes.par_chunks(self.block))
+            .zip(self.absmax.par_iter())
+            .for_each(|((out, codes), max)| {
+                for (o, &c) in out.iter_mut().zip(codes) {
+                    *o = map[c as usize] * max;
+                }
+            });
         out
     }
 

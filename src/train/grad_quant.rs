@@ -14,6 +14,8 @@
 //!
 //! Each method reports the bits it would send per gradient element, scales included.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -146,26 +148,31 @@ impl GradQuant {
     }
 }
 
-/// QSGD: round `values` in place, bucket by bucket, drawing from `rng`.
-pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, rng: &mut Rng) {
+/// QSGD: round `values` in place, bucket by bucket; bucket i draws from a generator seeded by
+/// (`seed`, i), so the result is the same however the buckets are spread over threads.
+pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, seed: u64) {
     let levels = ((1u32 << (bits - 1)) - 1) as f32;
-    for chunk in values.chunks_mut(bucket) {
-        let norm = chunk
-            .iter()
-            .map(|v| (*v as f64).powi(2))
-            .sum::<f64>()
-            .sqrt() as f32;
-        if norm == 0.0 {
-            continue;
-        }
-        for v in chunk.iter_mut() {
-            let scaled = v.abs() / norm * levels; // in [0, levels]
-            let low = scaled.floor();
-            let up = (rng.next_f64() as f32) < scaled - low;
-            let level = if up { low + 1.0 } else { low };
-            *v = (norm * level / levels).copysign(*v);
-        }
-    }
+    values
+        .par_chunks_mut(bucket)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let norm = chunk
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt() as f32;
+            if norm == 0.0 {
+                return;
+            }
+            let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            for v in chunk.iter_mut() {
+                let scaled = v.abs() / norm * levels; // in [0, levels]
+                let low = scaled.floor();
+                let up = (rng.next_f64() as f32) < scaled - low;
+                let level = if up { low + 1.0 } else { low };
+                *v = (norm * level / levels).copysign(*v);
+            }
+        });
 }
 
 /// Scaled sign: every value becomes ±mean|v| (0 stays 0). With a `residual` (error feedback),
@@ -197,15 +204,25 @@ pub fn sign(values: &mut [f32], residual: Option<&mut [f32]>) {
 /// FP8: per tensor (`block` None) or per `block` values, scale so the largest magnitude is the
 /// format's maximum, round, and scale back.
 pub fn fp8(values: &mut [f32], format: Fp8Format, block: Option<usize>) {
-    let block = block.unwrap_or(values.len()).max(1);
-    for chunk in values.chunks_mut(block) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let round_all = |chunk: &mut [f32], amax: f32| {
         if amax == 0.0 || !amax.is_finite() {
-            continue;
+            return;
         }
         let scale = amax / format.max();
         for v in chunk.iter_mut() {
             *v = format.round(*v / scale) * scale;
+        }
+    };
+    const CHUNK: usize = 1 << 14;
+    match block {
+        Some(b) => values
+            .par_chunks_mut(b.max(1))
+            .for_each(|c| round_all(c, c.iter().fold(0f32, |m, v| m.max(v.abs())))),
+        None => {
+            let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            values
+                .par_chunks_mut(CHUNK)
+                .for_each(|c| round_all(c, amax));
         }
     }
 }
@@ -247,12 +264,10 @@ impl GradQuantizer {
             let n = values.len();
             match self.method {
                 GradQuant::Qsgd { bits, bucket } => {
-                    let mut rng = Rng::new(
-                        self.seed
-                            ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                            ^ (i as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
-                    );
-                    qsgd(&mut values, bits, bucket, &mut rng);
+                    let seed = self.seed
+                        ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (i as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+                    qsgd(&mut values, bits, bucket, seed);
                 }
                 GradQuant::Sign { error_feedback } => {
                     let residual = if error_feedback {
@@ -372,12 +387,11 @@ mod tests {
         let g: Vec<f32> = (0..64)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0)
             .collect();
-        let mut rng = Rng::new(7);
         let draws = 20_000;
         let mut mean = vec![0f64; g.len()];
-        for _ in 0..draws {
+        for d in 0..draws {
             let mut q = g.clone();
-            qsgd(&mut q, 2, 32, &mut rng); // the coarsest: levels {0, ±norm}
+            qsgd(&mut q, 2, 32, d); // the coarsest: levels {0, ±norm}
             for (m, v) in mean.iter_mut().zip(&q) {
                 *m += *v as f64 / draws as f64;
             }
@@ -392,7 +406,7 @@ mod tests {
         }
         // One draw is really quantized: at most 2 distinct magnitudes per bucket.
         let mut q = g.clone();
-        qsgd(&mut q, 2, 32, &mut rng);
+        qsgd(&mut q, 2, 32, 99);
         let mut mags: Vec<u32> = q[..32].iter().map(|v| v.abs().to_bits()).collect();
         mags.sort();
         mags.dedup();

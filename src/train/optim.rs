@@ -7,6 +7,7 @@
 //! parameter stored as 8-bit block-wise codes between steps ([`Moments::Int8`]).
 
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 
 use super::dynamic_map::{dynamic_map, Blockwise8};
 use crate::error::{Error, Result};
@@ -285,14 +286,21 @@ fn step_8bit(
     let (c1, c2) = ((1.0 - p.beta1) as f32, (1.0 - p.beta2) as f32);
     let decay = (1.0 - lr * p.weight_decay) as f32;
     let (step_size, bias2_sqrt, eps) = (step_size as f32, bias2_sqrt as f32, p.eps as f32);
-    for i in 0..w.len() {
-        m32[i] = m32[i] * b1 + g[i] * c1;
-        v32[i] = v32[i] * b2 + g[i] * g[i] * c2;
-        if p.weight_decay != 0.0 {
-            w[i] *= decay;
-        }
-        w[i] -= step_size * (m32[i] / (v32[i].sqrt() / bias2_sqrt + eps));
-    }
+    const CHUNK: usize = 1 << 14;
+    w.par_chunks_mut(CHUNK)
+        .zip(m32.par_chunks_mut(CHUNK))
+        .zip(v32.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((w, m), v), g)| {
+            for i in 0..w.len() {
+                m[i] = m[i] * b1 + g[i] * c1;
+                v[i] = v[i] * b2 + g[i] * g[i] * c2;
+                if p.weight_decay != 0.0 {
+                    w[i] *= decay;
+                }
+                w[i] -= step_size * (m[i] / (v[i].sqrt() / bias2_sqrt + eps));
+            }
+        });
     *m = Blockwise8::quantize(&m32, maps.block, &maps.signed);
     *v = Blockwise8::quantize(&v32, maps.block, &maps.unsigned);
     let w = Tensor::from_vec(w, shape, &device)?.to_dtype(var.as_tensor().dtype())?;

@@ -163,8 +163,9 @@ impl Verdict {
     fn advice(self) -> &'static str {
         match self {
             Verdict::Converged => {
-                "Training has done what it can at these settings: keep this adapter. More epochs \
-                 would mostly memorise; for a lower loss add data or raise the LoRA rank."
+                "Training has done what it can at these settings: keep this result. More epochs \
+                 would mostly memorise; for a lower loss add data, or train more: a higher LoRA \
+                 rank, or more of the weights (finetuning_type freeze or full)."
             }
             Verdict::Converging => {
                 "Still improving: train longer (more epochs or max_steps); if the descent is slow, \
@@ -382,7 +383,7 @@ fn read(train: &Curve, eval: Option<&Curve>) -> Diagnosis {
                     format!(
                         "eval loss has not improved on its minimum {} at step {} for {} \
                          evaluations (last {}, +{}) while train loss fell {} more (to {}): the \
-                         adapter is memorising the training set",
+                         model is memorising the training set",
                         num(e.best),
                         e.best_step,
                         e.after,

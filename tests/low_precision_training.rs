@@ -3,13 +3,16 @@
 //! reloads), bitsandbytes' 8-bit AdamW against the real package's numbers, and resume
 //! exactness in every mode (8-bit moments, QSGD's draws, error feedback's residual).
 
+#[path = "support/tiny.rs"]
+mod tiny;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, Var};
+use tiny::{quiet_hooks, shipped, tiny};
 use tunelab::cancel::CancelToken;
-use tunelab::data::{load, LoadOptions};
 use tunelab::lora::Dropout;
 use tunelab::model::{self, Logits, Model, Pass};
 use tunelab::output::Output;
@@ -20,23 +23,6 @@ use tunelab::train::grad_quant::{Fp8Format, GradQuant};
 use tunelab::train::optim::{AdamParams, AdamW};
 use tunelab::train::trainable::{self, FinetuningType, FreezeOptions};
 use tunelab::train::{sft, Hooks, Run, SftConfig};
-
-fn tiny() -> Model {
-    model::load("tiny", &Default::default()).unwrap()
-}
-
-fn shipped(name: &str) -> tunelab::data::Dataset {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    load(
-        name,
-        &LoadOptions {
-            dir,
-            ..Default::default()
-        },
-        &CancelToken::new(),
-    )
-    .unwrap()
-}
 
 /// Summed token loss of `m` (no adapter) on a fixed batch, differentiable.
 fn loss_of(m: &Model) -> Tensor {
@@ -167,15 +153,6 @@ fn freeze_trains_only_the_chosen_blocks_and_their_gradients_are_right() {
     let a = loss_of(&base).to_scalar::<f32>().unwrap();
     let b = loss_of(&w.model).to_scalar::<f32>().unwrap();
     assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
-}
-
-fn quiet_hooks<'a>(cancel: &'a CancelToken, out: &'a Output) -> Hooks<'a> {
-    Hooks {
-        on_log: None,
-        cancel,
-        output: out,
-        progress_bar: false,
-    }
 }
 
 fn cfg(out: PathBuf) -> SftConfig {

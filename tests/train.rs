@@ -3,36 +3,22 @@
 //! falls, runs are bit-for-bit reproducible, a stopped run resumed ends where an uninterrupted
 //! one does, the run folder has LLaMA-Factory's files).
 
+#[path = "support/tiny.rs"]
+mod tiny;
+
 use std::cell::RefCell;
 use std::path::PathBuf;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use tiny::{quiet_hooks, shipped, tiny};
 use tunelab::cancel::CancelToken;
-use tunelab::data::{load, LoadOptions};
 use tunelab::lora::{Adapter, Dropout, LoraConfig};
 use tunelab::model::linear::Linear;
-use tunelab::model::{self, Logits, Model, Pass};
+use tunelab::model::{Logits, Model, Pass};
 use tunelab::output::Output;
 use tunelab::rng::Rng;
 use tunelab::train::{sft, Hooks, Run, SftConfig};
-
-fn tiny() -> Model {
-    model::load("tiny", &Default::default()).unwrap()
-}
-
-fn shipped(name: &str) -> tunelab::data::Dataset {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    load(
-        name,
-        &LoadOptions {
-            dir,
-            ..Default::default()
-        },
-        &CancelToken::new(),
-    )
-    .unwrap()
-}
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
@@ -233,15 +219,6 @@ fn qlora_gradients_cross_frozen_quantized_layers() {
     let adapter = Adapter::new(&m.llama, LoraConfig::default(), 1, "tiny").unwrap();
     perturb(&adapter, 5);
     check_gradients(&m, &adapter);
-}
-
-fn quiet_hooks<'a>(cancel: &'a CancelToken, out: &'a Output) -> Hooks<'a> {
-    Hooks {
-        on_log: None,
-        cancel,
-        output: out,
-        progress_bar: false,
-    }
 }
 
 /// The run's final adapter is exactly the one saved at `checkpoint-{step}` (same logits).

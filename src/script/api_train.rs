@@ -214,16 +214,7 @@ fn lora_config(map: Map) -> ScriptResult<(LoraConfig, Option<Adapter>)> {
     c.dropout = o.float("dropout")?.unwrap_or(c.dropout);
     c.rslora = o.bool("rslora")?.unwrap_or(false);
     if let Some(v) = o.value("targets") {
-        let names: Vec<String> = if v.is_array() {
-            v.into_array()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|x| x.to_string())
-                .collect()
-        } else {
-            vec![v.to_string()]
-        };
-        c.targets = LoraConfig::parse_targets(&names).script()?;
+        c.targets = LoraConfig::parse_targets(&names(v)).script()?;
     }
     Ok((c, init))
 }

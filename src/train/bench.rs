@@ -116,19 +116,15 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
             opts.seed,
             &model.source,
         )?),
-        FinetuningType::Full => Trainable::Weights(trainable::weights(model, &|_| true, None)?),
-        FinetuningType::Freeze => Trainable::Weights(trainable::weights(
-            model,
-            &|n: &str| opts.freeze.selects(n, layers),
-            None,
-        )?),
+        ftype => {
+            let freeze = (ftype == FinetuningType::Freeze).then(|| opts.freeze.clone());
+            let selected = trainable::selector(freeze, layers);
+            Trainable::Weights(trainable::weights(model, &selected, None)?)
+        }
     };
     let fmodel = trainable.model(model);
     let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut optim = match opts.optim {
-        Optim::AdamW => AdamW::new(vars.clone(), AdamParams::default())?,
-        Optim::AdamW8bit { block } => AdamW::new_8bit(vars.clone(), AdamParams::default(), block)?,
-    };
+    let mut optim = AdamW::for_setting(opts.optim, vars.clone(), AdamParams::default())?;
     let sizes: Vec<usize> = vars.iter().map(|v| v.as_tensor().elem_count()).collect();
     let mut rounding = opts
         .grad_quant

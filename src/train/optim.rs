@@ -120,6 +120,18 @@ impl AdamW {
         Ok(optim)
     }
 
+    /// The optimizer a run's `optim` setting names, over `vars`.
+    pub fn for_setting(
+        optim: super::config::Optim,
+        vars: Vec<Var>,
+        params: AdamParams,
+    ) -> Result<AdamW> {
+        match optim {
+            super::config::Optim::AdamW => AdamW::new(vars, params),
+            super::config::Optim::AdamW8bit { block } => AdamW::new_8bit(vars, params, block),
+        }
+    }
+
     /// Bytes of optimizer state (both moments of every parameter).
     pub fn state_bytes(&self) -> usize {
         self.moments.iter().map(Moments::bytes).sum()

@@ -159,20 +159,13 @@ fn started_from(
 
 /// The optimizer a run asks for, over `vars`.
 fn optimizer(vars: Vec<candle_core::Var>, cfg: &SftConfig) -> Result<AdamW> {
-    match cfg.optim {
-        Optim::AdamW => AdamW::new(vars, adam_params(cfg)),
-        Optim::AdamW8bit { block } => AdamW::new_8bit(vars, adam_params(cfg), block),
-    }
+    AdamW::for_setting(cfg.optim, vars, adam_params(cfg))
 }
 
 /// The weights a full or freeze run trains (Hugging Face names).
 fn selector(cfg: &SftConfig, model: &Model) -> impl Fn(&str) -> bool {
-    let (ftype, freeze) = (cfg.finetuning_type, cfg.freeze.clone());
-    let layers = model.config().num_hidden_layers;
-    move |name: &str| match ftype {
-        FinetuningType::Freeze => freeze.selects(name, layers),
-        _ => true,
-    }
+    let freeze = (cfg.finetuning_type == FinetuningType::Freeze).then(|| cfg.freeze.clone());
+    trainable::selector(freeze, model.config().num_hidden_layers)
 }
 
 /// The gradient rounding a run asks for, over `trainable`'s parameters.

@@ -148,6 +148,12 @@ impl FreezeOptions {
     }
 }
 
+/// Whether the weight `name` (Hugging Face naming) trains under a full (`freeze` None) or freeze
+/// run of a model with `num_layers` blocks.
+pub fn selector(freeze: Option<FreezeOptions>, num_layers: usize) -> impl Fn(&str) -> bool {
+    move |name: &str| freeze.as_ref().is_none_or(|f| f.selects(name, num_layers))
+}
+
 /// The model's own weights in training: a copy of the model whose trained weights are `vars`
 /// (Hugging Face names), shared with its layers.
 #[derive(Debug, Clone)]

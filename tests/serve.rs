@@ -624,7 +624,7 @@ fn api_key_cors_body_limit_context_and_queue() {
             "--max-body",
             "2000",
             "--ctx",
-            "64",
+            "2048",
             "--parallel",
             "1",
             "--queue",
@@ -695,14 +695,19 @@ fn api_key_cors_body_limit_context_and_queue() {
         .as_str()
         .unwrap()
         .contains("2000"));
-    // Context: prompt + max_tokens beyond --ctx 64.
-    let r = send(&key, &chat("tiny", "hi", 100).to_string());
+    // Context: prompt + max_tokens beyond --ctx 2048.
+    let r = send(&key, &chat("tiny", "hi", 3000).to_string());
     assert_eq!(r.status, 400);
     assert_eq!(
         r.json().unwrap()["error"]["code"],
         "context_length_exceeded"
     );
     // Queue: one running, one waiting (its stream sends pings while it waits), the third → 503.
+    // The running one would take thousands of steps (no end token), so it is still running when
+    // the third arrives; it leaves when its client hangs up, and the waiting one's turn comes.
+    let running = json!({"model": "tiny", "stream": true, "temperature": 0, "max_tokens": 2000,
+        "ignore_eos": true, "messages": [{"role": "user", "content": "go"}]})
+    .to_string();
     let long = json!({"model": "tiny", "stream": true, "temperature": 0, "max_tokens": 40,
         "messages": [{"role": "user", "content": "go"}]})
     .to_string();
@@ -716,11 +721,31 @@ fn api_key_cors_body_limit_context_and_queue() {
         )
         .unwrap()
     };
-    let _running = open(&long);
+    // Each request is sent once the engine has taken the one before it (the queue holds one).
+    let gauge_reaches = |name: &str, want: f64| {
+        let start = Instant::now();
+        let reading = || {
+            let text = client::request("GET", &url("/metrics"), &key, None, TIMEOUT)
+                .unwrap()
+                .text();
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        while reading() != Some(want) {
+            assert!(start.elapsed() < TIMEOUT, "{name} never reached {want}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let running = open(&running);
+    assert_eq!(running.status, 200, "the long request is accepted");
+    gauge_reaches("tunelab_active_sequences", 1.0);
     let mut waiting = open(&long);
+    gauge_reaches("tunelab_queue_depth", 1.0);
     let r = send(&key, &body);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"]["type"], "unavailable_error");
+    drop(running);
     // The waiting stream sees its role chunk, then pings or text, and finishes once its turn comes.
     let mut lines = Vec::new();
     while let Some(l) = waiting.next_line().unwrap() {

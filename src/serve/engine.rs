@@ -124,6 +124,9 @@ impl Engine {
                     }
                 };
                 self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                // Counted before its first token goes out, so a client never sees its own
+                // sequence missing from the gauge.
+                self.set_active(active.len() + 1);
                 if let Some(a) = self.start(job) {
                     active.push(a);
                 }
@@ -291,6 +294,9 @@ impl Engine {
                 logprobs: std::mem::take(&mut a.logprobs),
             });
         }
+        // Uncounted before the answer is complete, so a client that has it never sees its own
+        // sequence still in the gauge (the loop sets the exact count after each step).
+        self.metrics.active.fetch_sub(1, Ordering::Relaxed);
         let _ = a.job.events.send(Event::Done(Finish {
             reason: a.sequence.finish_reason.unwrap_or("length"),
             prompt_tokens: a.sequence.prompt_tokens,

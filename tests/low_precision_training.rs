@@ -19,8 +19,8 @@ use tunelab::output::Output;
 use tunelab::rng::Rng;
 use tunelab::train::config::Optim;
 use tunelab::train::dynamic_map::{dynamic_map, Blockwise8};
-use tunelab::train::grad_quant::{Fp8Format, GradQuant};
-use tunelab::train::optim::{AdamParams, AdamW};
+use tunelab::train::grad_quant::{Fp8Format, GradQuant, QsgdNorm};
+use tunelab::train::optim::{AdamParams, Optimizer};
 use tunelab::train::trainable::{self, FinetuningType, FreezeOptions};
 use tunelab::train::{sft, Hooks, Run, SftConfig};
 
@@ -282,6 +282,7 @@ fn every_low_precision_mode_resumes_exactly() {
                 grad_quant: Some(GradQuant::Qsgd {
                     bits: 4,
                     bucket: 64,
+                    norm: QsgdNorm::Max,
                 }),
                 ..cfg(dir.path().join("qsgd"))
             },
@@ -294,6 +295,18 @@ fn every_low_precision_mode_resumes_exactly() {
                     error_feedback: true,
                 }),
                 ..cfg(dir.path().join("sign"))
+            },
+        ),
+        (
+            "full + SGD + sign with error feedback",
+            SftConfig {
+                finetuning_type: FinetuningType::Full,
+                optim: Optim::Sgd,
+                learning_rate: 0.05,
+                grad_quant: Some(GradQuant::Sign {
+                    error_feedback: true,
+                }),
+                ..cfg(dir.path().join("sgd"))
             },
         ),
         (
@@ -414,7 +427,7 @@ fn eight_bit_adamw_follows_bitsandbytes_step_by_step() {
         weight_decay: a["weight_decay"].as_f64().unwrap(),
     };
     let block = a["block"].as_u64().unwrap() as usize;
-    let mut optim = AdamW::new_8bit(vec![var.clone()], params, block).unwrap();
+    let mut optim = Optimizer::new_8bit(vec![var.clone()], params, block).unwrap();
     let lr = a["lr"].as_f64().unwrap();
     for (step, (g, want)) in a["grads"]
         .as_array()

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""The PyTorch peer of tunelab's LoRA training benchmark: SmolLM2-135M (from the GGUF, dequantized
-to float32) wrapped with PEFT LoRA, trained on a fixed random batch with prompt masking, on CPU.
+"""The PyTorch peer of tunelab's LoRA training benchmark: SmolLM2-135M (a Hugging Face folder in
+float32) wrapped with PEFT LoRA, trained on a fixed random batch with prompt masking, on CPU.
 Prints one JSON line to stdout; everything else goes to stderr.
 
-The first run converts the GGUF to a Hugging Face model and caches it in --cache-dir.
+The folder is tunelab's f32 export of the GGUF (scripts/bench/sft.sh writes it once with
+scripts/bench/hf_folder.rhai), so both sides start from the same weights and the peer does not
+depend on transformers' GGUF loader (transformers 5.24's save_pretrained refuses a model loaded
+from a GGUF).
 
-usage (with the peers venv, e.g. ~/.cache/tunelab/peers/bin/python):
-    sft_peft.py --gguf ~/.cache/tunelab/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+usage (with the peers venv from scripts/bench/setup-peers.sh):
+    sft_peft.py --hf ~/.cache/tunelab/bench/smollm2-hf \
         [--batch 4] [--seq 256] [--rank 8] [--alpha 16] [--targets q_proj,v_proj|all] \
-        [--steps 3] [--threads 2] [--seed 0] [--cache-dir DIR]
+        [--steps 3] [--threads 2] [--seed 0]
 """
 import argparse
 import json
@@ -26,23 +29,19 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def load_model(gguf, cache_dir):
+def load_model(hf_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not os.path.exists(os.path.join(cache_dir, "config.json")):
-        t0 = time.perf_counter()
-        gguf = os.path.expanduser(gguf)
-        model = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32)
-        model.save_pretrained(cache_dir)
-        log(f"converted {gguf} -> {cache_dir} in {time.perf_counter() - t0:.1f}s")
-    return AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
+    if not os.path.exists(os.path.join(hf_dir, "config.json")):
+        sys.exit(f"{hf_dir}: no config.json; write the folder with "
+                 "tunelab run scripts/bench/hf_folder.rhai -- model=PATH.gguf out={hf_dir}")
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gguf", required=True)
+    p.add_argument("--hf", required=True, help="a Hugging Face folder (float32)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--rank", type=int, default=8)
@@ -51,7 +50,6 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default="~/.cache/tunelab/bench/smollm2-hf")
     args = p.parse_args()
     targets = ALL_TARGETS if args.targets == "all" else args.targets
 
@@ -60,7 +58,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = load_model(args.gguf, os.path.expanduser(args.cache_dir))
+    model = load_model(os.path.expanduser(args.hf))
     config = peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
                              target_modules=targets.split(","), task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, config)

@@ -354,10 +354,11 @@ impl TrainPlan {
                 Some("adamw_bnb_8bit" | "adamw_8bit") => Optim::AdamW8bit {
                     block: Optim::DEFAULT_BLOCK,
                 },
+                Some("sgd") => Optim::Sgd,
                 Some(other) => {
                     return Err(r.error(
                         "optim",
-                        format!("\"{other}\": tunelab's optimizers are AdamW (adamw_torch) and 8-bit AdamW (adamw_bnb_8bit)"),
+                        format!("\"{other}\": tunelab's optimizers are AdamW (adamw_torch), 8-bit AdamW (adamw_bnb_8bit) and SGD (sgd)"),
                     ))
                 }
             },
@@ -730,11 +731,16 @@ mod tests {
         .to_string();
         assert!(err.contains("expected lora, full or freeze"), "{err}");
         let err = TrainPlan::new(&config(
-            "model_name_or_path: tiny\ndataset: identity\noptim: sgd\n",
+            "model_name_or_path: tiny\ndataset: identity\noptim: adafactor\n",
         ))
         .unwrap_err()
         .to_string();
         assert!(err.contains("adamw_bnb_8bit"), "{err}");
+        let sgd = TrainPlan::new(&config(
+            "model_name_or_path: tiny\ndataset: identity\noptim: sgd\n",
+        ))
+        .unwrap();
+        assert_eq!(sgd.sft.optim, Optim::Sgd);
         let err = TrainPlan::new(&config(
             "model_name_or_path: tiny\ndataset: identity\nadapter_name_or_path: runs/a\n",
         ))

@@ -294,7 +294,7 @@ fn optimizer_agreement(
     grads: &[Vec<f32>],
     device: &candle_core::Device,
 ) -> Result<f64> {
-    use crate::train::optim::{AdamParams, AdamW};
+    use crate::train::optim::{AdamParams, Optimizer};
     let run = |dev: &candle_core::Device| -> Result<Vec<Vec<f32>>> {
         let vars = weights
             .iter()
@@ -309,7 +309,7 @@ fn optimizer_agreement(
             weight_decay: 0.01,
             ..Default::default()
         };
-        let mut opt = AdamW::new(vars.clone(), params)?;
+        let mut opt = Optimizer::new(vars.clone(), params)?;
         opt.step(&g, 1e-3)?;
         let g2 = g
             .iter()

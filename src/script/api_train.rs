@@ -6,7 +6,7 @@ use rhai::{FnPtr, Map, INT};
 
 use crate::lora::{Adapter, LoraConfig};
 use crate::train::config::Optim;
-use crate::train::grad_quant::{Fp8Format, GradQuant};
+use crate::train::grad_quant::{Fp8Format, GradQuant, QsgdNorm};
 use crate::train::trainable::FinetuningType;
 use crate::train::{Schedule, SftConfig};
 
@@ -73,6 +73,7 @@ const GRAD_QUANT_KEYS: &[&str] = &[
     "method",
     "bits",
     "bucket",
+    "norm",
     "error_feedback",
     "format",
     "scaling",
@@ -97,7 +98,7 @@ fn names(v: Dynamic) -> Vec<String> {
         .collect()
 }
 
-/// The `grad_quant` sub-map: `#{ method: "qsgd", bits, bucket }`, `#{ method: "sign",
+/// The `grad_quant` sub-map: `#{ method: "qsgd", bits, bucket, norm }`, `#{ method: "sign",
 /// error_feedback }` or `#{ method: "fp8", format, scaling }`.
 fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     let o = Options::new("sft config: grad_quant", map, GRAD_QUANT_KEYS)?;
@@ -105,7 +106,7 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
         runtime("sft config: grad_quant: key \"method\" is required: \"qsgd\", \"sign\" or \"fp8\"")
     })?;
     let only = |allowed: &[&str]| -> ScriptResult<()> {
-        for key in ["bits", "bucket", "error_feedback", "format", "scaling"] {
+        for key in ["bits", "bucket", "norm", "error_feedback", "format", "scaling"] {
             if !allowed.contains(&key) && o.value(key).is_some() {
                 return Err(runtime(format!(
                     "sft config: grad_quant: key \"{key}\" does not apply to method \"{method}\" (it takes: {})",
@@ -117,10 +118,20 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     };
     let q = match method.as_str() {
         "qsgd" => {
-            only(&["bits", "bucket"])?;
+            only(&["bits", "bucket", "norm"])?;
+            let norm = match o.string("norm")?.as_deref().unwrap_or("l2") {
+                "l2" => QsgdNorm::L2,
+                "max" => QsgdNorm::Max,
+                other => {
+                    return Err(runtime(format!(
+                        "sft config: grad_quant: key \"norm\": \"{other}\" is not one of: l2, max"
+                    )))
+                }
+            };
             GradQuant::Qsgd {
                 bits: o.int("bits")?.unwrap_or(4).clamp(0, 64) as u32,
                 bucket: o.int("bucket")?.unwrap_or(512).max(0) as usize,
+                norm,
             }
         }
         "sign" => {
@@ -283,23 +294,22 @@ fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
     }
     let block = count(&o, "adamw_8bit_block")?;
     c.optim = match o.string("optim")?.as_deref() {
-        None | Some("adamw") | Some("adamw_torch") => {
-            if block.is_some() {
-                return Err(runtime(
-                    "sft config: key \"adamw_8bit_block\" applies to optim: \"adamw_8bit\" only",
-                ));
-            }
-            Optim::AdamW
-        }
+        None | Some("adamw") | Some("adamw_torch") => Optim::AdamW,
         Some("adamw_8bit") | Some("adamw_bnb_8bit") => Optim::AdamW8bit {
             block: block.unwrap_or(Optim::DEFAULT_BLOCK),
         },
+        Some("sgd") => Optim::Sgd,
         Some(other) => {
             return Err(runtime(format!(
-                "sft config: key \"optim\": \"{other}\" is not one of: adamw, adamw_8bit"
+                "sft config: key \"optim\": \"{other}\" is not one of: adamw, adamw_8bit, sgd"
             )))
         }
     };
+    if block.is_some() && !matches!(c.optim, Optim::AdamW8bit { .. }) {
+        return Err(runtime(
+            "sft config: key \"adamw_8bit_block\" applies to optim: \"adamw_8bit\" only",
+        ));
+    }
     if let Some(m) = o.map("grad_quant")? {
         c.grad_quant = Some(grad_quant(m)?);
     }

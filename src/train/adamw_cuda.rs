@@ -1,4 +1,4 @@
-//! AdamW's update as one CUDA kernel per parameter, the GPU twin of [`super::optim::AdamW`]'s
+//! AdamW's update as one CUDA kernel per parameter, the GPU twin of [`super::optim::Optimizer`]'s
 //! composed update (its reference, which the CPU runs and the tests check this against through
 //! `parity`).
 //!

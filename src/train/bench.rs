@@ -18,7 +18,7 @@ use super::batch::{stack, Item};
 use super::config::Optim;
 use super::grad_quant::{GradQuant, GradQuantizer};
 use super::loss::cross_entropy_sum;
-use super::optim::{AdamParams, AdamW};
+use super::optim::{AdamParams, Optimizer};
 use super::trainable::{self, FinetuningType, FreezeOptions, Trainable};
 use crate::cancel::CancelToken;
 use crate::data::encode::IGNORE;
@@ -124,7 +124,7 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
     };
     let fmodel = trainable.model(model);
     let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut optim = AdamW::for_setting(opts.optim, vars.clone(), AdamParams::default())?;
+    let mut optim = Optimizer::for_setting(opts.optim, vars.clone(), AdamParams::default())?;
     let sizes: Vec<usize> = vars.iter().map(|v| v.as_tensor().elem_count()).collect();
     let mut rounding = opts
         .grad_quant

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::optim::AdamW;
+use super::optim::Optimizer;
 use super::trainable::{self, FinetuningType, Trainable};
 use crate::error::{Error, Result};
 use crate::lora::peft;
@@ -51,7 +51,7 @@ pub const TRAINED_WEIGHTS: &str = "trained_weights.safetensors";
 pub fn save(
     out: &Path,
     trainable: &Trainable,
-    optim: &AdamW,
+    optim: &Optimizer,
     residuals: &[(String, Tensor)],
     state: &TrainerState,
 ) -> Result<PathBuf> {
@@ -107,7 +107,7 @@ pub fn latest(out: &Path) -> Option<(usize, PathBuf)> {
 }
 
 /// Read a checkpoint back: what it trained (an adapter, or the weights put into a trainable copy
-/// of `base`, selected by `selected`), its optimizer tensors (see [`AdamW::restore`]), the
+/// of `base`, selected by `selected`), its optimizer tensors (see [`Optimizer::restore`]), the
 /// optimizer's step count and the trainer state.
 pub fn load(
     dir: &Path,

@@ -66,7 +66,7 @@ pub struct SftConfig {
     pub finetuning_type: FinetuningType,
     /// Which weights `freeze` trains.
     pub freeze: FreezeOptions,
-    /// The optimizer: AdamW with f32 moments, or bitsandbytes' 8-bit AdamW.
+    /// The optimizer: AdamW with f32 moments, bitsandbytes' 8-bit AdamW, or plain SGD.
     pub optim: Optim,
     /// Round each step's gradient before clipping and the optimizer (None: f32).
     pub grad_quant: Option<GradQuant>,
@@ -80,6 +80,8 @@ pub enum Optim {
     AdamW8bit {
         block: usize,
     },
+    /// `torch.optim.SGD` without momentum, as Hugging Face's `optim: sgd`.
+    Sgd,
 }
 
 impl Optim {
@@ -91,6 +93,7 @@ impl Optim {
         match self {
             Optim::AdamW => "adamw",
             Optim::AdamW8bit { .. } => "adamw_8bit",
+            Optim::Sgd => "sgd",
         }
     }
 }
@@ -273,9 +276,15 @@ impl SftConfig {
                 json!(self.freeze.extra_modules.join(",")),
             );
         }
-        if let Optim::AdamW8bit { block } = self.optim {
-            m.insert("optim".into(), json!("adamw_bnb_8bit"));
-            m.insert("adamw_8bit_block".into(), json!(block));
+        match self.optim {
+            Optim::AdamW => {}
+            Optim::AdamW8bit { block } => {
+                m.insert("optim".into(), json!("adamw_bnb_8bit"));
+                m.insert("adamw_8bit_block".into(), json!(block));
+            }
+            Optim::Sgd => {
+                m.insert("optim".into(), json!("sgd"));
+            }
         }
         if let Some(q) = &self.grad_quant {
             m.insert("grad_quant".into(), json!(q.describe()));

@@ -5,6 +5,11 @@
 //!
 //! `adamw_8bit` is bitsandbytes' `AdamW8bit`: the same update, with the moments of every large
 //! parameter stored as 8-bit block-wise codes between steps ([`Moments::Int8`]).
+//!
+//! `sgd` is `torch.optim.SGD` as Hugging Face's `optim: sgd` builds it (no momentum, weight
+//! decay added to the gradient): w ← w − lr·(g + λ·w). It keeps no state, and it is where
+//! compressed gradients show their cost plainly — AdamW divides every element's step by its own
+//! running magnitude, which makes it close to a sign method already.
 
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
@@ -64,20 +69,29 @@ struct EightBit {
 /// `min_8bit_size`): their state is small and they are often sensitive (norms, biases).
 pub const MIN_8BIT_SIZE: usize = 4096;
 
+/// The update an [`Optimizer`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    AdamW,
+    /// Plain SGD: no state.
+    Sgd,
+}
+
 /// The optimizer and its state for a list of parameters.
-pub struct AdamW {
+pub struct Optimizer {
+    pub rule: Rule,
     pub params: AdamParams,
     vars: Vec<Var>,
-    /// First and second moments, one pair per var.
+    /// First and second moments, one pair per var (none under SGD).
     pub moments: Vec<Moments>,
     eight_bit: Option<EightBit>,
     /// Steps taken.
     pub t: usize,
 }
 
-impl AdamW {
+impl Optimizer {
     /// AdamW with f32 moments.
-    pub fn new(vars: Vec<Var>, params: AdamParams) -> Result<AdamW> {
+    pub fn new(vars: Vec<Var>, params: AdamParams) -> Result<Optimizer> {
         // Two separate allocations: the GPU update writes the moments in place.
         let moments = vars
             .iter()
@@ -88,7 +102,8 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(AdamW {
+        Ok(Optimizer {
+            rule: Rule::AdamW,
             params,
             vars,
             moments,
@@ -99,8 +114,8 @@ impl AdamW {
 
     /// bitsandbytes' `AdamW8bit`: moments of parameters with at least [`MIN_8BIT_SIZE`]
     /// elements stored as 8-bit codes in blocks of `block` values.
-    pub fn new_8bit(vars: Vec<Var>, params: AdamParams, block: usize) -> Result<AdamW> {
-        let mut optim = AdamW::new(vars, params)?;
+    pub fn new_8bit(vars: Vec<Var>, params: AdamParams, block: usize) -> Result<Optimizer> {
+        let mut optim = Optimizer::new(vars, params)?;
         let signed = dynamic_map(true);
         let unsigned = dynamic_map(false);
         for (var, moments) in optim.vars.iter().zip(optim.moments.iter_mut()) {
@@ -120,15 +135,28 @@ impl AdamW {
         Ok(optim)
     }
 
+    /// Plain SGD (`params.weight_decay` is its L2 term; the betas and eps go unused).
+    pub fn sgd(vars: Vec<Var>, params: AdamParams) -> Optimizer {
+        Optimizer {
+            rule: Rule::Sgd,
+            params,
+            vars,
+            moments: Vec::new(),
+            eight_bit: None,
+            t: 0,
+        }
+    }
+
     /// The optimizer a run's `optim` setting names, over `vars`.
     pub fn for_setting(
         optim: super::config::Optim,
         vars: Vec<Var>,
         params: AdamParams,
-    ) -> Result<AdamW> {
+    ) -> Result<Optimizer> {
         match optim {
-            super::config::Optim::AdamW => AdamW::new(vars, params),
-            super::config::Optim::AdamW8bit { block } => AdamW::new_8bit(vars, params, block),
+            super::config::Optim::AdamW => Optimizer::new(vars, params),
+            super::config::Optim::AdamW8bit { block } => Optimizer::new_8bit(vars, params, block),
+            super::config::Optim::Sgd => Ok(Optimizer::sgd(vars, params)),
         }
     }
 
@@ -141,6 +169,18 @@ impl AdamW {
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         self.t += 1;
         let p = self.params;
+        if self.rule == Rule::Sgd {
+            for (var, g) in self.vars.iter().zip(grads) {
+                let w = var.as_tensor();
+                let g = if p.weight_decay != 0.0 {
+                    (g + (w * p.weight_decay)?)?
+                } else {
+                    g.clone()
+                };
+                var.set(&(w - (g * lr)?)?)?;
+            }
+            return Ok(());
+        }
         let bias1 = 1.0 - p.beta1.powi(self.t as i32);
         let bias2 = 1.0 - p.beta2.powi(self.t as i32);
         let step_size = lr / bias1;
@@ -211,7 +251,7 @@ impl AdamW {
         Ok(out)
     }
 
-    /// Put a checkpoint's state back ([`AdamW::state_tensors`]' names); `source` names the file
+    /// Put a checkpoint's state back ([`Optimizer::state_tensors`]' names); `source` names the file
     /// in errors.
     pub fn restore(
         &mut self,
@@ -360,7 +400,7 @@ mod tests {
     #[test]
     fn first_adamw_step_moves_each_weight_by_lr_against_its_gradient_sign() {
         let var = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![var.clone()], AdamParams::default()).unwrap();
+        let mut opt = Optimizer::new(vec![var.clone()], AdamParams::default()).unwrap();
         let g = Tensor::new(&[0.5f32, -4.0, 0.0], &Device::Cpu).unwrap();
         opt.step(&[g], 0.1).unwrap();
         let w: Vec<f32> = var.as_tensor().to_vec1().unwrap();
@@ -369,6 +409,25 @@ mod tests {
             (w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6 && w[2] == 3.0,
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn an_sgd_step_is_lr_times_the_gradient_plus_decay_and_keeps_no_state() {
+        let var = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+        let params = AdamParams {
+            weight_decay: 0.5,
+            ..AdamParams::default()
+        };
+        let mut opt = Optimizer::sgd(vec![var.clone()], params);
+        let g = Tensor::new(&[0.5f32, -4.0, 0.0], &Device::Cpu).unwrap();
+        opt.step(&[g], 0.1).unwrap();
+        let w: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+        // w − 0.1·(g + 0.5·w): 1 − 0.1·1.0, −2 − 0.1·(−5), 3 − 0.1·1.5.
+        for (got, want) in w.iter().zip([0.9f32, -1.5, 2.85]) {
+            assert!((got - want).abs() < 1e-6, "{w:?}");
+        }
+        assert_eq!(opt.state_bytes(), 0);
+        assert!(opt.state_tensors(&["w".into()]).unwrap().is_empty());
     }
 
     #[test]

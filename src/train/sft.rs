@@ -28,7 +28,7 @@ use super::config::SftConfig;
 use super::grad_quant::GradQuantizer;
 use super::log::{format_duration, round, TrainerLog};
 use super::loss::cross_entropy_sum;
-use super::optim::{clip_grad_norm, AdamParams, AdamW};
+use super::optim::{clip_grad_norm, AdamParams, Optimizer};
 use super::prepare::{prepare, Prepared};
 use super::progress::Progress;
 use super::run::{Run, StopReason};
@@ -158,8 +158,8 @@ fn started_from(
 }
 
 /// The optimizer a run asks for, over `vars`.
-fn optimizer(vars: Vec<candle_core::Var>, cfg: &SftConfig) -> Result<AdamW> {
-    AdamW::for_setting(cfg.optim, vars, adam_params(cfg))
+fn optimizer(vars: Vec<candle_core::Var>, cfg: &SftConfig) -> Result<Optimizer> {
+    Optimizer::for_setting(cfg.optim, vars, adam_params(cfg))
 }
 
 /// The weights a full or freeze run trains (Hugging Face names).
@@ -204,7 +204,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         None
     };
     let selected = selector(cfg, model);
-    let fresh = |state: TrainerState| -> Result<(Trainable, AdamW, TrainerState)> {
+    let fresh = |state: TrainerState| -> Result<(Trainable, Optimizer, TrainerState)> {
         let trainable = match (cfg.finetuning_type, &cfg.lora_init) {
             (FinetuningType::Lora, Some(init)) => {
                 Trainable::Lora(started_from(init, model, &cfg.lora)?)
@@ -312,6 +312,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         match cfg.optim {
             Optim::AdamW => String::new(),
             Optim::AdamW8bit { block } => format!(", 8-bit AdamW (block {block})"),
+            Optim::Sgd => ", SGD".to_string(),
         },
         cfg.grad_quant
             .map_or(String::new(), |q| format!(", gradients rounded: {}", q.describe()))
@@ -718,7 +719,7 @@ fn emit(log: &TrainerLog, hooks: &mut Hooks, event: &Map<String, Value>) -> Resu
 fn interrupted(
     out: &Path,
     trainable: &Trainable,
-    optim: &AdamW,
+    optim: &Optimizer,
     residuals: &[(String, Tensor)],
     state: &mut TrainerState,
     last_saved: usize,

@@ -465,7 +465,11 @@ mod tests {
             for d in 0..50 {
                 let mut q = g.clone();
                 qsgd(&mut q, 4, 512, norm, d);
-                total += q.iter().zip(&g).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+                total += q
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>();
             }
             total
         };

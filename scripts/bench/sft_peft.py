@@ -11,7 +11,7 @@ from a GGUF).
 usage (with the peers venv from scripts/bench/setup-peers.sh):
     sft_peft.py --hf ~/.cache/tunelab/bench/smollm2-hf \
         [--batch 4] [--seq 256] [--rank 8] [--alpha 16] [--targets q_proj,v_proj|all] \
-        [--steps 3] [--threads 2] [--seed 0]
+        [--steps 3] [--threads 2] [--seed 0] [--bf16]
 """
 import argparse
 import json
@@ -50,6 +50,9 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast on the CPU, as transformers' bf16=True trains: weights, "
+                        "LoRA factors and optimizer stay f32, products run in bf16")
     args = p.parse_args()
     targets = ALL_TARGETS if args.targets == "all" else args.targets
 
@@ -75,7 +78,8 @@ def main():
     wall, cpu, losses = [], [], []
     for step in range(args.steps + 1):  # step 0 is the warm-up
         w0, c0 = time.perf_counter(), time.process_time()
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -91,6 +95,7 @@ def main():
         "bench": "sft", "impl": "pytorch+peft", "torch": torch.__version__,
         "peft": peft.__version__, "threads": args.threads, "batch": args.batch, "seq": args.seq,
         "rank": args.rank, "targets": args.targets, "steps": args.steps,
+        "dtype": "bf16 autocast" if args.bf16 else "f32",
         "step_s_median": round(median, 4), "step_s_all": [round(x, 4) for x in wall],
         "cpu_s_per_step": round(statistics.mean(cpu), 4),
         "tokens_per_s": round(args.batch * args.seq / median, 1),

@@ -548,7 +548,7 @@ pub mod train_api {
     }
 
     /// Bytes of optimizer state at the end of the run: both AdamW moments, f32 or 8-bit codes
-    /// with their block scales.
+    /// with their block scales (0 under SGD).
     #[rhai_fn(global, get = "optimizer_state_bytes", pure)]
     pub fn run_optimizer_state_bytes(run: &mut Run) -> INT {
         run.optimizer_state_bytes as INT

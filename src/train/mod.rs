@@ -6,7 +6,7 @@
 //! - [`batch`]: items, padded batches, per-epoch order.
 //! - [`loss`]: token cross-entropy and accuracy.
 //! - [`trainable`]: what a run trains (LoRA factors, or all or some of the weights).
-//! - [`optim`]: AdamW (f32 or 8-bit moments, [`dynamic_map`]) and gradient clipping;
+//! - [`optim`]: AdamW (f32 or 8-bit moments, [`dynamic_map`]), plain SGD, gradient clipping;
 //!   [`schedule`]: learning-rate schedules; [`grad_quant`]: quantized gradients.
 //! - [`checkpoint`]: atomic checkpoints and resume; [`log`]: `trainer_log.jsonl`.
 //! - [`progress`]: the bar or plain lines; [`sft`]: the loop; [`run`]: its result.

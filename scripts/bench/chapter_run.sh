@@ -32,21 +32,9 @@ start=$(date +%s.%N)
 (cd "$work" && "$lf" train "$OLDPWD/$config" "${overrides[@]}" output_dir="$work/llamafactory" >"$work/llamafactory.log" 2>&1)
 t_lf=$(echo "$(date +%s.%N) - $start" | bc)
 echo "tunelab (script): $t_tunelab s; llamafactory-cli train: $t_lf s; ratio $(echo "scale=3; $t_tunelab / $t_lf" | bc)"
-target/release/tunelab run /dev/stdin -- a="$work/tunelab/trainer_log.jsonl" b="$work/llamafactory/trainer_log.jsonl" png="$png" <<'RHAI'
-let a = curve(ARGS.a);
-let b = curve(ARGS.b);
-plot([a, b], ARGS.png, #{ labels: ["tunelab (script)", "llamafactory-cli train"],
-    title: "the chapter's LoRA run on SmolLM2-135M-Instruct (alpaca_zh_demo, 20 steps)" });
-let va = a.values;
-let vb = b.values;
-let n = if va.len() < vb.len() { va.len() } else { vb.len() };
-let diff = 0.0;
-for i in 0..n { let d = va[i] - vb[i]; diff += if d < 0.0 { -d } else { d }; }
-print(`steps ${n}; tunelab first ${va[0]} last ${va[n - 1]}; llamafactory first ${vb[0]} last ${vb[n - 1]}`);
-print(`mean |loss difference| per step ${diff / n} (the two tools draw the examples in different orders)`);
-// Both pass over the same 80 examples once, so the mean over the epoch is comparable.
-print(`mean loss over the epoch: tunelab ${va.reduce(|s, v| s + v, 0.0) / va.len()}, llamafactory ${vb.reduce(|s, v| s + v, 0.0) / vb.len()}`);
-RHAI
+target/release/tunelab run scripts/bench/overlay_curves.rhai -- a="$work/tunelab/trainer_log.jsonl" \
+    b="$work/llamafactory/trainer_log.jsonl" png="$png" label_a="tunelab (script)" \
+    title="the chapter's LoRA run on SmolLM2-135M-Instruct (alpaca_zh_demo, 20 steps)"
 # Trained tokens, as each log counts them (LLaMA-Factory's with include_num_input_tokens_seen).
 for who in tunelab llamafactory; do
     echo "$who: $(grep -o '"total_tokens": *[0-9]*' "$work/$who/trainer_log.jsonl" | tail -1)"

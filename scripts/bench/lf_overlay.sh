@@ -33,18 +33,7 @@ echo "tunelab train: $(echo "$(date +%s.%N) - $start" | bc) s" >&2
 start=$(date +%s.%N)
 (cd "$work" && "$lf" train "$OLDPWD/$config" "${overrides[@]}" output_dir="$work/llamafactory" >"$work/llamafactory.log" 2>&1)
 echo "llamafactory-cli train: $(echo "$(date +%s.%N) - $start" | bc) s" >&2
-target/release/tunelab run /dev/stdin -- a="$work/tunelab/trainer_log.jsonl" b="$work/llamafactory/trainer_log.jsonl" png="$png" <<'RHAI'
-let a = curve(ARGS.a);
-let b = curve(ARGS.b);
-plot([a, b], ARGS.png, #{ labels: ["tunelab train", "llamafactory-cli train"],
-    title: "llama3_lora_sft.yaml on SmolLM2-135M-Instruct (same file, same overrides)" });
-let va = a.values;
-let vb = b.values;
-let n = if va.len() < vb.len() { va.len() } else { vb.len() };
-let diff = 0.0;
-for i in 0..n { let d = va[i] - vb[i]; diff += if d < 0.0 { -d } else { d }; }
-print(`steps ${n}; tunelab first ${va[0]} last ${va[n - 1]}; llamafactory first ${vb[0]} last ${vb[n - 1]}`);
-print(`mean |loss difference| per step ${diff / n}`);
-print(`mean loss, last 10 steps: tunelab ${va.extract(n - 10).reduce(|s, v| s + v, 0.0) / 10.0}, llamafactory ${vb.extract(n - 10).reduce(|s, v| s + v, 0.0) / 10.0}`);
-RHAI
+target/release/tunelab run scripts/bench/overlay_curves.rhai -- a="$work/tunelab/trainer_log.jsonl" \
+    b="$work/llamafactory/trainer_log.jsonl" png="$png" \
+    title="llama3_lora_sft.yaml on SmolLM2-135M-Instruct (same file, same overrides)"
 echo "# chart: $png; logs: $work/*.log" >&2

@@ -106,14 +106,7 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
         runtime("sft config: grad_quant: key \"method\" is required: \"qsgd\", \"sign\" or \"fp8\"")
     })?;
     let only = |allowed: &[&str]| -> ScriptResult<()> {
-        for key in [
-            "bits",
-            "bucket",
-            "norm",
-            "error_feedback",
-            "format",
-            "scaling",
-        ] {
+        for &key in GRAD_QUANT_KEYS.iter().filter(|k| **k != "method") {
             if !allowed.contains(&key) && o.value(key).is_some() {
                 return Err(runtime(format!(
                     "sft config: grad_quant: key \"{key}\" does not apply to method \"{method}\" (it takes: {})",

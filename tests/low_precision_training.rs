@@ -293,18 +293,20 @@ fn every_low_precision_mode_resumes_exactly() {
                 finetuning_type: FinetuningType::Full,
                 grad_quant: Some(GradQuant::Sign {
                     error_feedback: true,
+                    block: None,
                 }),
                 ..cfg(dir.path().join("sign"))
             },
         ),
         (
-            "full + SGD + sign with error feedback",
+            "full + SGD + block-scaled sign with error feedback",
             SftConfig {
                 finetuning_type: FinetuningType::Full,
                 optim: Optim::Sgd,
                 learning_rate: 0.05,
                 grad_quant: Some(GradQuant::Sign {
                     error_feedback: true,
+                    block: Some(64),
                 }),
                 ..cfg(dir.path().join("sgd"))
             },

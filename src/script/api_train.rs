@@ -99,7 +99,7 @@ fn names(v: Dynamic) -> Vec<String> {
 }
 
 /// The `grad_quant` sub-map: `#{ method: "qsgd", bits, bucket, norm }`, `#{ method: "sign",
-/// error_feedback }` or `#{ method: "fp8", format, scaling }`.
+/// error_feedback, scaling }` or `#{ method: "fp8", format, scaling }`.
 fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     let o = Options::new("sft config: grad_quant", map, GRAD_QUANT_KEYS)?;
     let method = o.string("method")?.ok_or_else(|| {
@@ -135,9 +135,10 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
             }
         }
         "sign" => {
-            only(&["error_feedback"])?;
+            only(&["error_feedback", "scaling"])?;
             GradQuant::Sign {
                 error_feedback: o.bool("error_feedback")?.unwrap_or(true),
+                block: scaling_block(&o)?,
             }
         }
         "fp8" => {
@@ -151,19 +152,10 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
                 )))
                 }
             };
-            let scaling = o.string("scaling")?.unwrap_or_else(|| "tensor".into());
-            let block = match scaling.as_str() {
-                "tensor" => None,
-                s => match s.strip_prefix("block").and_then(|n| n.parse::<usize>().ok()) {
-                    Some(n) => Some(n),
-                    None => {
-                        return Err(runtime(format!(
-                            "sft config: grad_quant: key \"scaling\": \"{s}\" is not \"tensor\" or \"blockN\" (e.g. \"block128\")"
-                        )))
-                    }
-                },
-            };
-            GradQuant::Fp8 { format, block }
+            GradQuant::Fp8 {
+                format,
+                block: scaling_block(&o)?,
+            }
         }
         other => {
             return Err(runtime(format!(
@@ -173,6 +165,20 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     };
     q.check().script()?;
     Ok(q)
+}
+
+/// grad_quant's `scaling`: "tensor" (the default: None) or "blockN" (Some(N)).
+fn scaling_block(o: &Options) -> ScriptResult<Option<usize>> {
+    let scaling = o.string("scaling")?.unwrap_or_else(|| "tensor".into());
+    match scaling.as_str() {
+        "tensor" => Ok(None),
+        s => match s.strip_prefix("block").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Ok(Some(n)),
+            None => Err(runtime(format!(
+                "sft config: grad_quant: key \"scaling\": \"{s}\" is not \"tensor\" or \"blockN\" (e.g. \"block128\")"
+            ))),
+        },
+    }
 }
 
 const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "targets", "rslora", "init"];

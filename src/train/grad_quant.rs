@@ -10,8 +10,10 @@
 //!   rounding noise is far smaller (with the L2 norm of a 512-value bucket most values fall
 //!   below the first level).
 //! - **sign** (signSGD / 1-bit Adam's compression): one bit per value, scaled by the mean
-//!   magnitude. Biased; with **error feedback** the part lost each step (the residual) is added
-//!   to the next step's gradient before rounding, so nothing is lost for good.
+//!   magnitude of its tensor, or of its block of N values. Biased; with **error feedback** the
+//!   part lost each step (the residual) is added to the next step's gradient before rounding,
+//!   so nothing is lost for good. Block scales keep more of each step when a few values carry
+//!   most of the gradient.
 //! - **FP8** (E5M2 or E4M3, the formats of FP8 training): each value rounded to nearest-even in
 //!   the format after scaling its tensor or block of 128 so the largest magnitude meets the
 //!   format's maximum (57,344 for E5M2, 448 for E4M3).
@@ -112,6 +114,8 @@ pub enum GradQuant {
     },
     Sign {
         error_feedback: bool,
+        /// One scale per block of this many values (None: per tensor).
+        block: Option<usize>,
     },
     Fp8 {
         format: Fp8Format,
@@ -139,7 +143,7 @@ impl GradQuant {
                     ));
                 }
             }
-            GradQuant::Fp8 { block: Some(0), .. } => {
+            GradQuant::Fp8 { block: Some(0), .. } | GradQuant::Sign { block: Some(0), .. } => {
                 return Err(Error::config(
                     "grad_quant.scaling",
                     "a block needs at least one value",
@@ -155,7 +159,7 @@ impl GradQuant {
         let n = n.max(1) as f64;
         match *self {
             GradQuant::Qsgd { bits, bucket, .. } => bits as f64 + 32.0 / (bucket as f64).min(n),
-            GradQuant::Sign { .. } => 1.0 + 32.0 / n,
+            GradQuant::Sign { block, .. } => 1.0 + 32.0 / block.map_or(n, |b| (b as f64).min(n)),
             GradQuant::Fp8 { block, .. } => 8.0 + 32.0 / block.map_or(n, |b| (b as f64).min(n)),
         }
     }
@@ -168,8 +172,13 @@ impl GradQuant {
                 QsgdNorm::L2 => format!("qsgd {bits}-bit, bucket {bucket}"),
                 QsgdNorm::Max => format!("qsgd {bits}-bit, bucket {bucket}, max norm"),
             },
-            GradQuant::Sign { error_feedback } => format!(
-                "sign{}",
+            // Per-tensor scales go unsaid, as before blocks existed (checkpoints compare this).
+            GradQuant::Sign {
+                error_feedback,
+                block,
+            } => format!(
+                "sign{}{}",
+                block.map_or(String::new(), |b| format!(", block{b} scales")),
                 if error_feedback {
                     " with error feedback"
                 } else {
@@ -211,9 +220,24 @@ pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, norm: QsgdNorm, seed: 
         });
 }
 
-/// Scaled sign: every value becomes ±mean|v| (0 stays 0). With a `residual` (error feedback),
-/// the residual is added first and receives what the rounding lost.
-pub fn sign(values: &mut [f32], residual: Option<&mut [f32]>) {
+/// Scaled sign: every value becomes ±mean|v| of its tensor, or of its block of `block` values
+/// (0 stays 0). With a `residual` (error feedback), the residual is added first and receives
+/// what the rounding lost.
+pub fn sign(values: &mut [f32], residual: Option<&mut [f32]>, block: Option<usize>) {
+    match (block, residual) {
+        (None, residual) => sign_one_scale(values, residual),
+        (Some(b), None) => values
+            .par_chunks_mut(b.max(1))
+            .for_each(|c| sign_one_scale(c, None)),
+        (Some(b), Some(r)) => values
+            .par_chunks_mut(b.max(1))
+            .zip(r.par_chunks_mut(b.max(1)))
+            .for_each(|(c, e)| sign_one_scale(c, Some(e))),
+    }
+}
+
+/// [`sign`] with one scale for all of `values`.
+fn sign_one_scale(values: &mut [f32], residual: Option<&mut [f32]>) {
     if let Some(r) = &residual {
         for (v, e) in values.iter_mut().zip(r.iter()) {
             *v += e;
@@ -278,6 +302,7 @@ impl GradQuantizer {
         let residuals = match method {
             GradQuant::Sign {
                 error_feedback: true,
+                ..
             } => sizes.iter().map(|&n| vec![0f32; n]).collect(),
             _ => Vec::new(),
         };
@@ -305,13 +330,16 @@ impl GradQuantizer {
                         ^ (i as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
                     qsgd(&mut values, bits, bucket, norm, seed);
                 }
-                GradQuant::Sign { error_feedback } => {
+                GradQuant::Sign {
+                    error_feedback,
+                    block,
+                } => {
                     let residual = if error_feedback {
                         Some(self.residuals[i].as_mut_slice())
                     } else {
                         None
                     };
-                    sign(&mut values, residual);
+                    sign(&mut values, residual, block);
                 }
                 GradQuant::Fp8 { format, block } => fp8(&mut values, format, block),
             }
@@ -482,7 +510,7 @@ mod tests {
         let g = [0.5f32, -0.1, 0.02, 0.0];
         let mut residual = [0.1f32, 0.0, -0.04, 0.0];
         let mut q = g;
-        sign(&mut q, Some(&mut residual));
+        sign(&mut q, Some(&mut residual), None);
         // Sent plus kept equals the gradient plus the old residual, value by value.
         let old = [0.1f32, 0.0, -0.04, 0.0];
         for i in 0..4 {
@@ -491,6 +519,34 @@ mod tests {
         // The corrected values are 0.6, -0.1, -0.02, 0: scale 0.18, signs + − − 0.
         assert!((q[0] - 0.18).abs() < 1e-6 && (q[1] + 0.18).abs() < 1e-6 && q[3] == 0.0);
         assert!(q[2] < 0.0);
+    }
+
+    #[test]
+    fn block_scales_are_each_blocks_mean_magnitude_and_keep_more_of_the_gradient() {
+        // One large value among small ones: a per-tensor scale sends the small ones far too big.
+        let g = [4.0f32, 0.1, -0.1, 0.1, 0.1, -0.1, 0.1, 0.1];
+        let mut tensor = g;
+        sign(&mut tensor, None, None);
+        let mut blocks = g;
+        sign(&mut blocks, None, Some(4));
+        assert!((blocks[0] - 1.075).abs() < 1e-6 && (blocks[4] - 0.1).abs() < 1e-6);
+        let error = |q: &[f32], from: usize| {
+            q[from..]
+                .iter()
+                .zip(&g[from..])
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+        };
+        assert!(error(&blocks, 0) < error(&tensor, 0));
+        // The block without the large value is sent exactly; per tensor it is sent ~6× too big.
+        assert!(error(&blocks, 4) < 1e-12 && error(&tensor, 4) > 0.9);
+        // Error feedback per block: sent plus kept is still the gradient.
+        let mut residual = [0f32; 8];
+        let mut q = g;
+        sign(&mut q, Some(&mut residual), Some(3));
+        for i in 0..8 {
+            assert!((q[i] + residual[i] - g[i]).abs() < 1e-6, "{i}");
+        }
     }
 
     #[test]
@@ -522,8 +578,14 @@ mod tests {
         assert_eq!(q.bits_per_element(1 << 20), 4.0 + 32.0 / 512.0);
         let s = GradQuant::Sign {
             error_feedback: true,
+            block: None,
         };
         assert!((s.bits_per_element(32) - 2.0).abs() < 1e-12);
+        let s = GradQuant::Sign {
+            error_feedback: false,
+            block: Some(128),
+        };
+        assert_eq!(s.bits_per_element(4096), 1.25);
         let f = GradQuant::Fp8 {
             format: Fp8Format::E5M2,
             block: Some(128),

@@ -119,15 +119,16 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     let q = match method.as_str() {
         "qsgd" => {
             only(&["bits", "bucket", "norm"])?;
-            let norm = match o.string("norm")?.as_deref().unwrap_or("l2") {
-                "l2" => QsgdNorm::L2,
-                "max" => QsgdNorm::Max,
-                other => {
-                    return Err(runtime(format!(
-                        "sft config: grad_quant: key \"norm\": \"{other}\" is not one of: l2, max"
-                    )))
-                }
-            };
+            let name = o
+                .string("norm")?
+                .unwrap_or_else(|| QsgdNorm::L2.name().into());
+            let norm = QsgdNorm::named(&name).ok_or_else(|| {
+                let names: Vec<&str> = QsgdNorm::ALL.iter().map(|n| n.name()).collect();
+                runtime(format!(
+                    "sft config: grad_quant: key \"norm\": \"{name}\" is not one of: {}",
+                    names.join(", ")
+                ))
+            })?;
             GradQuant::Qsgd {
                 bits: o.int("bits")?.unwrap_or(4).clamp(0, 64) as u32,
                 bucket: o.int("bucket")?.unwrap_or(512).max(0) as usize,

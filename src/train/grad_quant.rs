@@ -84,6 +84,13 @@ pub enum QsgdNorm {
 }
 
 impl QsgdNorm {
+    pub const ALL: [QsgdNorm; 2] = [QsgdNorm::L2, QsgdNorm::Max];
+
+    /// The norm called `name` ("l2" or "max").
+    pub fn named(name: &str) -> Option<QsgdNorm> {
+        QsgdNorm::ALL.into_iter().find(|n| n.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             QsgdNorm::L2 => "l2",
@@ -170,7 +177,7 @@ impl GradQuant {
             // The L2 norm, the first one offered, goes unsaid (checkpoints compare this text).
             GradQuant::Qsgd { bits, bucket, norm } => match norm {
                 QsgdNorm::L2 => format!("qsgd {bits}-bit, bucket {bucket}"),
-                QsgdNorm::Max => format!("qsgd {bits}-bit, bucket {bucket}, max norm"),
+                other => format!("qsgd {bits}-bit, bucket {bucket}, {} norm", other.name()),
             },
             // Per-tensor scales go unsaid, as before blocks existed (checkpoints compare this).
             GradQuant::Sign {

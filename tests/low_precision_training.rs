@@ -19,7 +19,7 @@ use tunelab::output::Output;
 use tunelab::rng::Rng;
 use tunelab::train::config::Optim;
 use tunelab::train::dynamic_map::{dynamic_map, Blockwise8};
-use tunelab::train::grad_quant::{Fp8Format, GradQuant, QsgdNorm};
+use tunelab::train::grad_quant::{Fp8Format, GradQuant, QsgdLevels, QsgdNorm, SignMagnitude};
 use tunelab::train::optim::{AdamParams, Optimizer};
 use tunelab::train::trainable::{self, FinetuningType, FreezeOptions};
 use tunelab::train::{sft, Hooks, Run, SftConfig};
@@ -277,12 +277,13 @@ fn every_low_precision_mode_resumes_exactly() {
             },
         ),
         (
-            "lora + QSGD",
+            "lora + QSGD (exponential levels)",
             SftConfig {
                 grad_quant: Some(GradQuant::Qsgd {
                     bits: 4,
                     bucket: 64,
                     norm: QsgdNorm::Max,
+                    levels: QsgdLevels::Exponential,
                 }),
                 ..cfg(dir.path().join("qsgd"))
             },
@@ -294,6 +295,7 @@ fn every_low_precision_mode_resumes_exactly() {
                 grad_quant: Some(GradQuant::Sign {
                     error_feedback: true,
                     block: None,
+                    magnitude: SignMagnitude::Mean,
                 }),
                 ..cfg(dir.path().join("sign"))
             },
@@ -307,6 +309,7 @@ fn every_low_precision_mode_resumes_exactly() {
                 grad_quant: Some(GradQuant::Sign {
                     error_feedback: true,
                     block: Some(64),
+                    magnitude: SignMagnitude::Mean,
                 }),
                 ..cfg(dir.path().join("sgd"))
             },

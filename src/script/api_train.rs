@@ -6,7 +6,7 @@ use rhai::{FnPtr, Map, INT};
 
 use crate::lora::{Adapter, LoraConfig};
 use crate::train::config::Optim;
-use crate::train::grad_quant::{Fp8Format, GradQuant, QsgdNorm};
+use crate::train::grad_quant::{Fp8Format, GradQuant, QsgdLevels, QsgdNorm, SignMagnitude};
 use crate::train::trainable::FinetuningType;
 use crate::train::{Schedule, SftConfig};
 
@@ -74,7 +74,9 @@ const GRAD_QUANT_KEYS: &[&str] = &[
     "bits",
     "bucket",
     "norm",
+    "levels",
     "error_feedback",
+    "magnitude",
     "format",
     "scaling",
 ];
@@ -98,8 +100,8 @@ fn names(v: Dynamic) -> Vec<String> {
         .collect()
 }
 
-/// The `grad_quant` sub-map: `#{ method: "qsgd", bits, bucket, norm }`, `#{ method: "sign",
-/// error_feedback, scaling }` or `#{ method: "fp8", format, scaling }`.
+/// The `grad_quant` sub-map: `#{ method: "qsgd", bits, bucket, norm, levels }`, `#{ method: "sign",
+/// error_feedback, scaling, magnitude }` or `#{ method: "fp8", format, scaling }`.
 fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     let o = Options::new("sft config: grad_quant", map, GRAD_QUANT_KEYS)?;
     let method = o.string("method")?.ok_or_else(|| {
@@ -118,28 +120,23 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     };
     let q = match method.as_str() {
         "qsgd" => {
-            only(&["bits", "bucket", "norm"])?;
-            let name = o
-                .string("norm")?
-                .unwrap_or_else(|| QsgdNorm::L2.name().into());
-            let norm = QsgdNorm::named(&name).ok_or_else(|| {
-                let names: Vec<&str> = QsgdNorm::ALL.iter().map(|n| n.name()).collect();
-                runtime(format!(
-                    "sft config: grad_quant: key \"norm\": \"{name}\" is not one of: {}",
-                    names.join(", ")
-                ))
-            })?;
+            only(&["bits", "bucket", "norm", "levels"])?;
+            let norm = choice(&o, "norm", &QsgdNorm::ALL, QsgdNorm::name)?;
+            let levels = choice(&o, "levels", &QsgdLevels::ALL, QsgdLevels::name)?;
             GradQuant::Qsgd {
                 bits: o.int("bits")?.unwrap_or(4).clamp(0, 64) as u32,
                 bucket: o.int("bucket")?.unwrap_or(512).max(0) as usize,
                 norm,
+                levels,
             }
         }
         "sign" => {
-            only(&["error_feedback", "scaling"])?;
+            only(&["error_feedback", "scaling", "magnitude"])?;
+            let magnitude = choice(&o, "magnitude", &SignMagnitude::ALL, SignMagnitude::name)?;
             GradQuant::Sign {
                 error_feedback: o.bool("error_feedback")?.unwrap_or(true),
                 block: scaling_block(&o)?,
+                magnitude,
             }
         }
         "fp8" => {
@@ -166,6 +163,28 @@ fn grad_quant(map: Map) -> ScriptResult<GradQuant> {
     };
     q.check().script()?;
     Ok(q)
+}
+
+/// grad_quant's `key` as one of `all` (by `name`); the first is the default.
+fn choice<T: Copy>(
+    o: &Options,
+    key: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> ScriptResult<T> {
+    let Some(given) = o.string(key)? else {
+        return Ok(all[0]);
+    };
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == given)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+            runtime(format!(
+                "sft config: grad_quant: key \"{key}\": \"{given}\" is not one of: {}",
+                names.join(", ")
+            ))
+        })
 }
 
 /// grad_quant's `scaling`: "tensor" (the default: None) or "blockN" (Some(N)).

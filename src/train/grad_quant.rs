@@ -8,12 +8,17 @@
 //!   The paper's analysis scales by the L2 norm; scaling by the largest magnitude (the max norm)
 //!   keeps it unbiased and spreads the levels over the values' real range, so at few bits the
 //!   rounding noise is far smaller (with the L2 norm of a 512-value bucket most values fall
-//!   below the first level).
+//!   below the first level). Levels are uniform (the paper's) or **exponential** (NUQSGD,
+//!   Ramezani-Kebrya et al. 2019: 0, 2^−(s−1), …, ½, 1 of the norm), which spends the same
+//!   codes on the small magnitudes most gradient values have; stochastic rounding between
+//!   neighbouring levels keeps it unbiased.
 //! - **sign** (signSGD / 1-bit Adam's compression): one bit per value, scaled by the mean
 //!   magnitude of its tensor, or of its block of N values. Biased; with **error feedback** the
 //!   part lost each step (the residual) is added to the next step's gradient before rounding,
 //!   so nothing is lost for good. Block scales keep more of each step when a few values carry
-//!   most of the gradient.
+//!   most of the gradient. The magnitude is the mean |v| (signSGD with error feedback,
+//!   Karimireddy et al. 2019) or the root mean square (1-bit Adam's ‖v‖₂/√n), which keeps the
+//!   step as long as the gradient.
 //! - **FP8** (E5M2 or E4M3, the formats of FP8 training): each value rounded to nearest-even in
 //!   the format after scaling its tensor or block of 128 so the largest magnitude meets the
 //!   format's maximum (57,344 for E5M2, 448 for E4M3).
@@ -86,11 +91,6 @@ pub enum QsgdNorm {
 impl QsgdNorm {
     pub const ALL: [QsgdNorm; 2] = [QsgdNorm::L2, QsgdNorm::Max];
 
-    /// The norm called `name` ("l2" or "max").
-    pub fn named(name: &str) -> Option<QsgdNorm> {
-        QsgdNorm::ALL.into_iter().find(|n| n.name() == name)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             QsgdNorm::L2 => "l2",
@@ -111,6 +111,68 @@ impl QsgdNorm {
     }
 }
 
+/// Where QSGD's magnitude levels lie, as fractions of the bucket's norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QsgdLevels {
+    /// 0, 1/s, 2/s, …, 1 (the paper's).
+    Uniform,
+    /// 0, 2^−(s−1), …, 1/4, 1/2, 1 (NUQSGD).
+    Exponential,
+}
+
+impl QsgdLevels {
+    pub const ALL: [QsgdLevels; 2] = [QsgdLevels::Uniform, QsgdLevels::Exponential];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QsgdLevels::Uniform => "uniform",
+            QsgdLevels::Exponential => "exponential",
+        }
+    }
+
+    /// The `count + 1` magnitudes (0 first, 1 last) as fractions of the norm.
+    fn grid(self, count: u32) -> Vec<f32> {
+        let s = count as i32;
+        (0..=s)
+            .map(|k| match self {
+                QsgdLevels::Uniform => k as f32 / s as f32,
+                QsgdLevels::Exponential if k == 0 => 0.0,
+                QsgdLevels::Exponential => 2f32.powi(k - s),
+            })
+            .collect()
+    }
+}
+
+/// The magnitude every sign of a tensor or block is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignMagnitude {
+    /// mean |v|: the closest scaled sign in L2.
+    Mean,
+    /// √(mean v²) = ‖v‖₂/√n: a step as long as the gradient's (1-bit Adam).
+    Rms,
+}
+
+impl SignMagnitude {
+    pub const ALL: [SignMagnitude; 2] = [SignMagnitude::Mean, SignMagnitude::Rms];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SignMagnitude::Mean => "mean",
+            SignMagnitude::Rms => "rms",
+        }
+    }
+
+    fn of(self, values: &[f32]) -> f32 {
+        let n = values.len().max(1) as f64;
+        (match self {
+            SignMagnitude::Mean => values.iter().map(|v| v.abs() as f64).sum::<f64>() / n,
+            SignMagnitude::Rms => {
+                (values.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n).sqrt()
+            }
+        }) as f32
+    }
+}
+
 /// How a step's gradient is rounded.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GradQuant {
@@ -118,11 +180,13 @@ pub enum GradQuant {
         bits: u32,
         bucket: usize,
         norm: QsgdNorm,
+        levels: QsgdLevels,
     },
     Sign {
         error_feedback: bool,
         /// One scale per block of this many values (None: per tensor).
         block: Option<usize>,
+        magnitude: SignMagnitude,
     },
     Fp8 {
         format: Fp8Format,
@@ -174,18 +238,37 @@ impl GradQuant {
     /// One line for logs: `qsgd 4-bit, bucket 512`.
     pub fn describe(&self) -> String {
         match *self {
-            // The L2 norm, the first one offered, goes unsaid (checkpoints compare this text).
-            GradQuant::Qsgd { bits, bucket, norm } => match norm {
-                QsgdNorm::L2 => format!("qsgd {bits}-bit, bucket {bucket}"),
-                other => format!("qsgd {bits}-bit, bucket {bucket}, {} norm", other.name()),
-            },
-            // Per-tensor scales go unsaid, as before blocks existed (checkpoints compare this).
+            // The L2 norm and uniform levels, the first ones offered, go unsaid (checkpoints
+            // compare this text).
+            GradQuant::Qsgd {
+                bits,
+                bucket,
+                norm,
+                levels,
+            } => format!(
+                "qsgd {bits}-bit, bucket {bucket}{}{}",
+                match norm {
+                    QsgdNorm::L2 => String::new(),
+                    other => format!(", {} norm", other.name()),
+                },
+                match levels {
+                    QsgdLevels::Uniform => String::new(),
+                    other => format!(", {} levels", other.name()),
+                }
+            ),
+            // Per-tensor scales and the mean magnitude go unsaid, as before they had choices
+            // (checkpoints compare this text).
             GradQuant::Sign {
                 error_feedback,
                 block,
+                magnitude,
             } => format!(
-                "sign{}{}",
+                "sign{}{}{}",
                 block.map_or(String::new(), |b| format!(", block{b} scales")),
+                match magnitude {
+                    SignMagnitude::Mean => "",
+                    SignMagnitude::Rms => ", rms magnitude",
+                },
                 if error_feedback {
                     " with error feedback"
                 } else {
@@ -203,11 +286,19 @@ impl GradQuant {
     }
 }
 
-/// QSGD: round `values` in place, bucket by bucket, each divided by its `norm`; bucket i draws
-/// from a generator seeded by (`seed`, i), so the result is the same however the buckets are
-/// spread over threads.
-pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, norm: QsgdNorm, seed: u64) {
-    let levels = ((1u32 << (bits - 1)) - 1) as f32;
+/// QSGD: round `values` in place, bucket by bucket, each divided by its `norm`, to one of
+/// 2^(bits−1) magnitudes placed by `levels`; bucket i draws from a generator seeded by (`seed`,
+/// i), so the result is the same however the buckets are spread over threads.
+pub fn qsgd(
+    values: &mut [f32],
+    bits: u32,
+    bucket: usize,
+    norm: QsgdNorm,
+    levels: QsgdLevels,
+    seed: u64,
+) {
+    let count = (1u32 << (bits - 1)) - 1;
+    let grid = levels.grid(count);
     values
         .par_chunks_mut(bucket)
         .enumerate()
@@ -218,40 +309,66 @@ pub fn qsgd(values: &mut [f32], bits: u32, bucket: usize, norm: QsgdNorm, seed: 
             }
             let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
             for v in chunk.iter_mut() {
-                let scaled = (v.abs() / norm * levels).min(levels); // in [0, levels]
-                let low = scaled.floor();
-                let up = (rng.next_f64() as f32) < scaled - low;
-                let level = if up { low + 1.0 } else { low };
-                *v = (norm * level / levels).copysign(*v);
+                let up_draw = rng.next_f64() as f32;
+                let magnitude = match levels {
+                    // Level k of s is k/s: scale by s and round the fraction up at random.
+                    QsgdLevels::Uniform => {
+                        let s = count as f32;
+                        let scaled = (v.abs() / norm * s).min(s);
+                        let low = scaled.floor();
+                        let level = if up_draw < scaled - low {
+                            low + 1.0
+                        } else {
+                            low
+                        };
+                        norm * level / s
+                    }
+                    // The neighbouring levels low ≤ x ≤ high; up with chance (x−low)/(high−low).
+                    QsgdLevels::Exponential => {
+                        let x = (v.abs() / norm).min(1.0);
+                        let k = grid.partition_point(|&l| l <= x).clamp(1, grid.len() - 1);
+                        let (low, high) = (grid[k - 1], grid[k]);
+                        norm * if up_draw * (high - low) < x - low {
+                            high
+                        } else {
+                            low
+                        }
+                    }
+                };
+                *v = magnitude.copysign(*v);
             }
         });
 }
 
-/// Scaled sign: every value becomes ±mean|v| of its tensor, or of its block of `block` values
-/// (0 stays 0). With a `residual` (error feedback), the residual is added first and receives
-/// what the rounding lost.
-pub fn sign(values: &mut [f32], residual: Option<&mut [f32]>, block: Option<usize>) {
+/// Scaled sign: every value becomes ±`magnitude` of its tensor, or of its block of `block`
+/// values (0 stays 0). With a `residual` (error feedback), the residual is added first and
+/// receives what the rounding lost.
+pub fn sign(
+    values: &mut [f32],
+    residual: Option<&mut [f32]>,
+    block: Option<usize>,
+    magnitude: SignMagnitude,
+) {
     match (block, residual) {
-        (None, residual) => sign_one_scale(values, residual),
+        (None, residual) => sign_one_scale(values, residual, magnitude),
         (Some(b), None) => values
             .par_chunks_mut(b.max(1))
-            .for_each(|c| sign_one_scale(c, None)),
+            .for_each(|c| sign_one_scale(c, None, magnitude)),
         (Some(b), Some(r)) => values
             .par_chunks_mut(b.max(1))
             .zip(r.par_chunks_mut(b.max(1)))
-            .for_each(|(c, e)| sign_one_scale(c, Some(e))),
+            .for_each(|(c, e)| sign_one_scale(c, Some(e), magnitude)),
     }
 }
 
 /// [`sign`] with one scale for all of `values`.
-fn sign_one_scale(values: &mut [f32], residual: Option<&mut [f32]>) {
+fn sign_one_scale(values: &mut [f32], residual: Option<&mut [f32]>, magnitude: SignMagnitude) {
     if let Some(r) = &residual {
         for (v, e) in values.iter_mut().zip(r.iter()) {
             *v += e;
         }
     }
-    let scale =
-        (values.iter().map(|v| v.abs() as f64).sum::<f64>() / values.len().max(1) as f64) as f32;
+    let scale = magnitude.of(values);
     match residual {
         Some(r) => {
             for (v, e) in values.iter_mut().zip(r.iter_mut()) {
@@ -331,22 +448,28 @@ impl GradQuantizer {
                 .to_vec1::<f32>()?;
             let n = values.len();
             match self.method {
-                GradQuant::Qsgd { bits, bucket, norm } => {
+                GradQuant::Qsgd {
+                    bits,
+                    bucket,
+                    norm,
+                    levels,
+                } => {
                     let seed = self.seed
                         ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                         ^ (i as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-                    qsgd(&mut values, bits, bucket, norm, seed);
+                    qsgd(&mut values, bits, bucket, norm, levels, seed);
                 }
                 GradQuant::Sign {
                     error_feedback,
                     block,
+                    magnitude,
                 } => {
                     let residual = if error_feedback {
                         Some(self.residuals[i].as_mut_slice())
                     } else {
                         None
                     };
-                    sign(&mut values, residual, block);
+                    sign(&mut values, residual, block, magnitude);
                 }
                 GradQuant::Fp8 { format, block } => fp8(&mut values, format, block),
             }
@@ -458,12 +581,17 @@ mod tests {
         let g: Vec<f32> = (0..64)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0)
             .collect();
-        for norm in [QsgdNorm::L2, QsgdNorm::Max] {
+        for (norm, levels) in [
+            (QsgdNorm::L2, QsgdLevels::Uniform),
+            (QsgdNorm::Max, QsgdLevels::Uniform),
+            (QsgdNorm::Max, QsgdLevels::Exponential),
+        ] {
+            let bits = if levels == QsgdLevels::Uniform { 2 } else { 3 };
             let draws = 20_000;
             let mut mean = vec![0f64; g.len()];
             for d in 0..draws {
                 let mut q = g.clone();
-                qsgd(&mut q, 2, 32, norm, d); // the coarsest: levels {0, ±norm}
+                qsgd(&mut q, bits, 32, norm, levels, d); // uniform: the coarsest, {0, ±norm}
                 for (m, v) in mean.iter_mut().zip(&q) {
                     *m += *v as f64 / draws as f64;
                 }
@@ -473,16 +601,16 @@ mod tests {
                 // Standard error of one element: at most the bucket's norm / √draws.
                 assert!(
                     (m - *v as f64).abs() < 5.0 * l2 / (draws as f64).sqrt(),
-                    "{norm:?}: {m} vs {v}"
+                    "{norm:?} {levels:?}: {m} vs {v}"
                 );
             }
             // One draw is really quantized: at most 2 distinct magnitudes per bucket.
             let mut q = g.clone();
-            qsgd(&mut q, 2, 32, norm, 99);
+            qsgd(&mut q, bits, 32, norm, levels, 99);
             let mut mags: Vec<u32> = q[..32].iter().map(|v| v.abs().to_bits()).collect();
             mags.sort();
             mags.dedup();
-            assert!(mags.len() <= 2, "{norm:?}: {mags:?}");
+            assert!(mags.len() <= 1 << (bits - 1), "{norm:?}: {mags:?}");
         }
     }
 
@@ -495,11 +623,11 @@ mod tests {
                 x * x * x
             })
             .collect();
-        let error = |norm| {
+        let error = |norm, levels| {
             let mut total = 0f64;
             for d in 0..50 {
                 let mut q = g.clone();
-                qsgd(&mut q, 4, 512, norm, d);
+                qsgd(&mut q, 4, 512, norm, levels, d);
                 total += q
                     .iter()
                     .zip(&g)
@@ -508,8 +636,77 @@ mod tests {
             }
             total
         };
-        let (l2, max) = (error(QsgdNorm::L2), error(QsgdNorm::Max));
+        let (l2, max) = (
+            error(QsgdNorm::L2, QsgdLevels::Uniform),
+            error(QsgdNorm::Max, QsgdLevels::Uniform),
+        );
         assert!(max < l2 / 4.0, "max-norm error {max} vs L2 {l2}");
+    }
+
+    #[test]
+    fn exponential_levels_round_a_heavy_tailed_bucket_with_less_noise() {
+        // Gradients are heavy-tailed: a bucket's largest value is tens of times its typical one.
+        // (On evenly spread values, as in the test above, uniform levels do better.)
+        let g: Vec<f32> = (0..512)
+            .map(|i| {
+                let u = (i * 7919 % 1013) as f32 / 1013.0 - 0.5;
+                if i == 100 {
+                    1.0
+                } else {
+                    0.04 * u
+                }
+            })
+            .collect();
+        let error = |levels| {
+            (0..50)
+                .map(|d| {
+                    let mut q = g.clone();
+                    qsgd(&mut q, 4, 512, QsgdNorm::Max, levels, d);
+                    q.iter()
+                        .zip(&g)
+                        .map(|(a, b)| ((a - b) as f64).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+        };
+        let (uniform, exponential) = (error(QsgdLevels::Uniform), error(QsgdLevels::Exponential));
+        assert!(
+            exponential < uniform / 4.0,
+            "exponential {exponential} vs uniform {uniform}"
+        );
+    }
+
+    #[test]
+    fn exponential_levels_are_powers_of_two_of_the_norm() {
+        assert_eq!(
+            QsgdLevels::Exponential.grid(7),
+            [
+                0.0,
+                1.0 / 64.0,
+                1.0 / 32.0,
+                1.0 / 16.0,
+                0.125,
+                0.25,
+                0.5,
+                1.0
+            ]
+        );
+        let g: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        let norm = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut q = g.clone();
+        qsgd(&mut q, 4, 256, QsgdNorm::Max, QsgdLevels::Exponential, 7);
+        for (a, b) in q.iter().zip(&g) {
+            let level = a.abs() / norm;
+            assert!(level == 0.0 || level.log2().fract() == 0.0, "{b} → {a}");
+            // Each value goes to a neighbouring level: never past twice itself (or the first level).
+            assert!(
+                a.abs() <= (2.0 * b.abs()).max(norm / 64.0) + 1e-6,
+                "{b} → {a}"
+            );
+            assert!(a * b >= 0.0);
+        }
     }
 
     #[test]
@@ -517,7 +714,7 @@ mod tests {
         let g = [0.5f32, -0.1, 0.02, 0.0];
         let mut residual = [0.1f32, 0.0, -0.04, 0.0];
         let mut q = g;
-        sign(&mut q, Some(&mut residual), None);
+        sign(&mut q, Some(&mut residual), None, SignMagnitude::Mean);
         // Sent plus kept equals the gradient plus the old residual, value by value.
         let old = [0.1f32, 0.0, -0.04, 0.0];
         for i in 0..4 {
@@ -533,9 +730,9 @@ mod tests {
         // One large value among small ones: a per-tensor scale sends the small ones far too big.
         let g = [4.0f32, 0.1, -0.1, 0.1, 0.1, -0.1, 0.1, 0.1];
         let mut tensor = g;
-        sign(&mut tensor, None, None);
+        sign(&mut tensor, None, None, SignMagnitude::Mean);
         let mut blocks = g;
-        sign(&mut blocks, None, Some(4));
+        sign(&mut blocks, None, Some(4), SignMagnitude::Mean);
         assert!((blocks[0] - 1.075).abs() < 1e-6 && (blocks[4] - 0.1).abs() < 1e-6);
         let error = |q: &[f32], from: usize| {
             q[from..]
@@ -550,10 +747,25 @@ mod tests {
         // Error feedback per block: sent plus kept is still the gradient.
         let mut residual = [0f32; 8];
         let mut q = g;
-        sign(&mut q, Some(&mut residual), Some(3));
+        sign(&mut q, Some(&mut residual), Some(3), SignMagnitude::Mean);
         for i in 0..8 {
             assert!((q[i] + residual[i] - g[i]).abs() < 1e-6, "{i}");
         }
+    }
+
+    #[test]
+    fn the_rms_magnitude_keeps_the_steps_length() {
+        let g = [4.0f32, 0.1, -0.1, 0.1, 0.1, -0.1, 0.1, 0.0];
+        let length = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut rms = g;
+        sign(&mut rms, None, None, SignMagnitude::Rms);
+        // Every nonzero value is sent as ±√(mean g²); zeros stay zero, so 7 of 8 carry it.
+        let scale = (g.iter().map(|x| x * x).sum::<f32>() / 8.0).sqrt();
+        assert!((rms[0] - scale).abs() < 1e-6 && (rms[2] + scale).abs() < 1e-6 && rms[7] == 0.0);
+        assert!((length(&rms) - length(&g) * (7f32 / 8.0).sqrt()).abs() < 1e-5);
+        let mut mean = g;
+        sign(&mut mean, None, None, SignMagnitude::Mean);
+        assert!(length(&mean) < 0.4 * length(&g));
     }
 
     #[test]
@@ -581,16 +793,19 @@ mod tests {
             bits: 4,
             bucket: 512,
             norm: QsgdNorm::L2,
+            levels: QsgdLevels::Uniform,
         };
         assert_eq!(q.bits_per_element(1 << 20), 4.0 + 32.0 / 512.0);
         let s = GradQuant::Sign {
             error_feedback: true,
             block: None,
+            magnitude: SignMagnitude::Mean,
         };
         assert!((s.bits_per_element(32) - 2.0).abs() < 1e-12);
         let s = GradQuant::Sign {
             error_feedback: false,
             block: Some(128),
+            magnitude: SignMagnitude::Rms,
         };
         assert_eq!(s.bits_per_element(4096), 1.25);
         let f = GradQuant::Fp8 {
@@ -601,7 +816,8 @@ mod tests {
         assert!(GradQuant::Qsgd {
             bits: 1,
             bucket: 8,
-            norm: QsgdNorm::Max
+            norm: QsgdNorm::Max,
+            levels: QsgdLevels::Exponential,
         }
         .check()
         .is_err());

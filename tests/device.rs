@@ -23,16 +23,48 @@ fn devices() -> Vec<String> {
     tunelab::version::devices()
 }
 
+/// The tiny model on `device` computing in `dtype` throughout, as a GPU does (on the CPU, bf16
+/// without the autocast layout).
 fn tiny_on(device: &str, dtype: Option<DType>) -> Model {
+    tiny_with(device, dtype, false)
+}
+
+fn tiny_with(device: &str, dtype: Option<DType>, autocast: bool) -> Model {
     model::load(
         "tiny",
         &LoadOptions {
             device: device.into(),
             dtype,
+            autocast,
             ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("tiny on {device} {dtype:?}: {e}"))
+}
+
+/// bf16 on the CPU as PyTorch's autocast computes it (bf16 weights and products through the
+/// AVX512-BF16 kernel, f32 activations): within parity's bf16 bounds, and the rounding shows.
+#[test]
+fn cpu_bf16_autocast_stays_within_the_bf16_bounds() {
+    if !tunelab::model::gemm_bf16::available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16 (bf16 computes in bf16 throughout)");
+        return;
+    }
+    let reference = tiny_on("cpu", Some(DType::F32));
+    let candidate = tiny_with("cpu", Some(DType::BF16), true);
+    assert_eq!(candidate.llama.dtype, DType::F32, "activations");
+    assert_eq!(candidate.llama.weights_dtype(), DType::BF16, "weights");
+    let p = parity(&reference, &candidate, &ParityOptions::default()).unwrap();
+    eprintln!("{p}");
+    assert!(p.failures().is_empty(), "{p}");
+    assert!(p.logits_rel > 1e-5, "bf16 left no trace: {p}");
+    // Closer than bf16 throughout: only the products' inputs are rounded.
+    let all_bf16 = parity(
+        &reference,
+        &tiny_on("cpu", Some(DType::BF16)),
+        &Default::default(),
+    );
+    assert!(p.logits_rel < all_bf16.unwrap().logits_rel, "{p}");
 }
 
 #[test]
@@ -126,11 +158,14 @@ fn identity() -> tunelab::data::Dataset {
 #[test]
 fn a_short_lora_run_lowers_the_loss_on_every_device_with_f32_lora_weights() {
     let data = identity();
-    let mut runs: Vec<(String, Option<DType>)> = devices().into_iter().map(|d| (d, None)).collect();
-    // The GPU's mixed precision on the CPU twin: bf16 compute, f32 LoRA weights and optimizer.
-    runs.push(("cpu".into(), Some(DType::BF16)));
-    for (device, dtype) in runs {
-        let model = tiny_on(&device, dtype);
+    let mut runs: Vec<(String, Option<DType>, bool)> =
+        devices().into_iter().map(|d| (d, None, false)).collect();
+    // The GPU's mixed precision on the CPU twin: bf16 compute, f32 LoRA weights and optimizer;
+    // then the CPU's own bf16 autocast.
+    runs.push(("cpu".into(), Some(DType::BF16), false));
+    runs.push(("cpu".into(), Some(DType::BF16), true));
+    for (device, dtype, autocast) in runs {
+        let model = tiny_with(&device, dtype, autocast);
         let dir = tempfile::tempdir().unwrap();
         let cfg = SftConfig {
             learning_rate: 1e-2,

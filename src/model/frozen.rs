@@ -9,16 +9,35 @@
 //! device, the quantized one runs the same kernels as inference and differentiates through the
 //! dequantized weight (QLoRA).
 //!
+//! Products with a bf16 weight on CPUs with AVX512-BF16 run [`gemm_bf16`]'s kernel, forward and
+//! backward, with f32 sums: from bf16 activations (rounded once to bf16 at the end) or from f32
+//! ones (autocast: rounded to bf16 on the way in, the result left in f32).
+//!
 //! Shapes: x (M, K) contiguous, W (N, K), y (M, N).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 
-/// `x Wᵀ` with a constant dense `W`.
-struct DenseFrozen;
+use super::gemm_bf16;
+
+/// A bf16 weight arranged for [`gemm_bf16`]: as Wᵀ for the forward product and as W for the
+/// backward one, each built on first use. Shared by a layer's clones.
+#[derive(Debug, Clone, Default)]
+pub struct Bf16Packs(Arc<Bf16PacksInner>);
+
+#[derive(Debug, Default)]
+struct Bf16PacksInner {
+    transposed: OnceLock<gemm_bf16::PackedB>,
+    rows: OnceLock<gemm_bf16::PackedB>,
+}
+
+/// `x Wᵀ` with a constant dense `W`; a bf16 `W` packed once in `packs` (None: every call).
+struct DenseFrozen {
+    packs: Option<Bf16Packs>,
+}
 
 impl CustomOp2 for DenseFrozen {
     fn name(&self) -> &'static str {
@@ -34,6 +53,16 @@ impl CustomOp2 for DenseFrozen {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, k) = x_layout.shape().dims2()?;
         let (n, _) = w_layout.shape().dims2()?;
+        if let Some(w) = bf16_weight(w, w_layout) {
+            let pack = || gemm_bf16::PackedB::transposed(w, n, k);
+            let y = match &self.packs {
+                Some(p) => bf16_product(x, x_layout, m, p.0.transposed.get_or_init(pack)),
+                None => bf16_product(x, x_layout, m, &pack()),
+            };
+            if let Some(y) = y {
+                return Ok((y, (m, n).into()));
+            }
+        }
         let wt = w_layout.transpose(0, 1)?; // (K, N) view
         Ok((x.matmul(w, (1, m, n, k), x_layout, &wt)?, (m, n).into()))
     }
@@ -59,8 +88,8 @@ impl CustomOp2 for DenseFrozen {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.matmul(w)?; // (M, N)·(N, K) → (M, K)
-                                  // A weight being trained (full or freeze fine-tuning) is a variable: it gets dW = gᵀx.
+        let dx = grad_times_weight(grad, w, self.packs.clone())?; // (M, N)·(N, K) → (M, K)
+                                                                  // A weight being trained (full or freeze fine-tuning) is a variable: it gets dW = gᵀx.
         let dw = if w.is_variable() {
             // x detached: the result is a value, not a node that would hold the forward graph.
             Some(grad.t()?.matmul(&x.detach())?) // (N, M)·(M, K) → (N, K)
@@ -71,10 +100,100 @@ impl CustomOp2 for DenseFrozen {
     }
 }
 
+/// A bf16 weight's values when the bf16 kernel applies (the CPU has AVX512-BF16 and the
+/// weight is contiguous); None sends the product to candle's matmul.
+fn bf16_weight<'a>(s: &'a CpuStorage, layout: &Layout) -> Option<&'a [half::bf16]> {
+    match s {
+        CpuStorage::BF16(v) if gemm_bf16::available() => {
+            let (start, end) = layout.contiguous_offsets()?;
+            Some(&v[start..end])
+        }
+        _ => None,
+    }
+}
+
+/// `a · b` through the bf16 kernel for `m` contiguous rows `a` in bf16, or in f32 (autocast:
+/// rounded to bf16 on the way in, the result kept in f32); the result in `a`'s dtype. None for
+/// other dtypes or layouts.
+fn bf16_product(
+    a: &CpuStorage,
+    layout: &Layout,
+    m: usize,
+    b: &gemm_bf16::PackedB,
+) -> Option<CpuStorage> {
+    let (start, end) = layout.contiguous_offsets()?;
+    match a {
+        CpuStorage::BF16(v) => Some(CpuStorage::BF16(gemm_bf16::matmul(&v[start..end], m, b))),
+        CpuStorage::F32(v) => {
+            let rounded = gemm_bf16::to_bf16(&v[start..end]);
+            Some(CpuStorage::F32(gemm_bf16::matmul(&rounded, m, b)))
+        }
+        _ => None,
+    }
+}
+
+/// `g W` for the backward pass: g (M, N), W (N, K).
+struct GradTimesWeight {
+    packs: Option<Bf16Packs>,
+}
+
+impl CustomOp2 for GradTimesWeight {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        g_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, n) = g_layout.shape().dims2()?;
+        let (_, k) = w_layout.shape().dims2()?;
+        let product = bf16_weight(w, w_layout).and_then(|w| {
+            let pack = || gemm_bf16::PackedB::rows(w, n, k);
+            match &self.packs {
+                Some(p) => bf16_product(g, g_layout, m, p.0.rows.get_or_init(pack)),
+                None => bf16_product(g, g_layout, m, &pack()),
+            }
+        });
+        match product {
+            Some(dx) => Ok((dx, (m, k).into())),
+            None => candle_core::bail!(
+                "frozen-matmul-grad: a bf16 weight on a CPU with AVX512-BF16 only"
+            ),
+        }
+    }
+}
+
+/// `g W` through the bf16 kernel where it applies, else candle's matmul.
+fn grad_times_weight(
+    g: &Tensor,
+    w: &Tensor,
+    packs: Option<Bf16Packs>,
+) -> candle_core::Result<Tensor> {
+    use candle_core::DType::{BF16, F32};
+    let kernel = g.device().is_cpu() && w.dtype() == BF16 && gemm_bf16::available();
+    if kernel && matches!(g.dtype(), BF16 | F32) {
+        g.contiguous()?
+            .apply_op2_no_bwd(&w.contiguous()?, &GradTimesWeight { packs })
+    } else {
+        g.matmul(w)
+    }
+}
+
 /// `x Wᵀ` for a dense weight `w` (N, K); x is (M, K). The weight's gradient is computed only
 /// when `w` is a variable (a weight being trained); otherwise it is frozen and costs nothing.
 pub fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2(w, DenseFrozen)
+    x.contiguous()?.apply_op2(w, DenseFrozen { packs: None })
+}
+
+/// [`dense`] keeping a bf16 weight's arrangements for the kernel in `packs` (a layer's own), so
+/// they are built once instead of every call. A weight being trained is never cached.
+pub fn dense_packed(x: &Tensor, w: &Tensor, packs: &Bf16Packs) -> candle_core::Result<Tensor> {
+    let packs = (!w.is_variable() && w.dtype() == candle_core::DType::BF16).then(|| packs.clone());
+    x.contiguous()?.apply_op2(w, DenseFrozen { packs })
 }
 
 /// `x Wᵀ` with a constant quantized `W`.

@@ -172,6 +172,9 @@ pub struct Linear {
     pub input_rounding: Option<Arc<InputRounding>>,
     /// Quantized weights: their interleaved copy for generation, shared by clones.
     pub interleaved: InterleavedCache,
+    /// bf16 weights on a CPU with AVX512-BF16: the two arrangements the bf16 kernel reads, built
+    /// on first use and shared by clones.
+    pub bf16_packs: super::frozen::Bf16Packs,
 }
 
 impl Linear {
@@ -182,6 +185,7 @@ impl Linear {
             bias,
             input_rounding: None,
             interleaved: Default::default(),
+            bf16_packs: Default::default(),
         }
     }
 
@@ -194,6 +198,7 @@ impl Linear {
             bias,
             input_rounding: None,
             interleaved: Default::default(),
+            bf16_packs: Default::default(),
         })
     }
 
@@ -225,7 +230,7 @@ impl Linear {
         let rows = x.elem_count() / k;
         let x2 = x.reshape((rows, k))?;
         let y = match &self.weight {
-            Weight::Dense(w) => super::frozen::dense(&x2, w)?,
+            Weight::Dense(w) => super::frozen::dense_packed(&x2, w, &self.bf16_packs)?,
             Weight::Quantized(m, shape) => super::frozen::quantized(&x2, m, shape)?,
         };
         let mut out_dims = dims;
@@ -304,6 +309,8 @@ impl Linear {
         };
         let y = match &self.weight {
             Weight::Dense(w) if few_rows_f32(w, x) => dense_few_rows(w, x)?,
+            // bf16 weights, f32 activations (autocast): the bf16 kernel.
+            Weight::Dense(w) if w.dtype() != x.dtype() => return self.forward_frozen(x),
             Weight::Dense(w) => {
                 // One 2-D product over all rows (not a batched one with a broadcast weight).
                 let (n, k) = self.dims();

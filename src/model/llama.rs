@@ -102,7 +102,8 @@ pub struct Llama {
     /// C → V; for tied models a view of the embedding (dense or quantized).
     pub lm_head: Linear,
     inv_freq: Vec<f32>,
-    /// Activation dtype (f32 for quantized weights).
+    /// Activation dtype: f32 for quantized weights, and for bf16 weights on a CPU with
+    /// AVX512-BF16 ([`Llama::autocast_bf16`]); otherwise the weights' own.
     pub dtype: DType,
     pub device: Device,
 }
@@ -141,6 +142,29 @@ impl Llama {
             dtype,
             device,
         }
+    }
+
+    /// The dtype the dense weights are stored in (the embedding's: every dense model has one;
+    /// quantized models hold it dequantized in f32).
+    pub fn weights_dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// PyTorch's bf16 autocast on a CPU: the projections and the embedding stay bf16, the
+    /// products run in [`super::gemm_bf16`]'s kernel with f32 sums, and everything else (norm
+    /// weights, activations, attention, LoRA) is f32 — so element-wise work runs at f32 speed
+    /// instead of converting every value. Only for a bf16 model on the CPU.
+    pub fn autocast_bf16(&mut self) -> Result<()> {
+        if self.weights_dtype() != DType::BF16 || !self.device.is_cpu() {
+            return Ok(());
+        }
+        for b in &mut self.blocks {
+            b.attn_norm = b.attn_norm.to_dtype(DType::F32)?;
+            b.mlp_norm = b.mlp_norm.to_dtype(DType::F32)?;
+        }
+        self.norm = self.norm.to_dtype(DType::F32)?;
+        self.dtype = DType::F32;
+        Ok(())
     }
 
     /// The rotary inverse frequencies of one head (length head_dim/2).
@@ -387,11 +411,11 @@ impl Llama {
     /// Token embeddings: (B, T) → (B, T, C).
     pub(super) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.config.hidden_size,
-        ))?)
+        Ok(self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(self.dtype)?
+            .reshape((b, t, self.config.hidden_size))?)
     }
 
     /// Block `i`: attention then MLP, each with a residual connection. (B, T, C) → (B, T, C).

@@ -11,6 +11,7 @@ pub mod frozen;
 pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod fused_cuda;
+pub mod gemm_bf16;
 pub mod gguf;
 pub mod kv_cache;
 pub mod linear;
@@ -50,6 +51,9 @@ pub struct LoadOptions {
     pub quantized: bool,
     /// Seed of the `tiny` preset's random weights.
     pub seed: u64,
+    /// bf16 on a CPU with AVX512-BF16: compute as PyTorch's bf16 autocast does (bf16 weights
+    /// and products, f32 elsewhere; the default), or in bf16 throughout as a GPU does (false).
+    pub autocast: bool,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +63,7 @@ impl Default for LoadOptions {
             dtype: None,
             quantized: false,
             seed: 0,
+            autocast: true,
         }
     }
 }
@@ -167,7 +172,7 @@ impl std::fmt::Display for Model {
         let weights = if self.quantized {
             "quantized".to_string()
         } else {
-            parity::dtype_name(self.llama.dtype)
+            parity::dtype_name(self.llama.weights_dtype())
         };
         write!(
             f,
@@ -299,8 +304,30 @@ impl Ordinal for candle_core::DeviceLocation {
     }
 }
 
-/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`.
+/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`. A bf16 model on a
+/// CPU with AVX512-BF16 computes as PyTorch's bf16 autocast does ([`Llama::autocast_bf16`]);
+/// without the instructions it computes in bf16 throughout, slowly, and says so once.
 pub fn load(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
+    let model = load_as_stored(path_or_preset, opts)?;
+    if model.llama.dtype == DType::BF16 && model.llama.device.is_cpu() && opts.autocast {
+        if gemm_bf16::available() {
+            let mut parts = (*model).clone(); // just loaded: nothing shares it yet
+            parts.llama.autocast_bf16()?;
+            return Ok(Model::new(parts));
+        } else {
+            static NOTE: std::sync::Once = std::sync::Once::new();
+            NOTE.call_once(|| {
+                eprintln!(
+                    "note: this CPU has no AVX512-BF16 instructions, so bf16 runs on generic kernels (slowly); dtype \"f32\" is faster here"
+                )
+            });
+        }
+    }
+    Ok(model)
+}
+
+/// [`load`] without the CPU's bf16 autocast.
+fn load_as_stored(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
     let device = device(&opts.device)?;
     let opts = &LoadOptions {
         dtype: Some(compute_dtype(opts, &device)),

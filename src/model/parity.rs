@@ -395,13 +395,13 @@ pub fn parity(reference: &Model, candidate: &Model, opts: &ParityOptions) -> Res
         format!(
             "{} {}",
             super::device_name(&m.llama.device),
-            dtype_name(m.llama.dtype)
+            dtype_name(m.llama.weights_dtype())
         )
     };
     Ok(Parity {
         reference: describe(reference),
         candidate: describe(candidate),
-        dtype: candidate.llama.dtype,
+        dtype: candidate.llama.weights_dtype(),
         logits_rel: rel(&diff, &a.logits)?,
         infer_logits_rel: {
             let mut worst = 0f64;

@@ -129,7 +129,7 @@ pub fn save_hf_into(model: &Model, dir: &Path, opts: &SaveHfOptions) -> Result<S
 
 /// The dtype weights are written in.
 fn weight_dtype(model: &Model, opts: &SaveHfOptions) -> DType {
-    opts.dtype.unwrap_or(match model.llama.dtype {
+    opts.dtype.unwrap_or(match model.llama.weights_dtype() {
         DType::F16 => DType::F16,
         _ => DType::BF16,
     })

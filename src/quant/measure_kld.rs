@@ -99,7 +99,7 @@ pub fn measure_kld(
     cancel: &CancelToken,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<DamageTable> {
-    if reference.llama.dtype != DType::F32 {
+    if reference.llama.weights_dtype() != DType::F32 {
         return Err(Error::msg(
             "measure \"kld\": the reference must be the dense f32 model (weights::dense_reference)",
         ));

@@ -182,13 +182,14 @@ mod model_api {
     }
 
     /// Load a model with options: `device` ("cpu" | "cuda" | "cuda:N" | "auto"), `dtype` ("auto":
-    /// f32 on the CPU, bf16 on a GPU | "f32" | "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights).
+    /// f32 on the CPU, bf16 on a GPU | "f32" | "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights), `autocast` (bf16 on a
+    /// CPU with AVX512-BF16: true computes as PyTorch's bf16 autocast, false in bf16 throughout).
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model_with(path_or_preset: &str, opts: Map) -> ScriptResult<Model> {
         let o = Options::new(
             "load_model options",
             opts,
-            &["device", "dtype", "quantized", "seed"],
+            &["device", "dtype", "quantized", "seed", "autocast"],
         )?;
         let mut lo = crate::model::LoadOptions::default();
         if let Some(d) = o.string("device")? {
@@ -205,6 +206,7 @@ mod model_api {
         }
         lo.quantized = o.bool("quantized")?.unwrap_or(false);
         lo.seed = o.int("seed")?.unwrap_or(0) as u64;
+        lo.autocast = o.bool("autocast")?.unwrap_or(true);
         crate::model::load(path_or_preset, &lo).script()
     }
 
@@ -237,7 +239,7 @@ mod model_api {
         m.insert("format".into(), model.format.into());
         m.insert(
             "dtype".into(),
-            crate::model::parity::dtype_name(model.llama.dtype).into(),
+            crate::model::parity::dtype_name(model.llama.weights_dtype()).into(),
         );
         m.insert(
             "device".into(),

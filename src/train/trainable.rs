@@ -228,12 +228,12 @@ pub fn weights(
     selected: &dyn Fn(&str) -> bool,
     values: Option<(&HashMap<String, Tensor>, &std::path::Path)>,
 ) -> Result<TrainedWeights> {
-    if base.llama.dtype != DType::F32 {
+    if base.llama.weights_dtype() != DType::F32 {
         return Err(Error::config(
             "finetuning_type",
             format!(
-                "full and freeze fine-tuning train f32 weights, and this model computes in {:?}; load it with #{{ dtype: \"f32\" }}",
-                base.llama.dtype
+                "full and freeze fine-tuning train f32 weights, and this model holds {:?} ones; load it with #{{ dtype: \"f32\" }}",
+                base.llama.weights_dtype()
             ),
         ));
     }

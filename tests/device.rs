@@ -42,6 +42,36 @@ fn tiny_with(device: &str, dtype: Option<DType>, autocast: bool) -> Model {
     .unwrap_or_else(|e| panic!("tiny on {device} {dtype:?}: {e}"))
 }
 
+/// A CPU without AVX512-BF16 (simulated) computes a bf16 request in f32 and says so, instead of
+/// running bf16 slowly or failing.
+#[test]
+fn bf16_without_the_instructions_falls_back_to_f32_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("bf16.rhai");
+    std::fs::write(
+        &script,
+        "let m = load_model(\"tiny\", #{ dtype: \"bf16\" }); print(m.config.dtype);\n\
+         print(load_model(\"tiny\", #{ dtype: \"bf16\", autocast: false }).config.dtype);",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", script.to_str().unwrap()])
+        .env("TUNELAB_NO_BF16_KERNEL", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["f32", "bf16"],
+        "{stderr}"
+    );
+    assert!(stderr.contains("no AVX512-BF16 instructions"), "{stderr}");
+}
+
 /// bf16 on the CPU as PyTorch's autocast computes it (bf16 weights and products through the
 /// AVX512-BF16 kernel, f32 activations): within parity's bf16 bounds, and the rounding shows.
 #[test]

@@ -43,6 +43,8 @@ pub struct TrainPlan {
     /// The run; `out` is always set (output_dir).
     pub sft: SftConfig,
     pub overwrite_output_dir: bool,
+    /// `bf16: true` with LoRA: the base computes in bf16 (on a CPU, as PyTorch's bf16 autocast).
+    pub bf16: bool,
 }
 
 /// `tunelab chat CONFIG`.
@@ -431,6 +433,9 @@ impl TrainPlan {
         };
         sft.validate()
             .map_err(|e| Error::data(&file.path, "settings", e.to_string()))?;
+        // Full and freeze train f32 copies of the weights; bf16 is for LoRA's frozen base.
+        let bf16 = TrainPlan::half_precision(file) == Some("bf16")
+            && sft.finetuning_type == crate::train::trainable::FinetuningType::Lora;
         Ok(TrainPlan {
             model,
             datasets,
@@ -439,6 +444,7 @@ impl TrainPlan {
             max_samples: r.count("max_samples")?,
             sft,
             overwrite_output_dir: r.bool("overwrite_output_dir")?.unwrap_or(false),
+            bf16,
         })
     }
 

@@ -16,9 +16,11 @@ use crate::train::{checkpoint, Hooks, Run};
 
 /// The base model with every adapter but the last merged in, and the last adapter (None when
 /// there is none). `merge_all` merges the last one too (training a new adapter on top).
-fn load_model(spec: &ModelSpec, merge_all: bool) -> Result<(Model, Option<Adapter>)> {
+/// `bf16` asks for bf16 compute (on a CPU, PyTorch's bf16 autocast where it is fast).
+fn load_model(spec: &ModelSpec, merge_all: bool, bf16: bool) -> Result<(Model, Option<Adapter>)> {
     let opts = model::LoadOptions {
         device: "auto".into(),
+        dtype: bf16.then_some(candle_core::DType::BF16),
         ..Default::default()
     };
     let mut model = model::load(&spec.path, &opts)?;
@@ -122,12 +124,16 @@ pub fn train(
     output: &Output,
     cancel: &CancelToken,
 ) -> Result<Run> {
-    let (model, _) = load_model(&plan.model, true)?;
+    let (model, _) = load_model(&plan.model, true, plan.bf16)?;
     if model.llama.device.is_cpu() {
-        if let Some(half) = TrainPlan::half_precision(file) {
-            output.line(&format!(
-                "{half}: no effect on the CPU, where tunelab trains in f32 (on a GPU the base runs in bf16)"
-            ));
+        match TrainPlan::half_precision(file) {
+            Some("bf16") if model.llama.weights_dtype() == candle_core::DType::BF16 => output.line(
+                "bf16: the base computes as PyTorch's bf16 autocast on this CPU (AVX512-BF16); LoRA weights and optimizer stay f32",
+            ),
+            Some(half) => output.line(&format!(
+                "{half}: no effect on this CPU, where tunelab trains in f32 (bf16 needs LoRA and AVX512-BF16; on a GPU the base runs in bf16)"
+            )),
+            None => {}
         }
     }
     let train = load_datasets(&plan.datasets, &plan, cancel)?.expect("plans name a dataset");
@@ -159,7 +165,7 @@ pub fn chat(
     output: &Output,
     cancel: &CancelToken,
 ) -> Result<()> {
-    let (model, adapter) = load_model(&plan.model, false)?;
+    let (model, adapter) = load_model(&plan.model, false, false)?;
     let name = plan
         .model
         .template
@@ -200,6 +206,6 @@ pub fn chat(
 
 /// `tunelab export CONFIG`: the model with its adapters merged, as a Hugging Face folder.
 pub fn export(plan: ExportPlan) -> Result<String> {
-    let (model, adapter) = load_model(&plan.model, false)?;
+    let (model, adapter) = load_model(&plan.model, false, false)?;
     crate::export::export(&model, adapter.as_ref(), &plan.out, &plan.job)
 }

@@ -40,10 +40,17 @@ pub fn train_script(plan: &TrainPlan, config_name: &str) -> String {
     let mut s = format!(
         "// The tunelab script equivalent to `tunelab train {config_name}`.\n// Run it with: tunelab run THIS_FILE.rhai\n\n"
     );
-    s.push_str(&format!(
-        "let model = load_model({});\n",
-        Value::from(plan.model.path.clone())
-    ));
+    if plan.bf16 {
+        s.push_str(&format!(
+            "let model = load_model({}, #{{ dtype: \"bf16\" }});   // bf16: true (on a CPU: autocast with AVX512-BF16, else f32)\n",
+            Value::from(plan.model.path.clone())
+        ));
+    } else {
+        s.push_str(&format!(
+            "let model = load_model({});\n",
+            Value::from(plan.model.path.clone())
+        ));
+    }
     for a in &plan.model.adapters {
         s.push_str(&format!(
             "model = merge(model, load_adapter({}));   // create_new_adapter: merged, then a new adapter\n",

@@ -23,13 +23,15 @@ const ROWS: usize = 8;
 /// Rows of C per parallel task (several kernel calls share a panel of B from cache).
 const TASK_ROWS: usize = 64;
 
-/// Whether this CPU has the instructions (checked once).
+/// Whether this CPU has the instructions (checked once). `TUNELAB_NO_BF16_KERNEL=1` answers no,
+/// to try the fallback on a CPU that has them.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVAILABLE.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
+            std::env::var_os("TUNELAB_NO_BF16_KERNEL").is_none_or(|v| v != "1")
+                && std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512bf16")
         })

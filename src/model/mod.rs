@@ -304,26 +304,31 @@ impl Ordinal for candle_core::DeviceLocation {
     }
 }
 
-/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`. A bf16 model on a
-/// CPU with AVX512-BF16 computes as PyTorch's bf16 autocast does ([`Llama::autocast_bf16`]);
-/// without the instructions it computes in bf16 throughout, slowly, and says so once.
+/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`. bf16 on a CPU with
+/// AVX512-BF16 computes as PyTorch's bf16 autocast does ([`Llama::autocast_bf16`]); a CPU without
+/// the instructions computes in f32 instead and says so once (`autocast: false` keeps bf16
+/// throughout, as a GPU computes, on any CPU).
 pub fn load(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
-    let model = load_as_stored(path_or_preset, opts)?;
-    if model.llama.dtype == DType::BF16 && model.llama.device.is_cpu() && opts.autocast {
-        if gemm_bf16::available() {
-            let mut parts = (*model).clone(); // just loaded: nothing shares it yet
-            parts.llama.autocast_bf16()?;
-            return Ok(Model::new(parts));
-        } else {
+    let on_cpu = device(&opts.device)?.is_cpu();
+    if on_cpu && opts.dtype == Some(DType::BF16) && opts.autocast {
+        if !gemm_bf16::available() {
             static NOTE: std::sync::Once = std::sync::Once::new();
             NOTE.call_once(|| {
                 eprintln!(
-                    "note: this CPU has no AVX512-BF16 instructions, so bf16 runs on generic kernels (slowly); dtype \"f32\" is faster here"
+                    "note: dtype bf16: this CPU has no AVX512-BF16 instructions, so tunelab computes in f32 (faster here than bf16 without them)"
                 )
             });
+            let f32 = LoadOptions {
+                dtype: Some(DType::F32),
+                ..opts.clone()
+            };
+            return load_as_stored(path_or_preset, &f32);
         }
+        let mut parts = (*load_as_stored(path_or_preset, opts)?).clone(); // nothing shares it yet
+        parts.llama.autocast_bf16()?;
+        return Ok(Model::new(parts));
     }
-    Ok(model)
+    load_as_stored(path_or_preset, opts)
 }
 
 /// [`load`] without the CPU's bf16 autocast.

@@ -76,6 +76,31 @@ pub struct Batch {
     pub num_tokens: usize,
 }
 
+/// Batches at least this long are split when padding would be more than a quarter of them.
+const UNPAD_MIN_LEN: usize = 128;
+
+/// How a batch is computed: stacked as it is, or — when it is long and mostly padding — one item
+/// at a time, each at its own length. The two give the same gradient (pads never reach a real
+/// token, and the loss is summed over label tokens either way), but the split spends nothing on
+/// padding: the linear layers run on real tokens only and attention on each item's own square,
+/// as padding-free training does. Short batches stay stacked, where one large product beats
+/// several small ones.
+pub fn compute_groups<'a>(items: &[&'a Item]) -> Vec<Vec<&'a Item>> {
+    let longest = items.iter().map(|i| i.len()).max().unwrap_or(0);
+    let real: usize = items.iter().map(|i| i.len()).sum();
+    let padded = longest * items.len();
+    if items.len() > 1 && longest >= UNPAD_MIN_LEN && 4 * (padded - real) > padded {
+        items.iter().map(|i| vec![*i]).collect()
+    } else {
+        vec![items.to_vec()]
+    }
+}
+
+/// B·T of `items` stacked: what LLaMA-Factory's `total_tokens` counts, however they are computed.
+pub fn padded_tokens(items: &[&Item]) -> usize {
+    items.iter().map(|i| i.len()).max().unwrap_or(0) * items.len()
+}
+
 /// Stack `items` right-padded with `pad_id`.
 pub fn stack(items: &[&Item], pad_id: u32, device: &Device) -> Result<Batch> {
     let b = items.len();
@@ -166,6 +191,24 @@ mod tests {
         assert_eq!(batch.targets.to_vec1::<u32>().unwrap(), vec![6, 7, 9]);
         assert_eq!(batch.positions, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(a.num_targets() + b.num_targets(), batch.num_targets);
+    }
+
+    #[test]
+    fn long_batches_that_are_mostly_padding_are_computed_one_item_at_a_time() {
+        let item = |n: usize| Item {
+            input_ids: vec![1; n],
+            labels: vec![1; n],
+            position_ids: None,
+            segment_ids: None,
+        };
+        let (a, b, c) = (item(600), item(200), item(64));
+        // 600 + 200 real of 1200 padded: one at a time.
+        assert_eq!(compute_groups(&[&a, &b]).len(), 2);
+        assert_eq!(padded_tokens(&[&a, &b]), 1200);
+        // Little padding, or short: stacked.
+        assert_eq!(compute_groups(&[&a, &a, &item(500)]).len(), 1);
+        assert_eq!(compute_groups(&[&c, &item(10)]).len(), 1);
+        assert_eq!(compute_groups(&[&a]).len(), 1);
     }
 
     #[test]

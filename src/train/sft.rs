@@ -6,8 +6,10 @@
 //! batches, and the dropout generator is re-seeded from (seed, s): a run resumed from any
 //! checkpoint computes exactly what the uninterrupted run would have.
 //!
-//! Per step: forward and backward on each batch (the loss is the sum over label tokens divided
-//! by the label tokens of the whole step, so accumulation does not change the objective), sum the
+//! Per step: forward and backward on each batch — a long batch that is mostly padding one item
+//! at a time ([`compute_groups`]), the same gradient without computing the pads (the loss is the
+//! sum over label tokens divided by the label tokens of the whole step, so neither accumulation
+//! nor the split changes the objective), sum the
 //! gradients, round them when `grad_quant` asks, clip them to `max_grad_norm`, and take an AdamW
 //! step (f32 or 8-bit moments) at the scheduled rate.
 //!
@@ -21,7 +23,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 
-use super::batch::{epoch_order, stack, Batch, Item};
+use super::batch::{compute_groups, epoch_order, padded_tokens, stack, Batch, Item};
 use super::checkpoint::{self, TrainerState};
 use super::config::Optim;
 use super::config::SftConfig;
@@ -383,24 +385,26 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                     &started,
                 ));
             }
-            let batch = stack(items, data.pad_id, &device)?;
-            step_tokens += batch.num_tokens;
-            if batch.num_targets == 0 {
-                continue;
-            }
-            let (loss_sum, _) = batch_loss(fmodel, &batch, pass)?;
-            let loss = (loss_sum / step_targets as f64)?;
-            step_loss += loss.to_scalar::<f32>()? as f64;
-            let store = loss.backward()?;
-            for (slot, var) in grads.iter_mut().zip(&vars) {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    // Detached: a gradient computed from the forward pass's tensors would
-                    // otherwise keep that whole graph alive through the moments built from it.
-                    let g = g.detach();
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + g)?,
-                        None => g,
-                    });
+            step_tokens += padded_tokens(items);
+            for group in compute_groups(items) {
+                let batch = stack(&group, data.pad_id, &device)?;
+                if batch.num_targets == 0 {
+                    continue;
+                }
+                let (loss_sum, _) = batch_loss(fmodel, &batch, pass)?;
+                let loss = (loss_sum / step_targets as f64)?;
+                step_loss += loss.to_scalar::<f32>()? as f64;
+                let store = loss.backward()?;
+                for (slot, var) in grads.iter_mut().zip(&vars) {
+                    if let Some(g) = store.get(var.as_tensor()) {
+                        // Detached: a gradient computed from the forward pass's tensors would
+                        // otherwise keep that whole graph alive through the moments built from it.
+                        let g = g.detach();
+                        *slot = Some(match slot.take() {
+                            Some(acc) => (acc + g)?,
+                            None => g,
+                        });
+                    }
                 }
             }
         }
@@ -770,15 +774,17 @@ pub fn evaluate(
     let (mut sum, mut correct, mut n) = (0f64, 0usize, 0usize);
     let items: Vec<&Item> = data.eval.iter().collect();
     for chunk in items.chunks(batch_size) {
-        cancel.check()?;
-        let batch = stack(chunk, data.pad_id, &model.llama.device)?;
-        if batch.num_targets == 0 {
-            continue;
+        for group in compute_groups(chunk) {
+            cancel.check()?;
+            let batch = stack(&group, data.pad_id, &model.llama.device)?;
+            if batch.num_targets == 0 {
+                continue;
+            }
+            let (loss, ok) = batch_loss(model, &batch, pass)?;
+            sum += loss.to_scalar::<f32>()? as f64;
+            correct += ok;
+            n += batch.num_targets;
         }
-        let (loss, ok) = batch_loss(model, &batch, pass)?;
-        sum += loss.to_scalar::<f32>()? as f64;
-        correct += ok;
-        n += batch.num_targets;
     }
     Ok((sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
 }
@@ -786,6 +792,77 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_split_one_item_at_a_time_has_the_stacked_loss_and_gradients() {
+        use crate::lora::{Adapter, LoraConfig};
+        let model = crate::model::load("tiny", &Default::default()).unwrap();
+        let adapter = Adapter::new(&model.llama, LoraConfig::default(), 3, "tiny").unwrap();
+        for (_, var) in adapter.named_vars() {
+            let noise = Tensor::randn(0f32, 0.05, var.shape(), &candle_core::Device::Cpu);
+            var.set(&noise.unwrap()).unwrap();
+        }
+        let item = |n: usize, seed: u32| Item {
+            input_ids: (0..n as u32).map(|j| 3 + (j * 31 + seed) % 200).collect(),
+            labels: (0..n as i32)
+                .map(|j| if j < 20 { -100 } else { 3 + j % 50 })
+                .collect(),
+            position_ids: None,
+            segment_ids: None,
+        };
+        let (a, b) = (item(300, 1), item(140, 2));
+        let items = [&a, &b];
+        assert_eq!(
+            compute_groups(&items).len(),
+            2,
+            "long and mostly padding: split"
+        );
+        let pass = Pass {
+            adapter: Some(&adapter),
+            train: true,
+            ..Default::default()
+        };
+        let vars: Vec<_> = adapter.named_vars().into_iter().map(|(_, v)| v).collect();
+        let loss_and_grads = |groups: Vec<Vec<&Item>>| {
+            let mut total = 0f64;
+            let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+            for group in groups {
+                let batch = stack(&group, 0, &candle_core::Device::Cpu).unwrap();
+                let (loss, _) = batch_loss(&model, &batch, pass).unwrap();
+                total += loss.to_scalar::<f32>().unwrap() as f64;
+                let store = loss.backward().unwrap();
+                for (slot, v) in grads.iter_mut().zip(&vars) {
+                    let g = store.get(v.as_tensor()).unwrap().detach();
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g).unwrap(),
+                        None => g,
+                    });
+                }
+            }
+            (total, grads)
+        };
+        let (stacked, g1) = loss_and_grads(vec![items.to_vec()]);
+        let (split, g2) = loss_and_grads(compute_groups(&items));
+        assert!(
+            (stacked - split).abs() < 1e-5 * stacked.abs(),
+            "{stacked} vs {split}"
+        );
+        for (x, y) in g1.iter().zip(&g2) {
+            let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+            let diff = crate::model::max_abs_diff(x, y);
+            let scale = x
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale,
+                "gradient differs by {diff} (scale {scale})"
+            );
+        }
+    }
 
     #[test]
     fn runs_started_in_the_same_second_get_their_own_folders() {

@@ -184,14 +184,10 @@ fn grad_times_weight(
 }
 
 /// `x Wᵀ` for a dense weight `w` (N, K); x is (M, K). The weight's gradient is computed only
-/// when `w` is a variable (a weight being trained); otherwise it is frozen and costs nothing.
-pub fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2(w, DenseFrozen { packs: None })
-}
-
-/// [`dense`] keeping a bf16 weight's arrangements for the kernel in `packs` (a layer's own), so
-/// they are built once instead of every call. A weight being trained is never cached.
-pub fn dense_packed(x: &Tensor, w: &Tensor, packs: &Bf16Packs) -> candle_core::Result<Tensor> {
+/// when `w` is a variable (a weight being trained); otherwise it is frozen and costs nothing. A
+/// bf16 weight's arrangements for the kernel are kept in `packs` (the layer's own), built once
+/// instead of every call; a weight being trained is never cached.
+pub fn dense(x: &Tensor, w: &Tensor, packs: &Bf16Packs) -> candle_core::Result<Tensor> {
     let packs = (!w.is_variable() && w.dtype() == candle_core::DType::BF16).then(|| packs.clone());
     x.contiguous()?.apply_op2(w, DenseFrozen { packs })
 }
@@ -373,7 +369,7 @@ mod tests {
             assert!(d < 1e-4, "gradient differs by {d}");
         }
         // The dense frozen product alone: the same values, and only x gets a gradient.
-        let y = dense(&x, &w).unwrap();
+        let y = dense(&x, &w, &Bf16Packs::default()).unwrap();
         assert!(max_diff(&y, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-5);
     }
 }

@@ -230,7 +230,7 @@ impl Linear {
         let rows = x.elem_count() / k;
         let x2 = x.reshape((rows, k))?;
         let y = match &self.weight {
-            Weight::Dense(w) => super::frozen::dense_packed(&x2, w, &self.bf16_packs)?,
+            Weight::Dense(w) => super::frozen::dense(&x2, w, &self.bf16_packs)?,
             Weight::Quantized(m, shape) => super::frozen::quantized(&x2, m, shape)?,
         };
         let mut out_dims = dims;

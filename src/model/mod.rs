@@ -309,8 +309,9 @@ impl Ordinal for candle_core::DeviceLocation {
 /// the instructions computes in f32 instead and says so once (`autocast: false` keeps bf16
 /// throughout, as a GPU computes, on any CPU).
 pub fn load(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
-    let on_cpu = device(&opts.device)?.is_cpu();
-    if on_cpu && opts.dtype == Some(DType::BF16) && opts.autocast {
+    // Only a bf16 request resolves the device here (opening a GPU twice would cost start-up).
+    let autocast = opts.dtype == Some(DType::BF16) && opts.autocast;
+    if autocast && device(&opts.device)?.is_cpu() {
         if !gemm_bf16::available() {
             static NOTE: std::sync::Once = std::sync::Once::new();
             NOTE.call_once(|| {

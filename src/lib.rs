@@ -7,6 +7,7 @@
 //! - [`error`]: the one error type, with path/record context and exit codes.
 //! - [`cancel`]: the shared Ctrl-C flag every long loop checks.
 //! - [`clock`]: UTC dates for run names and prompts.
+//! - [`collective`]: the operations data-parallel ranks share (sums over ranks), and this process's group.
 //! - [`curves`]: loss curves.
 //! - [`output`]: the one output sink for prints, streamed tokens and progress.
 //! - [`fsutil`]: atomic writes for every artifact.
@@ -30,6 +31,7 @@
 
 pub mod cancel;
 pub mod clock;
+pub mod collective;
 pub mod curves;
 pub mod data;
 pub mod error;

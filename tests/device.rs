@@ -215,6 +215,7 @@ fn a_short_lora_run_lowers_the_loss_on_every_device_with_f32_lora_weights() {
             on_log: None,
             output: &out,
             progress_bar: false,
+            collective: None,
         };
         let run = sft(&model, &data, &cfg, hooks).unwrap();
         let first = run.loss.first().unwrap().1;

@@ -243,6 +243,7 @@ fn assert_resumes_exactly(what: &str, cfg: SftConfig) -> Run {
         cancel: &cancel,
         output: &out,
         progress_bar: false,
+        collective: None,
     };
     let stopped = sft(&tiny(), &shipped("identity"), &stopped_cfg, hooks).unwrap();
     assert_eq!(stopped.steps, 3, "{what}");

@@ -328,6 +328,7 @@ fn runs_are_reproducible_and_resume_where_they_stopped() {
         cancel: &cancel,
         output: &out,
         progress_bar: false,
+        collective: None,
     };
     let stopped = sft(&tiny(), &ds, &cfg, hooks).unwrap();
     assert_eq!(stopped.steps, 6);
@@ -363,6 +364,7 @@ fn cancelling_keeps_a_checkpoint() {
         cancel: &cancel,
         output: &out,
         progress_bar: false,
+        collective: None,
     };
     let err = sft(&tiny(), &ds, &cfg, hooks).unwrap_err();
     assert!(matches!(err, tunelab::Error::Cancelled), "{err}");

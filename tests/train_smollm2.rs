@@ -41,6 +41,7 @@ fn train(
         cancel: &cancel,
         output: &sink,
         progress_bar: false,
+        collective: None,
     };
     let run = sft(m, data, cfg, hooks).unwrap();
     (run, sink.captured())

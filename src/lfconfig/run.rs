@@ -148,6 +148,7 @@ pub fn train(
         cancel,
         output,
         progress_bar: true,
+        collective: crate::collective::current(),
     };
     let run = crate::train::sft(&model, &train, &plan.sft, hooks);
     if run.is_err() && !out.join("trainer_log.jsonl").exists() {

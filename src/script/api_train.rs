@@ -401,6 +401,7 @@ pub mod train_api {
             cancel: &h.cancel,
             output: &h.output,
             progress_bar: progress && h.output.is_terminal_stream(),
+            collective: crate::collective::current(),
         };
         let result = crate::train::sft(&model, &dataset, &cfg, hooks);
         if let Some(e) = callback_error {

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::rng::Rng;
 
 /// One sequence to train on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct Item {
     pub input_ids: Vec<u32>,
     pub labels: Vec<i32>,

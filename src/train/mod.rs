@@ -9,6 +9,7 @@
 //! - [`optim`]: AdamW (f32 or 8-bit moments, [`dynamic_map`]), plain SGD, gradient clipping;
 //!   [`schedule`]: learning-rate schedules; [`grad_quant`]: quantized gradients.
 //! - [`checkpoint`]: atomic checkpoints and resume; [`log`]: `trainer_log.jsonl`.
+//! - [`data_parallel`]: what each of several ranks computes and what they exchange.
 //! - [`progress`]: the bar or plain lines; [`sft`]: the loop; [`run`]: its result.
 
 #[cfg(feature = "cuda")]
@@ -17,6 +18,7 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod dynamic_map;
 pub mod grad_quant;
 pub mod log;

@@ -27,6 +27,7 @@ use super::batch::{compute_groups, epoch_order, padded_tokens, stack, Batch, Ite
 use super::checkpoint::{self, TrainerState};
 use super::config::Optim;
 use super::config::SftConfig;
+use super::data_parallel::{self as dp, Agreement, Ranks};
 use super::grad_quant::GradQuantizer;
 use super::log::{format_duration, round, TrainerLog};
 use super::loss::cross_entropy_sum;
@@ -36,6 +37,7 @@ use super::progress::Progress;
 use super::run::{Run, StopReason};
 use super::trainable::{self, FinetuningType, Trainable};
 use crate::cancel::CancelToken;
+use crate::collective::Collective;
 use crate::curves::plot::PlotOptions;
 use crate::curves::{Curve, Verdict};
 use crate::data::Dataset;
@@ -55,6 +57,9 @@ pub struct Hooks<'a> {
     pub output: &'a Output,
     /// Draw a progress bar when stderr is a terminal.
     pub progress_bar: bool,
+    /// The group of data-parallel ranks this run is one of ([`crate::collective::current`]);
+    /// `None` or a world of 1 is a single process.
+    pub collective: Option<&'a dyn Collective>,
 }
 
 /// The step plan: how batches map to optimizer steps.
@@ -66,9 +71,10 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(items: usize, cfg: &SftConfig) -> Plan {
+    /// The plan for `items` with `accumulation` batches per optimizer step (over all ranks).
+    fn new(items: usize, accumulation: usize, cfg: &SftConfig) -> Plan {
         let batches_per_epoch = items.div_ceil(cfg.batch_size);
-        let steps_per_epoch = batches_per_epoch.div_ceil(cfg.gradient_accumulation_steps);
+        let steps_per_epoch = batches_per_epoch.div_ceil(accumulation);
         let total_steps = cfg
             .max_steps
             .unwrap_or_else(|| (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as usize)
@@ -188,14 +194,29 @@ const RESIDUAL: &str = "grad_residual.";
 /// Fine-tune `model` on `train`: LoRA, or its own weights (`finetuning_type` full or freeze).
 pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) -> Result<Run> {
     cfg.validate()?;
+    let ranks = Ranks::of(hooks.collective);
+    let world = ranks.map_or(1, |r| r.world);
+    // Only rank 0 (or a single process) writes the run's files.
+    let main = ranks.is_none_or(|r| r.rank == 0);
+    // Batches per optimizer step over all ranks: W ranks of k computes what one process of W·k
+    // computes, and a checkpoint resumes at any W with the same W·k.
+    let accumulation = cfg.gradient_accumulation_steps * world;
     let data = prepare(model, train, cfg)?;
-    let plan = Plan::new(data.train.len(), cfg);
+    let plan = Plan::new(data.train.len(), accumulation, cfg);
     let out = match &cfg.out {
         Some(out) => out.clone(),
+        None if world > 1 => {
+            return Err(Error::config(
+                "out",
+                "a run of several ranks needs out: every rank must name the same folder (on a filesystem they share)",
+            ))
+        }
         None => claim_run_folder(Path::new("runs"))?,
     };
+    let mut fingerprint = cfg.resume_fingerprint();
+    fingerprint["gradient_accumulation_steps"] = json!(accumulation);
     let mut state = TrainerState {
-        fingerprint: cfg.resume_fingerprint(),
+        fingerprint,
         ..Default::default()
     };
 
@@ -249,7 +270,10 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             if let Some(q) = rounding.as_mut() {
                 q.restore(&names, &tensors, RESIDUAL, &source)?;
             }
-            let log = TrainerLog::resume(&out, saved.global_step)?;
+            let log = match main {
+                true => Some(TrainerLog::resume(&out, saved.global_step)?),
+                false => None,
+            };
             hooks.output.line(&format!(
                 "resuming from {} (step {}/{})",
                 dir.display(),
@@ -259,11 +283,17 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             (trainable, optim, saved, log, rounding)
         }
         None => {
-            refuse_to_overwrite(&out)?;
-            std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+            let log = match main {
+                true => {
+                    refuse_to_overwrite(&out)?;
+                    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+                    Some(TrainerLog::create(&out)?)
+                }
+                false => None,
+            };
             let (trainable, optim, state) = fresh(std::mem::take(&mut state))?;
             let rounding = quantizer(cfg, &trainable);
-            (trainable, optim, state, TrainerLog::create(&out)?, rounding)
+            (trainable, optim, state, log, rounding)
         }
     };
     let names = trainable.names();
@@ -281,22 +311,30 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     args["output_dir"] = out.display().to_string().into();
     args["model_name_or_path"] = model.source.clone().into();
     args["dataset"] = train.name().into();
-    crate::fsutil::write_atomic(
-        &args_path,
-        serde_json::to_string_pretty(&args)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    if world > 1 {
+        args["world_size"] = world.into();
+    }
+    if main {
+        crate::fsutil::write_atomic(
+            &args_path,
+            serde_json::to_string_pretty(&args)
+                .expect("json")
+                .as_bytes(),
+        )?;
+    }
 
     let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
+    if let Some(ranks) = ranks {
+        agree(ranks, model, &trainable, &data, &state, &vars)?;
+    }
     let progress = Progress::new(
         plan.total_steps,
         state.global_step,
         hooks.output,
-        hooks.progress_bar,
+        hooks.progress_bar && main,
     );
     progress.line(&format!(
-        "sft: {} items ({} examples{}), template {}, {} steps ({} per epoch), batch {} × {} accumulation, {}: {}{}{}",
+        "sft: {} items ({} examples{}), template {}, {} steps ({} per epoch), batch {} × {} accumulation{}, {}: {}{}{}",
         data.train.len(),
         data.num_examples,
         if data.dropped > 0 {
@@ -309,6 +347,11 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         plan.steps_per_epoch,
         cfg.batch_size,
         cfg.gradient_accumulation_steps,
+        ranks.map_or(String::new(), |r| format!(
+            " × {} ranks ({})",
+            r.world,
+            r.group.engine()
+        )),
         cfg.finetuning_type.name(),
         trainable,
         match cfg.optim {
@@ -331,10 +374,14 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     let mut warned: Option<Verdict> = None;
     let mut last_grad_bits: Option<f64> = None;
     let device = model.llama.device.clone();
+    // LoRA's gradients are summed in f64: a sum of a few f32 values is then exact, so its order
+    // (one process adding a step's batches, or several ranks each adding a share) cannot change
+    // the result. The weights of full and freeze runs are too large to double; they sum in f32.
+    let sum_dtype = matches!(trainable, Trainable::Lora(_)).then_some(candle_core::DType::F64);
 
     while state.global_step < plan.total_steps {
         let s = state.global_step;
-        let (epoch, range) = plan.batches_of(s, cfg.gradient_accumulation_steps);
+        let (epoch, range) = plan.batches_of(s, accumulation);
         if order_cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let order = epoch_order(
                 &lengths,
@@ -354,37 +401,37 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                     .collect()
             })
             .collect();
+        // The loss divides by the label tokens of the whole step, over all ranks.
         let step_targets: usize = batches.iter().flatten().map(|i| i.num_targets()).sum();
-        let dropout_rng = RefCell::new(Rng::new(
-            cfg.seed ^ (s as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
-        ));
-        let dropout = Dropout {
-            p: cfg.lora.dropout,
-            rng: &dropout_rng,
-        };
-        let pass = Pass {
-            adapter,
-            train: true,
-            dropout: Some(&dropout),
-            ..Default::default()
-        };
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut step_loss = 0f64;
         let mut step_tokens = 0usize;
-        for items in &batches {
-            if hooks.cancel.is_cancelled() {
-                return Err(interrupted(
-                    &out,
-                    &trainable,
-                    &optim,
-                    &residuals(&rounding)?,
-                    &mut state,
-                    last_saved,
-                    &progress,
-                    elapsed_before,
-                    &started,
-                ));
+        let mut stop = false;
+        for (j, items) in batches.iter().enumerate() {
+            if !dp::is_mine(j, ranks) {
+                continue;
             }
+            if hooks.cancel.is_cancelled() {
+                stop = true;
+                break;
+            }
+            // Dropout is seeded by the step and the batch's place in it, not by the rank, so
+            // any split of a step's batches over ranks draws the same masks.
+            let dropout_rng = RefCell::new(Rng::new(
+                cfg.seed
+                    ^ (s as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
+                    ^ (j as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25),
+            ));
+            let dropout = Dropout {
+                p: cfg.lora.dropout,
+                rng: &dropout_rng,
+            };
+            let pass = Pass {
+                adapter,
+                train: true,
+                dropout: Some(&dropout),
+                ..Default::default()
+            };
             step_tokens += padded_tokens(items);
             for group in compute_groups(items) {
                 let batch = stack(&group, data.pad_id, &device)?;
@@ -399,7 +446,10 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                     if let Some(g) = store.get(var.as_tensor()) {
                         // Detached: a gradient computed from the forward pass's tensors would
                         // otherwise keep that whole graph alive through the moments built from it.
-                        let g = g.detach();
+                        let g = match sum_dtype {
+                            Some(dtype) => g.detach().to_dtype(dtype)?,
+                            None => g.detach(),
+                        };
                         *slot = Some(match slot.take() {
                             Some(acc) => (acc + g)?,
                             None => g,
@@ -411,8 +461,44 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         let mut grads: Vec<Tensor> = grads
             .into_iter()
             .zip(&vars)
-            .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .map(|(g, v)| {
+                g.map_or_else(
+                    || {
+                        v.as_tensor()
+                            .zeros_like()?
+                            .to_dtype(sum_dtype.unwrap_or(v.dtype()))
+                    },
+                    Ok,
+                )
+            })
             .collect::<candle_core::Result<_>>()?;
+        if let Some(ranks) = ranks {
+            // A rank with no batch this step (an epoch's short last step) sends zeros, but sends.
+            let summed = dp::exchange(ranks, grads, step_loss, step_tokens, stop)?;
+            (grads, step_loss, step_tokens, stop) =
+                (summed.grads, summed.loss, summed.tokens, summed.stop);
+        }
+        if sum_dtype.is_some() {
+            grads = grads
+                .iter()
+                .zip(&vars)
+                .map(|(g, v)| g.to_dtype(v.dtype()))
+                .collect::<candle_core::Result<_>>()?;
+        }
+        if stop {
+            // Ctrl-C on any rank: every rank stops before this step's update.
+            return Err(interrupted(
+                main.then_some(out.as_path()),
+                &trainable,
+                &optim,
+                &residuals(&rounding)?,
+                &mut state,
+                last_saved,
+                &progress,
+                elapsed_before,
+                &started,
+            ));
+        }
         if !step_loss.is_finite() {
             progress.line(&format!(
                 "step {}: the loss is {step_loss}; training diverged (lower the learning rate)",
@@ -452,7 +538,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             state.window_loss = 0.0;
             state.window_steps = 0;
             state.loss_history.push((step, loss));
-            let mut event = base_event(&state, &plan, cfg, s);
+            let mut event = base_event(&state, &plan, accumulation, s);
             event.insert("loss".into(), json!(loss));
             event.insert("grad_norm".into(), json!(round(grad_norm, 4)));
             event.insert("lr".into(), json!(next_lr));
@@ -468,15 +554,15 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 event["elapsed_time"].as_str().unwrap_or(""),
                 event["remaining_time"].as_str().unwrap_or("")
             ));
-            keep_going &= emit(&log, &mut hooks, &event)?;
+            keep_going &= emit(log.as_ref(), &mut hooks, &event)?;
         }
         let mut save_now = step % cfg.save_steps == 0;
         if !data.eval.is_empty() && (step % eval_every == 0 || last) {
             let (eval_loss, accuracy) =
-                evaluate(fmodel, adapter, &data, cfg.batch_size, hooks.cancel)?;
+                evaluate(fmodel, adapter, &data, cfg.batch_size, hooks.cancel, ranks)?;
             let eval_loss = round(eval_loss, 4);
             state.eval_history.push((step, eval_loss, accuracy));
-            let mut event = base_event(&state, &plan, cfg, s);
+            let mut event = base_event(&state, &plan, accumulation, s);
             event.insert("eval_loss".into(), json!(eval_loss));
             event.insert("eval_accuracy".into(), json!(round(accuracy, 4)));
             progress.line(&format!(
@@ -491,7 +577,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             } else {
                 state.evals_without_improvement += 1;
             }
-            keep_going &= emit(&log, &mut hooks, &event)?;
+            keep_going &= emit(log.as_ref(), &mut hooks, &event)?;
             // The curves so far, read as a practitioner would at each evaluation: warn once per
             // new problem (overfitting, instability, divergence).
             if let Some(d) = live_warning(&state) {
@@ -515,9 +601,15 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             stopped = StopReason::StoppedByCallback;
         }
         if save_now || stopped != StopReason::Finished {
-            let dir = checkpoint::save(&out, &trainable, &optim, &residuals(&rounding)?, &state)?;
+            if let Some(ranks) = ranks {
+                same_weights(ranks, &vars, step)?;
+            }
+            if main {
+                let dir =
+                    checkpoint::save(&out, &trainable, &optim, &residuals(&rounding)?, &state)?;
+                progress.line(&format!("checkpoint: {}", dir.display()));
+            }
             last_saved = step;
-            progress.line(&format!("checkpoint: {}", dir.display()));
         }
         if stopped != StopReason::Finished {
             break;
@@ -531,7 +623,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     let diagnosis =
         crate::curves::diagnose(&train_curve, Some(&eval_curve).filter(|c| !c.is_empty()));
     progress.line(&format!("diagnosis: {diagnosis}"));
-    if cfg.plot_loss {
+    if cfg.plot_loss && main {
         for warning in plot_run(&out, &state) {
             progress.line(&format!("warning: {warning}"));
         }
@@ -551,7 +643,9 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 None => adapter,
             };
             adapter.template = Some(data.template.name.to_string());
-            crate::lora::peft::write_files(&adapter, &out)?;
+            if main {
+                crate::lora::peft::write_files(&adapter, &out)?;
+            }
             (Some(adapter), None)
         }
         Trainable::Weights(weights) => {
@@ -565,7 +659,9 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 template: Some(data.template.name.to_string()),
                 ..Default::default()
             };
-            crate::model::save::save_hf_into(&trained, &out, &opts)?;
+            if main {
+                crate::model::save::save_hf_into(&trained, &out, &opts)?;
+            }
             (None, Some(trained))
         }
     };
@@ -686,7 +782,12 @@ fn refuse_to_overwrite(out: &Path) -> Result<()> {
 }
 
 /// The fields every log event carries.
-fn base_event(state: &TrainerState, plan: &Plan, cfg: &SftConfig, s: usize) -> Map<String, Value> {
+fn base_event(
+    state: &TrainerState,
+    plan: &Plan,
+    accumulation: usize,
+    s: usize,
+) -> Map<String, Value> {
     let step = state.global_step;
     let elapsed = state.elapsed;
     let remaining = elapsed / step.max(1) as f64 * (plan.total_steps - step) as f64;
@@ -695,10 +796,7 @@ fn base_event(state: &TrainerState, plan: &Plan, cfg: &SftConfig, s: usize) -> M
     m.insert("total_steps".into(), json!(plan.total_steps));
     m.insert(
         "epoch".into(),
-        json!(round(
-            plan.epoch_after(s, cfg.gradient_accumulation_steps),
-            4
-        )),
+        json!(round(plan.epoch_after(s, accumulation), 4)),
     );
     m.insert(
         "percentage".into(),
@@ -709,19 +807,23 @@ fn base_event(state: &TrainerState, plan: &Plan, cfg: &SftConfig, s: usize) -> M
     m
 }
 
-/// Write an event to the log and hand it to `on_log`; false means stop.
-fn emit(log: &TrainerLog, hooks: &mut Hooks, event: &Map<String, Value>) -> Result<bool> {
-    log.write(event)?;
+/// Write an event to the log (rank 0) and hand it to `on_log` (every rank: the events are the
+/// same on every rank, so a script's decision to stop is too); false means stop.
+fn emit(log: Option<&TrainerLog>, hooks: &mut Hooks, event: &Map<String, Value>) -> Result<bool> {
+    if let Some(log) = log {
+        log.write(event)?;
+    }
     match hooks.on_log.as_mut() {
         Some(f) => f(event),
         None => Ok(true),
     }
 }
 
-/// Ctrl-C: keep a checkpoint of the last completed step, then report the interruption.
+/// Ctrl-C: keep a checkpoint of the last completed step (in `out`, rank 0 only), then report the
+/// interruption.
 #[allow(clippy::too_many_arguments)]
 fn interrupted(
-    out: &Path,
+    out: Option<&Path>,
     trainable: &Trainable,
     optim: &Optimizer,
     residuals: &[(String, Tensor)],
@@ -733,6 +835,9 @@ fn interrupted(
 ) -> Error {
     progress.finish();
     state.elapsed = elapsed_before + started.elapsed().as_secs_f64();
+    let Some(out) = out else {
+        return Error::Cancelled;
+    };
     if state.global_step > 0 && state.global_step != last_saved {
         match checkpoint::save(out, trainable, optim, residuals, state) {
             Ok(dir) => progress.line(&format!(
@@ -743,6 +848,67 @@ fn interrupted(
         }
     }
     Error::Cancelled
+}
+
+/// Before the first step: every rank must train the same model, trainable weights, data and
+/// plan from the same step, or their exchanges would differ in size (a hang) or in meaning.
+fn agree(
+    ranks: Ranks,
+    model: &Model,
+    trainable: &Trainable,
+    data: &Prepared,
+    state: &TrainerState,
+    vars: &[candle_core::Var],
+) -> Result<()> {
+    let shapes: Vec<(String, Vec<usize>)> = trainable
+        .named_vars()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .collect();
+    let items = [
+        Agreement {
+            what: "model",
+            hash: dp::hash_of(&(
+                &model.source,
+                format!("{:?}", model.config()),
+                format!("{:?}", model.llama.weights_dtype()),
+            )),
+            advice: "load the same model (file and dtype) on every rank",
+        },
+        Agreement {
+            what: "trainable weights",
+            hash: dp::hash_of(&(shapes, dp::checksum(vars)?)),
+            advice: "give every rank the same LoRA settings, finetuning_type and seed",
+        },
+        Agreement {
+            what: "training data",
+            hash: dp::hash_of(&(&data.train, &data.eval)),
+            advice:
+                "give every rank the same dataset, template, cutoff_len, val_size and max_samples",
+        },
+        Agreement {
+            what: "training settings",
+            hash: dp::hash_of(&state.fingerprint.to_string()),
+            advice: "run the same script with the same arguments on every rank",
+        },
+        Agreement {
+            what: "checkpoint to resume from",
+            hash: state.global_step as u64,
+            advice: "resume needs out on a filesystem every rank sees",
+        },
+    ];
+    dp::agree(ranks, &items)
+}
+
+/// At each save: the ranks still hold the same weights (they took the same steps from the same
+/// gradients; a difference means an engine or a rank went wrong, and the run stops).
+fn same_weights(ranks: Ranks, vars: &[candle_core::Var], step: usize) -> Result<()> {
+    let items = [Agreement {
+        what: "trained weights",
+        hash: dp::checksum(vars)?,
+        advice: "the ranks diverged; report this with the run's trainer_log.jsonl",
+    }];
+    dp::agree(ranks, &items).map_err(|e| Error::msg(format!("step {step}: {e}")))
 }
 
 /// Summed token loss of a batch (differentiable when `pass.train`) and its correct predictions.
@@ -764,6 +930,7 @@ pub fn evaluate(
     data: &Prepared,
     batch_size: usize,
     cancel: &CancelToken,
+    ranks: Option<Ranks>,
 ) -> Result<(f64, f64)> {
     let pass = Pass {
         adapter,
@@ -773,7 +940,11 @@ pub fn evaluate(
     };
     let (mut sum, mut correct, mut n) = (0f64, 0usize, 0usize);
     let items: Vec<&Item> = data.eval.iter().collect();
-    for chunk in items.chunks(batch_size) {
+    // Several ranks evaluate batches in turn and sum what they found.
+    for (c, chunk) in items.chunks(batch_size).enumerate() {
+        if !dp::is_mine(c, ranks) {
+            continue;
+        }
         for group in compute_groups(chunk) {
             cancel.check()?;
             let batch = stack(&group, data.pad_id, &model.llama.device)?;
@@ -785,6 +956,10 @@ pub fn evaluate(
             correct += ok;
             n += batch.num_targets;
         }
+    }
+    if let Some(ranks) = ranks {
+        let [s, c, t] = dp::sum_figures(ranks, [sum, correct as f64, n as f64])?;
+        (sum, correct, n) = (s, c.round() as usize, t.round() as usize);
     }
     Ok((sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
 }

@@ -33,5 +33,6 @@ pub fn quiet_hooks<'a>(cancel: &'a CancelToken, out: &'a Output) -> Hooks<'a> {
         cancel,
         output: out,
         progress_bar: false,
+        collective: None,
     }
 }

@@ -13,6 +13,7 @@
 //! - [`fsutil`]: atomic writes for every artifact.
 //! - [`rng`]: the seeded generator behind every shuffle and sample.
 //! - [`data`]: LLaMA-Factory-compatible datasets.
+//! - [`dist`]: data-parallel ranks: launchers' variables, the MPI engine, `tunelab launch`.
 //! - [`ggml`]: ggml block formats, reference quantizers and quantized kernels.
 //! - [`model`]: Llama models, loaders, tokenizers, perplexity.
 //! - [`generate`]: sampling, generation, chat sessions.
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod collective;
 pub mod curves;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod export;
 pub mod fsutil;

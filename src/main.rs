@@ -8,7 +8,8 @@
 //! [--adapter A] --out PATH [--format hf|gguf|peft|lora-gguf] [--type T] [--shard-size S]`, `tunelab imatrix -m MODEL -f TEXT
 //! -o FILE [--ctx N] [--chunks N] [--process-output]`, `tunelab serve MODEL [--lora NAME=PATH]...
 //! [--port N] [--api-key KEY] [--parallel N] ...`, `tunelab train | chat | export CONFIG.yaml
-//! [key=value ...]` (LLaMA-Factory configs; `train --print-script`), `tunelab --version`.
+//! [key=value ...]` (LLaMA-Factory configs; `train --print-script`), `tunelab launch
+//! --nproc-per-node N -- COMMAND...` (data-parallel ranks), `tunelab --version`.
 //! Exit codes: 0 ok, 1 script error or failed test, 2 usage or I/O error, 130 cancelled by Ctrl-C.
 
 use std::io::{IsTerminal, Read};
@@ -80,6 +81,32 @@ enum Command {
     Imatrix(ImatrixArgs),
     /// Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Start N data-parallel ranks of a tunelab command on this machine, as torchrun does
+    /// (`tunelab launch --nproc-per-node 2 -- run script.rhai`); CPU ranks run under mpirun.
+    Launch {
+        /// Ranks to start on this machine.
+        #[arg(long = "nproc-per-node", alias = "nproc_per_node", value_name = "N")]
+        nproc_per_node: usize,
+        /// Machines in the job (several: start it with mpirun --hostfile or srun instead).
+        #[arg(long, default_value_t = 1)]
+        nnodes: usize,
+        /// This machine's place among them.
+        #[arg(long = "node-rank", alias = "node_rank", default_value_t = 0)]
+        node_rank: usize,
+        /// Where rank 0 runs (passed on as MASTER_ADDR).
+        #[arg(
+            long = "master-addr",
+            alias = "master_addr",
+            default_value = "127.0.0.1"
+        )]
+        master_addr: String,
+        /// Rank 0's port (passed on as MASTER_PORT).
+        #[arg(long = "master-port", alias = "master_port", default_value_t = 29500)]
+        master_port: u16,
+        /// The tunelab command every rank runs, after `--` (e.g. `run script.rhai`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Run regression scripts (default tests/scripts/); exits 1 if any fails.
     Test {
         /// Folders (searched recursively) or script files.
@@ -110,7 +137,20 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let ctx = HostContext::stdout();
+    // A rank of a data-parallel job joins it before anything starts a thread pool.
+    let session = match tunelab::dist::init() {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("tunelab: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let (rank, _) = tunelab::collective::rank_and_world();
+    let mut ctx = HostContext::stdout();
+    if rank != 0 {
+        // Rank 0 prints for the job; the others report only their errors.
+        ctx.output = tunelab::output::Output::discard();
+    }
     install_ctrl_c(&ctx.cancel);
     let result = match cli.command {
         None if std::io::stdin().is_terminal() => repl::run(ctx).map(|()| ExitCode::SUCCESS),
@@ -139,11 +179,40 @@ fn main() -> ExitCode {
         Some(Command::Export(args)) => cli::export::export(&ctx, &args),
         Some(Command::Imatrix(args)) => cli::imatrix::imatrix(&ctx, &args),
         Some(Command::Serve(args)) => cli::serve::serve(&ctx, &args),
+        Some(Command::Launch {
+            nproc_per_node,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+            command,
+        }) => {
+            let options = tunelab::dist::launch::LaunchOptions {
+                nproc_per_node,
+                nnodes,
+                node_rank,
+                master_addr,
+                master_port,
+            };
+            tunelab::dist::launch::launch(&options, &command, &ctx.cancel)
+                .map(|code| ExitCode::from(code.clamp(0, 255) as u8))
+        }
     };
-    result.unwrap_or_else(|e| {
-        eprintln!("tunelab: {e}");
+    let code = result.unwrap_or_else(|e| {
+        eprintln!("{}tunelab: {e}", rank_prefix(rank));
         ExitCode::from(e.exit_code())
-    })
+    });
+    drop(session);
+    code
+}
+
+/// `[rank r] ` before a message of a rank other than 0 (whose messages need no name).
+fn rank_prefix(rank: usize) -> String {
+    if rank == 0 {
+        String::new()
+    } else {
+        format!("[rank {rank}] ")
+    }
 }
 
 /// First Ctrl-C: cancel what is running. Second, while that is still winding down: quit now.
@@ -161,7 +230,11 @@ fn install_ctrl_c(cancel: &CancelToken) {
 }
 
 fn failure_code(failure: &ScriptFailure) -> ExitCode {
-    eprint!("{}", failure.rendered);
+    eprint!(
+        "{}{}",
+        rank_prefix(tunelab::collective::rank_and_world().0),
+        failure.rendered
+    );
     if failure.diagnostic.cancelled {
         ExitCode::from(EXIT_CANCELLED)
     } else {

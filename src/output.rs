@@ -13,6 +13,8 @@ enum Target {
     Stdout,
     Stderr,
     Buffer(Vec<u8>),
+    /// Nowhere: the output of a data-parallel rank other than rank 0.
+    Discard,
 }
 
 /// A cheap-to-clone handle on one output destination.
@@ -27,6 +29,7 @@ impl std::fmt::Debug for Output {
             Target::Stdout => "stdout",
             Target::Stderr => "stderr",
             Target::Buffer(_) => "buffer",
+            Target::Discard => "discard",
         };
         write!(f, "Output({kind})")
     }
@@ -41,6 +44,11 @@ impl Output {
     /// Text goes to the process's standard error.
     pub fn stderr() -> Self {
         Self::with(Target::Stderr)
+    }
+
+    /// Text is dropped (ranks other than rank 0 of a data-parallel job print nothing).
+    pub fn discard() -> Self {
+        Self::with(Target::Discard)
     }
 
     /// Text is kept in memory; read it with [`Output::captured`].
@@ -71,6 +79,7 @@ impl Output {
                 let _ = std::io::stderr().lock().write_all(text.as_bytes());
             }
             Target::Buffer(buf) => buf.extend_from_slice(text.as_bytes()),
+            Target::Discard => {}
         }
     }
 
@@ -84,7 +93,7 @@ impl Output {
 
     /// Whether this sink goes to the terminal streams (a progress bar may be drawn beside it).
     pub fn is_terminal_stream(&self) -> bool {
-        !matches!(&*self.lock(), Target::Buffer(_))
+        matches!(&*self.lock(), Target::Stdout | Target::Stderr)
     }
 
     /// Everything written so far to a capturing sink (empty for stdout/stderr).

@@ -1,7 +1,6 @@
 //! Carrying out a config's plan: load what it names, then train, chat or export.
 
 use std::io::BufRead;
-use std::path::Path;
 
 use super::file::ConfigFile;
 use super::plan::{ChatPlan, ExportPlan, ModelSpec, TrainPlan};
@@ -73,7 +72,10 @@ fn prepare_output_dir(plan: &mut TrainPlan, output: &Output) -> Result<()> {
                 out.display()
             ));
         }
-        remove_previous_run(&out)?;
+        // Rank 0 clears; the others must not delete what it writes next.
+        if crate::collective::is_main() {
+            checkpoint::remove_run(&out)?;
+        }
     } else if !plan.sft.resume {
         if let Some((_, dir)) = latest {
             output.line(&format!("Resuming training from {}.", dir.display()));
@@ -86,23 +88,6 @@ fn prepare_output_dir(plan: &mut TrainPlan, output: &Output) -> Result<()> {
                     out.display()
                 ),
             ));
-        }
-    }
-    Ok(())
-}
-
-/// Delete `trainer_log.jsonl` and the `checkpoint-N` folders in `out`.
-fn remove_previous_run(out: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(out) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let path = e.path();
-        if name.starts_with("checkpoint-") && path.is_dir() {
-            std::fs::remove_dir_all(&path).map_err(|err| Error::io(&path, err))?;
-        } else if name == "trainer_log.jsonl" {
-            std::fs::remove_file(&path).map_err(|err| Error::io(&path, err))?;
         }
     }
     Ok(())

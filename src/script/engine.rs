@@ -12,8 +12,8 @@ use crate::output::Output;
 
 use super::resolver::ScriptResolver;
 use super::{
-    api_auto_mix, api_core, api_curves, api_data, api_export, api_imatrix, api_model, api_quant,
-    api_serve, api_train,
+    api_auto_mix, api_core, api_curves, api_data, api_dist, api_export, api_imatrix, api_model,
+    api_quant, api_serve, api_train,
 };
 
 /// What the scripts of one engine share with the native code they call.
@@ -85,6 +85,7 @@ pub fn api_modules() -> Vec<AreaModule> {
         (api_auto_mix::AREA, api_auto_mix::module()),
         (api_export::AREA, api_export::module()),
         (api_serve::AREA, api_serve::module()),
+        (api_dist::AREA, api_dist::module()),
     ]
 }
 

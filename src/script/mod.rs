@@ -12,6 +12,7 @@ pub mod api_auto_mix;
 pub mod api_core;
 pub mod api_curves;
 pub mod api_data;
+pub mod api_dist;
 pub mod api_export;
 pub mod api_imatrix;
 pub mod api_model;

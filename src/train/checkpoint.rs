@@ -144,3 +144,21 @@ pub fn load(
         .map_err(|e| Error::data(&state_path, "trainer state", e.to_string()))?;
     Ok((trainable, moments, steps, state))
 }
+
+/// Delete `trainer_log.jsonl` and the `checkpoint-N` folders in `out` (`overwrite_output_dir`).
+pub fn remove_run(out: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let path = e.path();
+        if name.starts_with("checkpoint-") && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(|err| Error::io(&path, err))?;
+        } else if name == "trainer_log.jsonl" {
+            std::fs::remove_file(&path).map_err(|err| Error::io(&path, err))?;
+        }
+    }
+    Ok(())
+}
+

@@ -46,6 +46,9 @@ pub struct SftConfig {
     /// The run folder (default `runs/train_<date-time>`).
     pub out: Option<PathBuf>,
     pub resume: bool,
+    /// Clear a previous run's log and checkpoints in `out` first (LLaMA-Factory's
+    /// `overwrite_output_dir`; ignored when resuming).
+    pub overwrite_output_dir: bool,
     pub train_on_prompt: bool,
     pub mask_history: bool,
     pub packing: bool,
@@ -125,6 +128,7 @@ impl Default for SftConfig {
             save_steps: 100,
             out: None,
             resume: false,
+            overwrite_output_dir: false,
             train_on_prompt: false,
             mask_history: false,
             packing: false,

@@ -285,6 +285,9 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         None => {
             let log = match main {
                 true => {
+                    if cfg.overwrite_output_dir {
+                        checkpoint::remove_run(&out)?;
+                    }
                     refuse_to_overwrite(&out)?;
                     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
                     Some(TrainerLog::create(&out)?)

@@ -93,12 +93,37 @@ pub fn launch(options: &LaunchOptions, args: &[String], cancel: &CancelToken) ->
             return Ok(status.code().unwrap_or(1));
         }
         if cancel.is_cancelled() && !forwarded {
-            // SIGINT to the whole group: mpirun and the ranks it started on this machine.
-            unsafe { libc::kill(-group, libc::SIGINT) };
+            // To the ranks, not to mpirun: mpirun ends a job it is interrupted in at once,
+            // while a rank stops after its step and rank 0 keeps a checkpoint.
+            let ranks = children_of(group);
+            if ranks.is_empty() {
+                unsafe { libc::kill(-group, libc::SIGINT) };
+            }
+            for pid in ranks {
+                unsafe { libc::kill(pid, libc::SIGINT) };
+            }
             forwarded = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The processes whose parent is `parent` (Linux's /proc; empty elsewhere).
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (name) state ppid …": the name may hold spaces and parentheses.
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: i32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -124,6 +149,18 @@ mod tests {
         assert_eq!(&cmd[cmd.len() - 3..], ["/bin/tunelab", "run", "x.rhai"]);
         let many = mpirun_command(&options(1000, 1), "t", &args).unwrap();
         assert!(many.contains(&"--oversubscribe".to_string()));
+    }
+
+    #[test]
+    fn a_process_is_found_among_its_parents_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        assert!(children_of(me).contains(&(child.id() as i32)));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -601,6 +601,31 @@ pub mod train_api {
         run.tokens_per_sec
     }
 
+    /// Input tokens trained on, padding included (over all ranks of a data-parallel run).
+    #[rhai_fn(global, get = "total_tokens", pure)]
+    pub fn run_total_tokens(run: &mut Run) -> INT {
+        run.total_tokens as INT
+    }
+
+    /// Seconds of training (across resumes; loading and preparing the data excluded).
+    #[rhai_fn(global, get = "elapsed", pure)]
+    pub fn run_elapsed(run: &mut Run) -> f64 {
+        run.elapsed
+    }
+
+    /// Seconds of a data-parallel run's all-reduce itself (each step as the last rank to arrive
+    /// timed it); 0 for a single process.
+    #[rhai_fn(global, get = "allreduce_seconds", pure)]
+    pub fn run_allreduce_seconds(run: &mut Run) -> f64 {
+        run.allreduce_seconds
+    }
+
+    /// Seconds this rank waited in the all-reduce for slower ranks (their batches were longer).
+    #[rhai_fn(global, get = "allreduce_wait_seconds", pure)]
+    pub fn run_allreduce_wait_seconds(run: &mut Run) -> f64 {
+        run.allreduce_wait_seconds
+    }
+
     /// The verdict on the run's loss curves at its end, as `diagnose(run.loss, run.eval_loss)`:
     /// `#{ verdict, confidence, evidence, advice, best_step, headline }`.
     #[rhai_fn(global, get = "diagnosis", pure)]

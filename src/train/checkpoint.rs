@@ -161,4 +161,3 @@ pub fn remove_run(out: &Path) -> Result<()> {
     }
     Ok(())
 }
-

@@ -97,6 +97,35 @@ pub fn exchange(
     })
 }
 
+/// Where the time of a run's exchanges went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExchangeTime {
+    /// The all-reduce itself: per step, the shortest exchange over the ranks (the last rank to
+    /// arrive waits for no one).
+    pub transfer: f64,
+    /// This rank's waiting for slower ranks: its exchanges less the transfer.
+    pub waiting: f64,
+}
+
+/// Split this rank's exchange times (one per step, the same count on every rank) into transfer
+/// and waiting, with one all-gather at the end of the run.
+pub fn exchange_time(ranks: Ranks, mine: &[f64]) -> Result<ExchangeTime> {
+    let bits: Vec<u64> = mine.iter().map(|t| t.to_bits()).collect();
+    let all = ranks.group.all_gather(&bits)?;
+    let transfer: f64 = (0..mine.len())
+        .map(|s| {
+            all.iter()
+                .map(|r| f64::from_bits(r[s]))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .sum();
+    let own: f64 = mine.iter().sum();
+    Ok(ExchangeTime {
+        transfer,
+        waiting: (own - transfer).max(0.0),
+    })
+}
+
 /// Evaluation sums `[loss, correct, tokens]` over the ranks (each evaluated its share).
 pub fn sum_figures(ranks: Ranks, figures: [f64; 3]) -> Result<[f64; 3]> {
     let t = Tensor::new(&figures, &candle_core::Device::Cpu)?;

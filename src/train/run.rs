@@ -40,6 +40,11 @@ pub struct Run {
     pub tokens_per_sec: f64,
     pub total_tokens: usize,
     pub elapsed: f64,
+    /// Seconds of the data-parallel all-reduce itself (0 for a single process): each step's
+    /// exchange as the last rank to arrive timed it.
+    pub allreduce_seconds: f64,
+    /// Seconds this rank waited in the exchange for slower ranks (uneven batches).
+    pub allreduce_wait_seconds: f64,
     pub stopped: StopReason,
     pub best_step: Option<usize>,
     pub template: String,

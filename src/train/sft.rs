@@ -376,6 +376,8 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     // The last problem the live diagnosis warned about (each is said once).
     let mut warned: Option<Verdict> = None;
     let mut last_grad_bits: Option<f64> = None;
+    // Each step's exchange, as this rank timed it (waiting for the others included).
+    let mut exchange_seconds: Vec<f64> = Vec::new();
     let device = model.llama.device.clone();
     // LoRA's gradients are summed in f64: a sum of a few f32 values is then exact, so its order
     // (one process adding a step's batches, or several ranks each adding a share) cannot change
@@ -477,7 +479,9 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             .collect::<candle_core::Result<_>>()?;
         if let Some(ranks) = ranks {
             // A rank with no batch this step (an epoch's short last step) sends zeros, but sends.
+            let exchange_started = Instant::now();
             let summed = dp::exchange(ranks, grads, step_loss, step_tokens, stop)?;
+            exchange_seconds.push(exchange_started.elapsed().as_secs_f64());
             (grads, step_loss, step_tokens, stop) =
                 (summed.grads, summed.loss, summed.tokens, summed.stop);
         }
@@ -619,6 +623,20 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         }
     }
     progress.finish();
+    let mut allreduce = dp::ExchangeTime::default();
+    if let Some(r) = ranks {
+        allreduce = dp::exchange_time(r, &exchange_seconds)?;
+        let training = state.elapsed - elapsed_before;
+        progress.line(&format!(
+            "data parallel: {} ranks over {}; of {training:.1} s rank 0 spent {:.2} s ({:.1}%) in the all-reduce itself and {:.2} s ({:.1}%) waiting there for slower ranks",
+            r.world,
+            r.group.engine(),
+            allreduce.transfer,
+            100.0 * allreduce.transfer / training.max(1e-9),
+            allreduce.waiting,
+            100.0 * allreduce.waiting / training.max(1e-9),
+        ));
+    }
     let (train_curve, eval_curve) = curves_of(&state);
     if !train_curve.is_empty() {
         progress.line(&train_curve.to_string());
@@ -684,6 +702,8 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         tokens_per_sec: state.total_tokens as f64 / elapsed.max(1e-9),
         total_tokens: state.total_tokens,
         elapsed,
+        allreduce_seconds: allreduce.transfer,
+        allreduce_wait_seconds: allreduce.waiting,
         stopped,
         best_step: state.best_step,
         template: data.template.name.to_string(),

@@ -10,6 +10,7 @@
 #
 #   scripts/build-cuda.sh                 # toolkit in ~/.cache/tunelab/cuda13, binary in target/cuda
 #   TUNELAB_CUDA_DIR=/opt/cu13 CUDA_COMPUTE_CAP=80 scripts/build-cuda.sh   # A100
+#   scripts/build-cuda.sh --features nccl   # with NCCL, for data-parallel training on several GPUs
 #
 # CUDA_COMPUTE_CAP (default 90: H100/H200) picks the GPU family candle's quantized kernels are
 # compiled for. Running the binary needs the driver and the CUDA 13 libraries (see docs/gpu.md).
@@ -36,6 +37,21 @@ if [ ! -x "$tree/bin/nvcc" ]; then
     nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88
 fi
 [ -x "$tree/bin/nvcc" ] || { echo "build-cuda: $tree/bin/nvcc is missing after the install; remove $wheels and run again" >&2; exit 1; }
+
+# 1b. NCCL for `--features nccl` (multi-GPU training): the version PyTorch 2.11 ships (2.28.9), in
+# a folder of its own (pip --target will not add to the toolkit's nvidia/ package folder).
+nccl="$toolkit/nccl"
+case " $* " in
+  *nccl*)
+    if [ ! -e "$nccl/nvidia/nccl/lib/libnccl.so.2" ]; then
+      echo "build-cuda: installing NCCL 2.28.9 into $nccl"
+      python3 -m pip install --quiet --disable-pip-version-check --target "$nccl" --no-deps \
+        nvidia-nccl-cu13==2.28.9
+    fi
+    mkdir -p "$home/lib64"
+    ln -sfn "$nccl/nvidia/nccl/lib/libnccl.so.2" "$home/lib64/libnccl.so"
+    ;;
+esac
 
 # 2. A CUDA_HOME: links into the wheel tree, unversioned .so links, and a libcuda stub.
 mkdir -p "$home/lib64/stubs"

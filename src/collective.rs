@@ -44,6 +44,19 @@ pub fn current() -> Option<&'static dyn Collective> {
     CURRENT.get().map(|c| c.as_ref())
 }
 
+static GPU: OnceLock<usize> = OnceLock::new();
+
+/// Record the GPU this rank was given (by the NCCL engine, at start-up): a model loaded on
+/// `"cuda"` without an ordinal goes there.
+pub fn set_gpu(ordinal: usize) {
+    let _ = GPU.set(ordinal);
+}
+
+/// The GPU this rank was given, if any.
+pub fn gpu() -> Option<usize> {
+    GPU.get().copied()
+}
+
 /// This process's rank and the world size: (0, 1) for a single process.
 pub fn rank_and_world() -> (usize, usize) {
     current().map_or((0, 1), |c| (c.rank(), c.world()))

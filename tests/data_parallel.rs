@@ -3,6 +3,7 @@
 //! sharing an in-process collective; `tests/distributed.rs` runs the same under `mpirun`.
 
 #[path = "support/tiny.rs"]
+#[allow(dead_code)]
 mod tiny;
 
 use std::path::PathBuf;

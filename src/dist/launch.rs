@@ -1,15 +1,24 @@
 //! `tunelab launch --nproc-per-node N -- run script.rhai`: start N ranks of a tunelab command on
 //! this machine, as `torchrun --nproc-per-node N --no-python tunelab …` would.
 //!
-//! CPU ranks talk over MPI, whose own launcher wires them together, so this launcher starts the
-//! ranks through `mpirun` and supervises it: Ctrl-C is passed on once (each rank then stops
-//! after its current step and rank 0 keeps a checkpoint), a rank that fails makes mpirun end the
-//! job, and the launcher exits with the job's status. Several nodes are mpirun's or Slurm's job:
-//! `mpirun -np 8 --hostfile hosts tunelab run x.rhai`, or `srun --mpi=pmix -n 8 tunelab run x.rhai`.
+//! - GPU ranks (a build with NCCL on a machine with GPUs): the launcher starts the N processes
+//!   itself with torchrun's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`,
+//!   `MASTER_ADDR`, `MASTER_PORT`, …), one per GPU, on one node or — with `--nnodes`,
+//!   `--node-rank`, `--master-addr` — on each of several.
+//! - CPU ranks talk over MPI, whose own launcher wires them together, so the launcher starts
+//!   them through `mpirun`. Several CPU nodes are mpirun's or Slurm's job:
+//!   `mpirun -np 8 --hostfile hosts tunelab run x.rhai`, or `srun --mpi=pmix -n 8 tunelab run x.rhai`.
+//!
+//! Either way it supervises: Ctrl-C is passed on to each rank once (each stops after its current
+//! step and rank 0 keeps a checkpoint); when a rank fails the others are stopped (SIGTERM, then
+//! SIGKILL after 10 s); the launcher exits with the first failure's status.
 
 use std::process::Command;
 use std::time::Duration;
 
+use std::process::Child;
+
+use super::Engine;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 
@@ -23,11 +32,28 @@ pub struct LaunchOptions {
     pub master_port: u16,
 }
 
-/// The `mpirun` command line that starts `options.nproc_per_node` ranks of `exe args`.
-pub fn mpirun_command(options: &LaunchOptions, exe: &str, args: &[String]) -> Result<Vec<String>> {
+/// A launch needs ranks and a command for them.
+fn check(options: &LaunchOptions, args: &[String]) -> Result<()> {
     if options.nproc_per_node == 0 {
         return Err(Error::msg("launch: --nproc-per-node must be at least 1"));
     }
+    if args.is_empty() {
+        return Err(Error::msg(
+            "launch: name the tunelab command each rank runs after --, e.g. tunelab launch --nproc-per-node 2 -- run script.rhai",
+        ));
+    }
+    if options.node_rank >= options.nnodes {
+        return Err(Error::msg(format!(
+            "launch: --node-rank {} must be below --nnodes {}",
+            options.node_rank, options.nnodes
+        )));
+    }
+    Ok(())
+}
+
+/// The `mpirun` command line that starts `options.nproc_per_node` ranks of `exe args`.
+pub fn mpirun_command(options: &LaunchOptions, exe: &str, args: &[String]) -> Result<Vec<String>> {
+    check(options, args)?;
     if options.nnodes > 1 {
         return Err(Error::msg(format!(
             "launch: --nnodes {}: CPU ranks on several nodes are started by MPI's own launcher, which knows the hosts: `mpirun -np {} --hostfile HOSTS {exe} {}` or, under Slurm, `srun --mpi=pmix -n {} {exe} {}`",
@@ -37,11 +63,6 @@ pub fn mpirun_command(options: &LaunchOptions, exe: &str, args: &[String]) -> Re
             options.nnodes * options.nproc_per_node,
             args.join(" ")
         )));
-    }
-    if args.is_empty() {
-        return Err(Error::msg(
-            "launch: name the tunelab command each rank runs after --, e.g. tunelab launch --nproc-per-node 2 -- run script.rhai",
-        ));
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cmd: Vec<String> = vec![
@@ -66,45 +87,142 @@ pub fn mpirun_command(options: &LaunchOptions, exe: &str, args: &[String]) -> Re
     Ok(cmd)
 }
 
+/// The variables torchrun gives local rank `i` of `options` (GPU ranks).
+pub fn rank_env(options: &LaunchOptions, i: usize) -> Vec<(String, String)> {
+    let n = options.nproc_per_node;
+    let mut vars = vec![
+        ("RANK", (options.node_rank * n + i).to_string()),
+        ("WORLD_SIZE", (options.nnodes * n).to_string()),
+        ("LOCAL_RANK", i.to_string()),
+        ("LOCAL_WORLD_SIZE", n.to_string()),
+        ("GROUP_RANK", options.node_rank.to_string()),
+        ("MASTER_ADDR", options.master_addr.clone()),
+        ("MASTER_PORT", options.master_port.to_string()),
+        ("TUNELAB_DIST_ENGINE", "nccl".to_string()),
+    ];
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        vars.push(("OMP_NUM_THREADS", "1".to_string()));
+    }
+    vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// A process in a group of its own: the terminal's Ctrl-C reaches the launcher alone, which
+/// passes it on once (two would make a rank quit without its checkpoint).
+fn spawn(cmd: &mut Command, what: &str) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+        .spawn()
+        .map_err(|e| Error::msg(format!("launch: could not start {what} ({e})")))
+}
+
 /// Start the ranks and supervise them until the job ends; returns its exit status.
 pub fn launch(options: &LaunchOptions, args: &[String], cancel: &CancelToken) -> Result<i32> {
     let exe = std::env::current_exe().map_err(|e| Error::io("the tunelab executable", e))?;
-    let cmd = mpirun_command(options, &exe.to_string_lossy(), args)?;
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .env("MASTER_ADDR", &options.master_addr)
-            .env("MASTER_PORT", options.master_port.to_string())
-            // A group of its own: the terminal's Ctrl-C reaches the launcher alone, which passes
-            // it on once (two would make each rank quit without its checkpoint).
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                Error::msg(format!(
-                    "launch: could not start mpirun ({e}); install Open MPI (Debian: apt install openmpi-bin)"
-                ))
-            })?
-    };
-    let group = child.id() as i32;
+    let exe = exe.to_string_lossy().to_string();
+    match Engine::choose()? {
+        Engine::Mpi => {
+            let cmd = mpirun_command(options, &exe, args)?;
+            let mpirun = spawn(
+                Command::new(&cmd[0])
+                    .args(&cmd[1..])
+                    .env("MASTER_ADDR", &options.master_addr)
+                    .env("MASTER_PORT", options.master_port.to_string())
+                    .env("TUNELAB_DIST_ENGINE", "mpi"),
+                "mpirun (install Open MPI; Debian: apt install openmpi-bin)",
+            )?;
+            // Ctrl-C goes to the ranks, not to mpirun: mpirun ends a job it is interrupted in
+            // at once, while a rank stops after its step and rank 0 keeps a checkpoint.
+            supervise(vec![mpirun], cancel, |c| children_of(c.id() as i32))
+        }
+        Engine::Nccl => {
+            check(options, args)?;
+            let mut ranks = Vec::with_capacity(options.nproc_per_node);
+            for i in 0..options.nproc_per_node {
+                let mut cmd = Command::new(&exe);
+                cmd.args(args).envs(rank_env(options, i));
+                match spawn(&mut cmd, &format!("rank {i}")) {
+                    Ok(child) => ranks.push(child),
+                    Err(e) => {
+                        stop_all(&mut ranks);
+                        return Err(e);
+                    }
+                }
+            }
+            supervise(ranks, cancel, |c| vec![c.id() as i32])
+        }
+    }
+}
+
+/// Wait for `children`; pass Ctrl-C on once to the processes `targets` names for each; when one
+/// fails, stop the rest. The first failure's status, or 0.
+pub fn supervise(
+    mut children: Vec<Child>,
+    cancel: &CancelToken,
+    targets: impl Fn(&Child) -> Vec<i32>,
+) -> Result<i32> {
+    let mut running: Vec<bool> = vec![true; children.len()];
     let mut forwarded = false;
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::io("mpirun", e))? {
-            return Ok(status.code().unwrap_or(1));
+        for (i, child) in children.iter_mut().enumerate() {
+            if !running[i] {
+                continue;
+            }
+            if let Some(status) = child.try_wait().map_err(|e| Error::io("a rank", e))? {
+                running[i] = false;
+                let code = status.code().unwrap_or(128 + status_signal(&status));
+                if code != 0 {
+                    if running.iter().any(|&r| r) {
+                        eprintln!(
+                            "tunelab launch: a rank exited with status {code}; stopping the others"
+                        );
+                    }
+                    stop_all(&mut children);
+                    return Ok(code);
+                }
+            }
+        }
+        if running.iter().all(|&r| !r) {
+            return Ok(0);
         }
         if cancel.is_cancelled() && !forwarded {
-            // To the ranks, not to mpirun: mpirun ends a job it is interrupted in at once,
-            // while a rank stops after its step and rank 0 keeps a checkpoint.
-            let ranks = children_of(group);
-            if ranks.is_empty() {
-                unsafe { libc::kill(-group, libc::SIGINT) };
-            }
-            for pid in ranks {
-                unsafe { libc::kill(pid, libc::SIGINT) };
+            for (i, child) in children.iter().enumerate() {
+                if running[i] {
+                    let pids = targets(child);
+                    if pids.is_empty() {
+                        unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+                    }
+                    for pid in pids {
+                        unsafe { libc::kill(pid, libc::SIGINT) };
+                    }
+                }
             }
             forwarded = true;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The signal that ended a process (0 if none).
+fn status_signal(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().unwrap_or(0)
+}
+
+/// SIGTERM every child still running, then SIGKILL whatever is left after 10 s.
+fn stop_all(children: &mut [Child]) {
+    for child in children.iter() {
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for child in children.iter_mut() {
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -161,6 +279,39 @@ mod tests {
         assert!(children_of(me).contains(&(child.id() as i32)));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn gpu_ranks_get_torchruns_variables() {
+        let mut o = options(4, 2);
+        o.node_rank = 1;
+        let env: std::collections::HashMap<String, String> = rank_env(&o, 2).into_iter().collect();
+        assert_eq!(env["RANK"], "6");
+        assert_eq!(env["WORLD_SIZE"], "8");
+        assert_eq!(env["LOCAL_RANK"], "2");
+        assert_eq!(env["LOCAL_WORLD_SIZE"], "4");
+        assert_eq!(env["MASTER_PORT"], "29500");
+        let get = |k: &str| env.get(k).cloned();
+        let launch = crate::dist::env::discover(&get).unwrap().unwrap();
+        assert_eq!((launch.rank, launch.world, launch.local_rank), (6, 8, 2));
+    }
+
+    #[test]
+    fn a_failed_rank_stops_the_others_and_gives_its_status() {
+        let started = std::time::Instant::now();
+        let children = vec![
+            spawn(Command::new("sleep").arg("30"), "sleep").unwrap(),
+            spawn(Command::new("sh").args(["-c", "sleep 0.3; exit 3"]), "sh").unwrap(),
+        ];
+        let code = supervise(children, &CancelToken::new(), |c| vec![c.id() as i32]).unwrap();
+        assert_eq!(code, 3);
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            started.elapsed()
+        );
+        let ok = vec![spawn(Command::new("true").arg(""), "true").unwrap()];
+        assert_eq!(supervise(ok, &CancelToken::new(), |_| vec![]).unwrap(), 0);
     }
 
     #[test]

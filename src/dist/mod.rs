@@ -2,6 +2,8 @@
 //!
 //! - [`env`]: which rank this process is, from torchrun's, mpirun's or Slurm's variables.
 //! - [`mpi`]: the MPI engine between CPU processes (feature `mpi`).
+//! - [`nccl`]: the NCCL engine between GPUs (feature `nccl`); [`rendezvous`]: how its ranks get
+//!   rank 0's NCCL id.
 //! - [`watchdog`]: a rank that waits too long for the others stops, so the job ends.
 //! - [`launch`]: `tunelab launch`, the torchrun-like launcher.
 //!
@@ -14,6 +16,9 @@ pub mod env;
 pub mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod rendezvous;
 pub mod watchdog;
 
 use crate::error::{Error, Result};
@@ -27,19 +32,70 @@ pub struct Session {
     pub launch: Option<env::Launch>,
 }
 
-/// Join the job this process was started in, if any (see the module docs).
+/// The engines ranks can talk over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Open MPI between CPU processes.
+    Mpi,
+    /// NCCL between GPUs.
+    Nccl,
+}
+
+impl Engine {
+    /// `TUNELAB_DIST_ENGINE` (`mpi` or `nccl`), if set.
+    pub fn from_env() -> Result<Option<Engine>> {
+        match std::env::var("TUNELAB_DIST_ENGINE").ok().as_deref() {
+            None | Some("") | Some("auto") => Ok(None),
+            Some("mpi") => Ok(Some(Engine::Mpi)),
+            Some("nccl") => Ok(Some(Engine::Nccl)),
+            Some(other) => Err(Error::msg(format!(
+                "TUNELAB_DIST_ENGINE={other:?}: use mpi (CPU ranks) or nccl (GPU ranks), or leave it unset"
+            ))),
+        }
+    }
+
+    /// The engine for this build and machine: `TUNELAB_DIST_ENGINE` if set; otherwise NCCL when
+    /// it is built in and a GPU is visible, else MPI.
+    pub fn choose() -> Result<Engine> {
+        Ok(match Engine::from_env()? {
+            Some(engine) => engine,
+            None if gpus_visible() => Engine::Nccl,
+            None => Engine::Mpi,
+        })
+    }
+}
+
+/// Whether this build has NCCL and the machine a GPU for it.
+fn gpus_visible() -> bool {
+    #[cfg(feature = "nccl")]
+    {
+        candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().is_ok_and(|n| n > 0)
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        false
+    }
+}
+
+/// Join the job this process was started in, if any (see the module docs). A launch of one rank
+/// joins only when `TUNELAB_DIST_ENGINE` asks (to check an engine on one device).
 pub fn init() -> Result<Session> {
     let Some(launch) = env::from_process()? else {
         return Ok(Session::default());
     };
-    if launch.world == 1 {
+    if launch.world == 1 && Engine::from_env()?.is_none() {
         return Ok(Session {
             launch: Some(launch),
             ..Default::default()
         });
     }
-    share_cores(launch.local_world);
-    join(launch)
+    match Engine::choose()? {
+        Engine::Mpi => {
+            share_cores(launch.local_world);
+            join_mpi(launch)
+        }
+        Engine::Nccl => join_nccl(launch),
+    }
 }
 
 /// Each of a node's ranks gets an equal share of its cores for matrix products, unless the user
@@ -55,7 +111,7 @@ fn share_cores(local_world: usize) {
 }
 
 #[cfg(feature = "mpi")]
-fn join(launch: env::Launch) -> Result<Session> {
+fn join_mpi(launch: env::Launch) -> Result<Session> {
     let (universe, group) = mpi::start()?;
     use crate::collective::Collective;
     if group.world() != launch.world || group.rank() != launch.rank {
@@ -80,11 +136,30 @@ fn join(launch: env::Launch) -> Result<Session> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn join(launch: env::Launch) -> Result<Session> {
+fn join_mpi(launch: env::Launch) -> Result<Session> {
     Err(Error::msg(format!(
-        "{} started this process as rank {} of {}, but this tunelab was built without a distributed engine: build it with `cargo build --release --features mpi` (CPU ranks over Open MPI; see docs/distributed.md)",
+        "{} started this process as rank {} of {}, but this tunelab was built without MPI, the engine of CPU ranks: build it with `cargo build --release --features mpi` (Open MPI; see docs/distributed.md){}",
         launch.launcher.name(),
         launch.rank,
-        launch.world
+        launch.world,
+        if cfg!(feature = "nccl") { ", or give the ranks GPUs (NCCL)" } else { "" }
+    )))
+}
+
+#[cfg(feature = "nccl")]
+fn join_nccl(launch: env::Launch) -> Result<Session> {
+    let group = nccl::start(&launch)?;
+    crate::collective::install(Box::new(group));
+    Ok(Session {
+        launch: Some(launch),
+        ..Default::default()
+    })
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_nccl(launch: env::Launch) -> Result<Session> {
+    Err(Error::msg(format!(
+        "rank {} of {} asks for NCCL, but this tunelab was built without it: build it with `scripts/build-cuda.sh --features nccl` (see docs/distributed.md)",
+        launch.rank, launch.world
     )))
 }

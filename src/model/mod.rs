@@ -202,7 +202,8 @@ pub fn device(name: &str) -> Result<Device> {
         }),
         other => {
             let ordinal = match other.strip_prefix("cuda") {
-                Some("") => 0,
+                // A GPU rank's own GPU (LOCAL_RANK's), else the first.
+                Some("") => crate::collective::gpu().unwrap_or(0),
                 Some(rest) => rest
                     .strip_prefix(':')
                     .and_then(|n| n.parse().ok())
@@ -232,7 +233,7 @@ pub fn device(name: &str) -> Result<Device> {
 /// GPU `ordinal`, opened once per process: every model on it shares one stream, one cuBLAS
 /// handle and the kernels compiled for it (each `Device::new_cuda` would open all of these anew,
 /// and tensors of two such devices cannot meet in one operation).
-fn cuda_device(ordinal: usize) -> Result<Device> {
+pub fn cuda_device(ordinal: usize) -> Result<Device> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static OPENED: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();

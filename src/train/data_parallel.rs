@@ -25,10 +25,10 @@ pub struct Ranks<'a> {
 }
 
 impl<'a> Ranks<'a> {
-    /// The ranks of `group`, or `None` for a single process (no group, or a world of 1: such a
-    /// run computes exactly what a run without a group computes).
+    /// The ranks of `group`, or `None` for a single process. A group of one rank still
+    /// exchanges (with itself: the sums change nothing), which checks an engine on one device.
     pub fn of(group: Option<&'a dyn Collective>) -> Option<Ranks<'a>> {
-        group.filter(|g| g.world() > 1).map(|group| Ranks {
+        group.map(|group| Ranks {
             group,
             rank: group.rank(),
             world: group.world(),
@@ -192,9 +192,10 @@ mod tests {
         assert_eq!(mine, [1, 3, 5]);
         assert!((0..6).all(|j| is_mine(j, None)));
         let single = threads::group(1);
+        let alone = Ranks::of(Some(&single[0]));
         assert!(
-            Ranks::of(Some(&single[0])).is_none(),
-            "a world of 1 is a single process"
+            (0..3).all(|j| is_mine(j, alone)),
+            "one rank takes every batch"
         );
     }
 

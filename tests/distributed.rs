@@ -321,3 +321,26 @@ fn ctrl_c_stops_every_rank_after_its_step_and_keeps_a_checkpoint() {
     let model = tunelab::model::load("tiny", &Default::default()).unwrap();
     tunelab::lora::peft::load(&latest, &model.llama).unwrap();
 }
+
+#[test]
+fn one_rank_through_the_engine_trains_bit_for_bit_what_a_plain_process_trains() {
+    // The CPU twin of the GPU check's first step: a world of one, exchanging with itself.
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, engine) = (dir.path().join("plain"), dir.path().join("engine"));
+    let script = "scripts/11_distributed.rhai";
+    let mut cmd = tunelab();
+    cmd.args(["run", script, "--", &format!("out={}", plain.display())]);
+    ok(&finish(cmd, LIMIT).0);
+    let mut cmd = tunelab();
+    cmd.args(["run", script, "--", &format!("out={}", engine.display())])
+        .env("TUNELAB_DIST_ENGINE", "mpi")
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "1");
+    let out = ok(&finish(cmd, LIMIT).0);
+    assert!(out.contains("× 1 ranks (mpi)"), "{out}");
+    assert_eq!(losses(&plain), losses(&engine));
+    assert_eq!(
+        bytes(plain.join("adapter_model.safetensors")),
+        bytes(engine.join("adapter_model.safetensors"))
+    );
+}

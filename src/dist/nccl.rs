@@ -170,7 +170,7 @@ impl Collective for NcclGroup {
         let _timed = self.watchdog.watch("an all-gather");
         let stream = comm.stream();
         let send = stream
-            .memcpy_stod(values)
+            .clone_htod(values)
             .map_err(|e| nccl_error("copy to the GPU", e))?;
         let mut all = stream
             .alloc_zeros::<u64>(values.len() * self.world)
@@ -178,7 +178,7 @@ impl Collective for NcclGroup {
         comm.all_gather(&send, &mut all)
             .map_err(|e| nccl_error("ncclAllGather", e))?;
         let all = stream
-            .memcpy_dtov(&all)
+            .clone_dtoh(&all)
             .map_err(|e| nccl_error("copy from the GPU", e))?;
         Ok(all
             .chunks(values.len().max(1))

@@ -379,10 +379,13 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     // Each step's exchange, as this rank timed it (waiting for the others included).
     let mut exchange_seconds: Vec<f64> = Vec::new();
     let device = model.llama.device.clone();
-    // LoRA's gradients are summed in f64: a sum of a few f32 values is then exact, so its order
-    // (one process adding a step's batches, or several ranks each adding a share) cannot change
-    // the result. The weights of full and freeze runs are too large to double; they sum in f32.
-    let sum_dtype = matches!(trainable, Trainable::Lora(_)).then_some(candle_core::DType::F64);
+    // LoRA's gradients are summed in f64 when a step adds several: a sum of a few f32 values is
+    // then exact, so its order (one process adding a step's batches, or several ranks each adding
+    // a share) cannot change the result. A lone process with one batch per step adds nothing and
+    // keeps f32 (no extra casts on a GPU). Full and freeze weights are too large to double.
+    let sum_dtype = (matches!(trainable, Trainable::Lora(_))
+        && (ranks.is_some() || cfg.gradient_accumulation_steps > 1))
+        .then_some(candle_core::DType::F64);
 
     while state.global_step < plan.total_steps {
         let s = state.global_step;

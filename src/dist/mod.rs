@@ -32,6 +32,17 @@ pub struct Session {
     pub launch: Option<env::Launch>,
 }
 
+impl Session {
+    /// A session that holds no engine of its own.
+    fn of(launch: env::Launch) -> Session {
+        Session {
+            #[cfg(feature = "mpi")]
+            _universe: None,
+            launch: Some(launch),
+        }
+    }
+}
+
 /// The engines ranks can talk over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -84,10 +95,7 @@ pub fn init() -> Result<Session> {
         return Ok(Session::default());
     };
     if launch.world == 1 && Engine::from_env()?.is_none() {
-        return Ok(Session {
-            launch: Some(launch),
-            ..Default::default()
-        });
+        return Ok(Session::of(launch));
     }
     match Engine::choose()? {
         Engine::Mpi => {
@@ -150,10 +158,7 @@ fn join_mpi(launch: env::Launch) -> Result<Session> {
 fn join_nccl(launch: env::Launch) -> Result<Session> {
     let group = nccl::start(&launch)?;
     crate::collective::install(Box::new(group));
-    Ok(Session {
-        launch: Some(launch),
-        ..Default::default()
-    })
+    Ok(Session::of(launch))
 }
 
 #[cfg(not(feature = "nccl"))]

@@ -137,8 +137,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    // A rank of a data-parallel job joins it before anything starts a thread pool.
-    let session = match tunelab::dist::init() {
+    // A rank of a data-parallel job joins it before anything starts a thread pool (the launcher
+    // itself is no rank).
+    let joined = match &cli.command {
+        Some(Command::Launch { .. }) => Ok(tunelab::dist::Session::default()),
+        _ => tunelab::dist::init(),
+    };
+    let session = match joined {
         Ok(session) => session,
         Err(e) => {
             eprintln!("tunelab: {e}");
@@ -200,10 +205,22 @@ fn main() -> ExitCode {
     };
     let code = result.unwrap_or_else(|e| {
         eprintln!("{}tunelab: {e}", rank_prefix(rank));
+        end_failed_rank(e.exit_code());
         ExitCode::from(e.exit_code())
     });
     drop(session);
     code
+}
+
+/// A rank of several that failed leaves at once, without shutting the engine down (which would
+/// wait for the others): its launcher then ends the job instead of the others waiting for it.
+fn end_failed_rank(code: u8) {
+    if tunelab::collective::rank_and_world().1 > 1 {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        unsafe { libc::_exit(code.into()) };
+    }
 }
 
 /// `[rank r] ` before a message of a rank other than 0 (whose messages need no name).
@@ -235,11 +252,13 @@ fn failure_code(failure: &ScriptFailure) -> ExitCode {
         rank_prefix(tunelab::collective::rank_and_world().0),
         failure.rendered
     );
-    if failure.diagnostic.cancelled {
-        ExitCode::from(EXIT_CANCELLED)
+    let code = if failure.diagnostic.cancelled {
+        EXIT_CANCELLED
     } else {
-        ExitCode::FAILURE
-    }
+        1
+    };
+    end_failed_rank(code);
+    ExitCode::from(code)
 }
 
 fn run_file(ctx: &HostContext, file: &Path, words: &[String]) -> Result<ExitCode, Error> {

@@ -232,3 +232,71 @@ fn ranks_given_different_data_refuse_to_start() {
         );
     }
 }
+
+/// One run per rank with an `on_log` of its own: `answer(rank, step)`.
+fn run_ranks_with_callbacks(
+    world: usize,
+    cfg: &SftConfig,
+    answer: fn(usize, u64) -> tunelab::Result<bool>,
+) -> Vec<tunelab::Result<Run>> {
+    let group = in_process::group(world);
+    let model = tiny();
+    let ds = shipped("identity");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .iter()
+            .map(|rank| {
+                let (model, ds, cfg) = (&model, &ds, cfg.clone());
+                s.spawn(move || {
+                    let cancel = CancelToken::new();
+                    let out = Output::capture();
+                    let mut on_log =
+                        |ev: &serde_json::Map<String, serde_json::Value>| -> tunelab::Result<bool> {
+                            answer(rank.rank, ev["current_steps"].as_u64().unwrap())
+                        };
+                    let hooks = Hooks {
+                        on_log: Some(&mut on_log),
+                        cancel: &cancel,
+                        output: &out,
+                        progress_bar: false,
+                        collective: Some(rank as &dyn Collective),
+                    };
+                    sft(model, ds, &cfg, hooks)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn one_ranks_callback_stops_or_fails_every_rank_at_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rank 1 alone says stop at step 2 (its events differ in times, so answers may differ).
+    let runs = run_ranks_with_callbacks(2, &cfg(dir.path().join("stop"), 1), |rank, step| {
+        Ok(!(rank == 1 && step == 2))
+    });
+    for run in runs {
+        let run = run.unwrap();
+        assert_eq!(run.steps, 2);
+        assert_eq!(run.stopped, tunelab::train::StopReason::StoppedByCallback);
+    }
+    // Rank 1's callback fails at step 2: both ranks fail there instead of one waiting forever.
+    let runs = run_ranks_with_callbacks(2, &cfg(dir.path().join("fail"), 1), |rank, step| {
+        if rank == 1 && step == 2 {
+            Err(tunelab::Error::msg("the callback broke"))
+        } else {
+            Ok(true)
+        }
+    });
+    let errors: Vec<String> = runs
+        .into_iter()
+        .map(|r| r.unwrap_err().to_string())
+        .collect();
+    assert!(
+        errors[0].contains("on_log failed on another rank"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[1].contains("the callback broke"), "{}", errors[1]);
+}

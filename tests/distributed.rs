@@ -269,8 +269,15 @@ fn ranks_given_different_data_refuse_to_start() {
 fn a_rank_left_waiting_is_stopped_by_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("hang.rhai");
-    std::fs::write(&script, "if dist_rank() == 1 { sleep(120); }\nbarrier();\n").unwrap();
-    let mut cmd = launch(2, &["run", &script.to_string_lossy()]);
+    // Rank 1 dawdles before training; rank 0 waits for it in sft's first collective.
+    std::fs::write(
+        &script,
+        r#"if dist_rank() == 1 { sleep(120); }
+        sft(load_model("tiny"), dataset("identity"), #{ max_steps: 2, out: ARGS.out, progress: false });"#,
+    )
+    .unwrap();
+    let out_arg = format!("out={}", dir.path().join("run").display());
+    let mut cmd = launch(2, &["run", &script.to_string_lossy(), "--", &out_arg]);
     cmd.env("TUNELAB_DIST_TIMEOUT", "3");
     let (out, took) = finish(cmd, Duration::from_secs(90));
     assert!(!out.status.success(), "{}", text(&out));
@@ -342,5 +349,38 @@ fn one_rank_through_the_engine_trains_bit_for_bit_what_a_plain_process_trains() 
     assert_eq!(
         bytes(plain.join("adapter_model.safetensors")),
         bytes(engine.join("adapter_model.safetensors"))
+    );
+}
+
+#[test]
+fn a_rank_that_fails_alone_ends_the_job_at_once() {
+    // Rank 0 cannot create its run folder (a file is in the way); rank 1 would wait for it in
+    // the first exchange for the watchdog's 600 s if the failing rank did not end the job.
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, "in the way").unwrap();
+    let script = dir.path().join("short.rhai");
+    std::fs::write(
+        &script,
+        r#"sft(load_model("tiny"), dataset("identity"), #{ max_steps: 2, out: ARGS.out, progress: false });"#,
+    )
+    .unwrap();
+    let (out, took) = finish(
+        launch(
+            2,
+            &[
+                "run",
+                &script.to_string_lossy(),
+                "--",
+                &format!("out={}", blocked.join("run").display()),
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(60),
+        "took {took:?}:\n{}",
+        text(&out)
     );
 }

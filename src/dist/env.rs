@@ -2,7 +2,7 @@
 //!
 //! One order covers them (specs/distributed.md §6): torchrun's `RANK`/`WORLD_SIZE` (also what
 //! `tunelab launch` sets), then Open MPI's `OMPI_COMM_WORLD_*` and MPICH's `PMI_RANK`/`PMI_SIZE`
-//! (mpirun), then Slurm's `SLURM_PROCID`/`SLURM_NTASKS` (srun). None of them: a single process.
+//! (mpirun), then Slurm's `SLURM_PROCID`/`SLURM_STEP_NUM_TASKS` (an srun step). None of them: a single process.
 
 use crate::error::{Error, Result};
 
@@ -87,7 +87,10 @@ pub fn discover(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<Launch>> 
             master_addr: var("MASTER_ADDR"),
             master_port: port(var("MASTER_PORT"))?,
         }
-    } else if let (Some(rank), Some(world)) = (number("SLURM_PROCID")?, number("SLURM_NTASKS")?) {
+    } else if let (Some(rank), Some(world)) =
+        // Only inside an srun step: a batch script also has SLURM_PROCID and SLURM_NTASKS.
+        (number("SLURM_PROCID")?, number("SLURM_STEP_NUM_TASKS")?)
+    {
         let job = var("SLURM_JOB_ID").unwrap_or_default();
         let digits: String = job.chars().filter(|c| c.is_ascii_digit()).collect();
         let tail = &digits[digits.len().saturating_sub(4)..];
@@ -97,8 +100,9 @@ pub fn discover(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<Launch>> 
             rank,
             world,
             local_rank: number("SLURM_LOCALID")?.unwrap_or(0),
-            local_world: number("SLURM_NTASKS_PER_NODE")?
-                .or(number("SLURM_TASKS_PER_NODE").unwrap_or(None))
+            local_world: ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"]
+                .iter()
+                .find_map(|name| leading_number(&var(name)?))
                 .unwrap_or(1),
             master_addr: var("MASTER_ADDR")
                 .or_else(|| var("SLURM_JOB_NODELIST").map(|l| first_host(&l))),
@@ -116,6 +120,12 @@ pub fn discover(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<Launch>> 
         )));
     }
     Ok(Some(launch))
+}
+
+/// The first count of a Slurm tasks-per-node list: `4(x2),3` → 4.
+fn leading_number(text: &str) -> Option<usize> {
+    let digits: String = text.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
 }
 
 /// `MASTER_PORT` as a port number.
@@ -214,6 +224,8 @@ mod tests {
         let l = launch(&[
             ("SLURM_PROCID", "5"),
             ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
+            ("SLURM_STEP_TASKS_PER_NODE", "4(x2)"),
             ("SLURM_LOCALID", "1"),
             ("SLURM_JOB_ID", "1234567"),
             ("SLURM_JOB_NODELIST", "gpu[05-09,12],cpu1"),
@@ -221,6 +233,12 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((l.launcher, l.rank, l.local_rank), (Launcher::Slurm, 5, 1));
+        assert_eq!(l.local_world, 4);
+        // A batch script (no srun step) is a plain process.
+        assert_eq!(
+            launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "8")]).unwrap(),
+            None
+        );
         assert_eq!(l.master_addr.as_deref(), Some("gpu05"));
         assert_eq!(l.master_port, Some(15000 + 4567));
         assert_eq!(launch(&[]).unwrap(), None);

@@ -58,6 +58,12 @@ pub fn start(launch: &Launch) -> Result<NcclGroup> {
             "this rank asks for NCCL but sees no GPU; on CPUs run the ranks under MPI (TUNELAB_DIST_ENGINE=mpi)",
         ));
     }
+    if launch.world > launch.local_world && launch.master_addr.is_none() {
+        return Err(Error::msg(format!(
+            "{} ranks on several machines need MASTER_ADDR (rank 0's host) and MASTER_PORT in every rank's environment",
+            launch.world
+        )));
+    }
     let ordinal = gpu_for(launch.local_rank, count);
     crate::collective::set_gpu(ordinal);
     let device = crate::model::cuda_device(ordinal)?;
@@ -155,17 +161,15 @@ impl Collective for NcclGroup {
     }
 
     fn all_reduce_sum(&self, values: &Tensor) -> Result<Tensor> {
-        let comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
         let _timed = self.watchdog.watch("an all-reduce");
-        // A fresh contiguous copy on this rank's GPU (the caller's tensor stays as it was).
-        let buffer = values.to_device(&self.device)?.copy()?;
-        buffer.inplace_op1(&SumInPlace { comm: &comm })?;
-        // Wait here, under the watchdog, rather than at the caller's next read.
-        self.device.synchronize()?;
-        Ok(buffer.to_device(values.device())?)
+        self.sum(values)
     }
 
     fn all_gather(&self, values: &[u64]) -> Result<Vec<Vec<u64>>> {
+        if values.is_empty() {
+            // Nothing to send (and a zero-byte device allocation is an error).
+            return Ok(vec![Vec::new(); self.world]);
+        }
         let comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
         let _timed = self.watchdog.watch("an all-gather");
         let stream = comm.stream();
@@ -187,8 +191,22 @@ impl Collective for NcclGroup {
     }
 
     fn barrier(&self) -> Result<()> {
-        // NCCL has no barrier: a one-value sum waits for every rank just the same.
+        // NCCL has no barrier: a one-value sum waits for every rank just the same. Not watched:
+        // a script's barrier may wait while rank 0 exports for minutes.
         let one = Tensor::new(&[1f32], &Device::Cpu)?;
-        self.all_reduce_sum(&one).map(|_| ())
+        self.sum(&one).map(|_| ())
+    }
+}
+
+impl NcclGroup {
+    /// The sum over the ranks, unwatched (a barrier may wait as long as the slowest rank works).
+    fn sum(&self, values: &Tensor) -> Result<Tensor> {
+        let comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
+        // A fresh contiguous copy on this rank's GPU (the caller's tensor stays as it was).
+        let buffer = values.to_device(&self.device)?.copy()?;
+        buffer.inplace_op1(&SumInPlace { comm: &comm })?;
+        // Wait here (under the caller's watchdog, if any) rather than at the next read.
+        self.device.synchronize()?;
+        Ok(buffer.to_device(values.device())?)
     }
 }

@@ -123,11 +123,16 @@ pub fn train(
     }
     let train = load_datasets(&plan.datasets, &plan, cancel)?.expect("plans name a dataset");
     plan.sft.eval_dataset = load_datasets(&plan.eval_datasets, &plan, cancel)?;
+    // Every rank reads the folder here; rank 0 changes it only after all have (sft's agreement
+    // comes first), so the ranks decide alike whether to resume.
     prepare_output_dir(&mut plan, output)?;
     let out = plan.sft.out.clone().expect("plans always set output_dir");
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let main = crate::collective::is_main();
     let args_path = out.join("training_args.yaml");
-    crate::fsutil::write_atomic(&args_path, args_yaml(file).as_bytes())?;
+    if main {
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        crate::fsutil::write_atomic(&args_path, args_yaml(file).as_bytes())?;
+    }
     let hooks = Hooks {
         on_log: None,
         cancel,
@@ -136,7 +141,7 @@ pub fn train(
         collective: crate::collective::current(),
     };
     let run = crate::train::sft(&model, &train, &plan.sft, hooks);
-    if run.is_err() && !out.join("trainer_log.jsonl").exists() {
+    if main && run.is_err() && !out.join("trainer_log.jsonl").exists() {
         // Refused before training began: leave the folder as it was.
         let _ = std::fs::remove_file(&args_path);
     }

@@ -246,7 +246,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         )?;
         Ok((trainable, optim, state))
     };
-    let (trainable, mut optim, mut state, log, mut rounding) = match resume_from {
+    let (trainable, mut optim, mut state, mut rounding, resumed) = match resume_from {
         Some((_, dir)) => {
             let (trainable, tensors, steps, saved) =
                 checkpoint::load(&dir, model, cfg.finetuning_type, &selected)?;
@@ -270,33 +270,43 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             if let Some(q) = rounding.as_mut() {
                 q.restore(&names, &tensors, RESIDUAL, &source)?;
             }
-            let log = match main {
-                true => Some(TrainerLog::resume(&out, saved.global_step)?),
-                false => None,
-            };
             hooks.output.line(&format!(
                 "resuming from {} (step {}/{})",
                 dir.display(),
                 saved.global_step,
                 plan.total_steps
             ));
-            (trainable, optim, saved, log, rounding)
+            (trainable, optim, saved, rounding, true)
         }
         None => {
-            let log = match main {
-                true => {
-                    if cfg.overwrite_output_dir {
-                        checkpoint::remove_run(&out)?;
-                    }
-                    refuse_to_overwrite(&out)?;
-                    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-                    Some(TrainerLog::create(&out)?)
-                }
-                false => None,
-            };
             let (trainable, optim, state) = fresh(std::mem::take(&mut state))?;
             let rounding = quantizer(cfg, &trainable);
-            (trainable, optim, state, log, rounding)
+            (trainable, optim, state, rounding, false)
+        }
+    };
+    let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
+    // Several ranks agree on what they train before rank 0 changes anything on disk.
+    if let Some(ranks) = ranks {
+        agree(
+            ranks,
+            model,
+            &trainable,
+            &data,
+            &state,
+            &vars,
+            hooks.on_log.is_some(),
+        )?;
+    }
+    let log = match (main, resumed) {
+        (false, _) => None,
+        (true, true) => Some(TrainerLog::resume(&out, state.global_step)?),
+        (true, false) => {
+            if cfg.overwrite_output_dir {
+                checkpoint::remove_run(&out)?;
+            }
+            refuse_to_overwrite(&out)?;
+            std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+            Some(TrainerLog::create(&out)?)
         }
     };
     let names = trainable.names();
@@ -326,10 +336,6 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         )?;
     }
 
-    let vars: Vec<_> = trainable.named_vars().into_iter().map(|(_, v)| v).collect();
-    if let Some(ranks) = ranks {
-        agree(ranks, model, &trainable, &data, &state, &vars)?;
-    }
     let progress = Progress::new(
         plan.total_steps,
         state.global_step,
@@ -499,6 +505,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             // Ctrl-C on any rank: every rank stops before this step's update.
             return Err(interrupted(
                 main.then_some(out.as_path()),
+                ranks,
                 &trainable,
                 &optim,
                 &residuals(&rounding)?,
@@ -542,7 +549,8 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 .factor(step, plan.warmup, plan.total_steps);
         progress.update(step, step_loss, lr, tokens_per_sec);
 
-        let mut keep_going = true;
+        // What on_log said this step: go on, stop, or an error (the first one is kept).
+        let mut callback: Result<bool> = Ok(true);
         if step % cfg.logging_steps == 0 || last {
             let loss = round(state.window_loss / state.window_steps as f64, 4);
             state.window_loss = 0.0;
@@ -564,7 +572,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 event["elapsed_time"].as_str().unwrap_or(""),
                 event["remaining_time"].as_str().unwrap_or("")
             ));
-            keep_going &= emit(log.as_ref(), &mut hooks, &event)?;
+            heed(&mut callback, emit(log.as_ref(), &mut hooks, &event));
         }
         let mut save_now = step % cfg.save_steps == 0;
         if !data.eval.is_empty() && (step % eval_every == 0 || last) {
@@ -587,7 +595,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
             } else {
                 state.evals_without_improvement += 1;
             }
-            keep_going &= emit(log.as_ref(), &mut hooks, &event)?;
+            heed(&mut callback, emit(log.as_ref(), &mut hooks, &event));
             // The curves so far, read as a practitioner would at each evaluation: warn once per
             // new problem (overfitting, instability, divergence).
             if let Some(d) = live_warning(&state) {
@@ -607,6 +615,27 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 }
             }
         }
+        let keep_going = match ranks {
+            Some(r) if hooks.on_log.is_some() => match agree_on_callbacks(r, callback)? {
+                Together::Go => true,
+                Together::Stop => false,
+                Together::Cancelled => {
+                    return Err(interrupted(
+                        main.then_some(out.as_path()),
+                        ranks,
+                        &trainable,
+                        &optim,
+                        &residuals(&rounding)?,
+                        &mut state,
+                        last_saved,
+                        &progress,
+                        elapsed_before,
+                        &started,
+                    ))
+                }
+            },
+            _ => callback?,
+        };
         if !keep_going && stopped == StopReason::Finished && !last {
             stopped = StopReason::StoppedByCallback;
         }
@@ -850,6 +879,7 @@ fn emit(log: Option<&TrainerLog>, hooks: &mut Hooks, event: &Map<String, Value>)
 #[allow(clippy::too_many_arguments)]
 fn interrupted(
     out: Option<&Path>,
+    ranks: Option<Ranks>,
     trainable: &Trainable,
     optim: &Optimizer,
     residuals: &[(String, Tensor)],
@@ -861,17 +891,25 @@ fn interrupted(
 ) -> Error {
     progress.finish();
     state.elapsed = elapsed_before + started.elapsed().as_secs_f64();
-    let Some(out) = out else {
-        return Error::Cancelled;
-    };
-    if state.global_step > 0 && state.global_step != last_saved {
-        match checkpoint::save(out, trainable, optim, residuals, state) {
-            Ok(dir) => progress.line(&format!(
-                "interrupted: checkpoint {} saved; run sft again with resume: true to continue",
-                dir.display()
-            )),
-            Err(e) => return e,
+    let saved = match out {
+        Some(out) if state.global_step > 0 && state.global_step != last_saved => {
+            checkpoint::save(out, trainable, optim, residuals, state).map(Some)
         }
+        _ => Ok(None),
+    };
+    // The other ranks wait for rank 0's checkpoint before they exit (an exit would end the job).
+    if let Some(r) = ranks {
+        if let Err(e) = r.group.barrier() {
+            return e;
+        }
+    }
+    match saved {
+        Ok(Some(dir)) => progress.line(&format!(
+            "interrupted: checkpoint {} saved; run sft again with resume: true to continue",
+            dir.display()
+        )),
+        Ok(None) => {}
+        Err(e) => return e,
     }
     Error::Cancelled
 }
@@ -885,6 +923,7 @@ fn agree(
     data: &Prepared,
     state: &TrainerState,
     vars: &[candle_core::Var],
+    on_log: bool,
 ) -> Result<()> {
     let shapes: Vec<(String, Vec<usize>)> = trainable
         .named_vars()
@@ -914,7 +953,9 @@ fn agree(
         },
         Agreement {
             what: "training settings",
-            hash: dp::hash_of(&state.fingerprint.to_string()),
+            // With on_log, every rank runs its callback and their verdicts are compared each
+            // time: every rank must have one.
+            hash: dp::hash_of(&(state.fingerprint.to_string(), on_log)),
             advice: "run the same script with the same arguments on every rank",
         },
         Agreement {
@@ -935,6 +976,49 @@ fn same_weights(ranks: Ranks, vars: &[candle_core::Var], step: usize) -> Result<
         advice: "the ranks diverged; report this with the run's trainer_log.jsonl",
     }];
     dp::agree(ranks, &items).map_err(|e| Error::msg(format!("step {step}: {e}")))
+}
+
+/// Fold one `on_log` answer into the step's: an error stays, a stop stays.
+fn heed(step: &mut Result<bool>, answer: Result<bool>) {
+    if let Ok(go) = step {
+        match answer {
+            Ok(more) => *go &= more,
+            Err(e) => *step = Err(e),
+        }
+    }
+}
+
+/// What the ranks' callbacks decided together.
+enum Together {
+    Go,
+    Stop,
+    Cancelled,
+}
+
+/// The ranks' `on_log` answers this step, compared (their events differ in times and throughput,
+/// so they may answer differently): any error fails every rank, any Ctrl-C interrupts every rank,
+/// any stop stops every rank.
+fn agree_on_callbacks(ranks: Ranks, mine: Result<bool>) -> Result<Together> {
+    let figures = match &mine {
+        Ok(true) => [0.0, 0.0, 0.0],
+        Ok(false) => [1.0, 0.0, 0.0],
+        Err(Error::Cancelled) => [0.0, 1.0, 0.0],
+        Err(_) => [0.0, 0.0, 1.0],
+    };
+    let [stops, cancels, errors] = dp::sum_figures(ranks, figures)?;
+    if errors > 0.0 {
+        mine?;
+        return Err(Error::msg(
+            "on_log failed on another rank (its error is printed by that rank)",
+        ));
+    }
+    Ok(if cancels > 0.0 {
+        Together::Cancelled
+    } else if stops > 0.0 {
+        Together::Stop
+    } else {
+        Together::Go
+    })
 }
 
 /// Summed token loss of a batch (differentiable when `pass.train`) and its correct predictions.
@@ -972,7 +1056,10 @@ pub fn evaluate(
             continue;
         }
         for group in compute_groups(chunk) {
-            cancel.check()?;
+            // Several ranks must all reach the sums below; Ctrl-C stops them at the next step.
+            if ranks.is_none() {
+                cancel.check()?;
+            }
             let batch = stack(&group, data.pad_id, &model.llama.device)?;
             if batch.num_targets == 0 {
                 continue;

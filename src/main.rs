@@ -156,7 +156,11 @@ fn main() -> ExitCode {
         // Rank 0 prints for the job; the others report only their errors.
         ctx.output = tunelab::output::Output::discard();
     }
-    install_ctrl_c(&ctx.cancel);
+    if matches!(cli.command, Some(Command::Launch { .. })) {
+        tunelab::dist::launch::install_ctrl_c(&ctx.cancel);
+    } else {
+        install_ctrl_c(&ctx.cancel);
+    }
     let result = match cli.command {
         None if std::io::stdin().is_terminal() => repl::run(ctx).map(|()| ExitCode::SUCCESS),
         None => run_stdin(&ctx),

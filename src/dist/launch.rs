@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::Engine;
 use crate::cancel::CancelToken;
@@ -30,6 +31,23 @@ pub struct LaunchOptions {
     pub node_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+}
+
+/// Ctrl-C presses the launcher has seen.
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+/// The launcher's Ctrl-C: the first is passed on to the ranks (each stops after its step, rank
+/// 0 keeps a checkpoint); the second stops them at once (SIGTERM, then SIGKILL) — never leaving
+/// them running without their launcher.
+pub fn install_ctrl_c(cancel: &CancelToken) {
+    let cancel = cancel.clone();
+    let installed = ctrlc::set_handler(move || {
+        INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        cancel.cancel();
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will not reach the ranks cleanly: {e}");
+    }
 }
 
 /// A launch needs ranks and a command for them.
@@ -183,6 +201,11 @@ pub fn supervise(
         }
         if running.iter().all(|&r| !r) {
             return Ok(0);
+        }
+        if INTERRUPTS.load(Ordering::SeqCst) >= 2 {
+            eprintln!("tunelab launch: Ctrl-C again: stopping every rank now");
+            stop_all(&mut children);
+            return Ok(130);
         }
         if cancel.is_cancelled() && !forwarded {
             for (i, child) in children.iter().enumerate() {

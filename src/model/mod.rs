@@ -21,6 +21,7 @@ pub mod parity;
 pub mod perplexity;
 pub mod rope;
 pub mod save;
+pub mod shapes;
 pub mod shards;
 pub mod spm;
 pub mod tiny;
@@ -49,8 +50,10 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// GGUF only: keep the weights in their quantized blocks (for chat and serving).
     pub quantized: bool,
-    /// Seed of the `tiny` preset's random weights.
+    /// Seed of the random weights of `tiny` and of `shape:` models.
     pub seed: u64,
+    /// A slice of a `shape:` model: fewer blocks, a smaller vocabulary (same width).
+    pub shape: shapes::ShapeOptions,
     /// bf16 on a CPU with AVX512-BF16: compute as PyTorch's bf16 autocast does (bf16 weights
     /// and products, f32 elsewhere; the default), or in bf16 throughout as a GPU does (false).
     pub autocast: bool,
@@ -63,6 +66,7 @@ impl Default for LoadOptions {
             dtype: None,
             quantized: false,
             seed: 0,
+            shape: shapes::ShapeOptions::default(),
             autocast: true,
         }
     }
@@ -77,7 +81,7 @@ pub struct ModelParts {
     pub chat_template: Option<String>,
     /// Where it came from: a path, or `tiny (seed N)`.
     pub source: String,
-    /// `gguf`, `hf` or `tiny`.
+    /// `gguf`, `hf`, `tiny` or `shape`.
     pub format: &'static str,
     /// Weights kept in quantized blocks.
     pub quantized: bool,
@@ -305,7 +309,8 @@ impl Ordinal for candle_core::DeviceLocation {
     }
 }
 
-/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, or `"tiny"`. bf16 on a CPU with
+/// Load `path_or_preset`: a Hugging Face folder, a `.gguf` file, `"tiny"`, or `"shape:NAME"` (a
+/// real architecture's shape with random weights, [`shapes`]). bf16 on a CPU with
 /// AVX512-BF16 computes as PyTorch's bf16 autocast does ([`Llama::autocast_bf16`]); a CPU without
 /// the instructions computes in f32 instead and says so once (`autocast: false` keeps bf16
 /// throughout, as a GPU computes, on any CPU).
@@ -356,6 +361,29 @@ fn load_as_stored(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
             eos_token: Some("<|im_end|>".into()),
         }));
     }
+    if let Some(name) = path_or_preset.strip_prefix("shape:") {
+        let cfg = shapes::shape(name)?;
+        let (llama, tokenizer) = shapes::build(
+            cfg,
+            &opts.shape,
+            opts.seed,
+            compute_dtype(opts, &device),
+            &device,
+        )?;
+        let stop_ids = llama.config.eos_token_ids.clone();
+        return Ok(Model::new(ModelParts {
+            llama,
+            tokenizer,
+            chat_template: None,
+            source: format!("{path_or_preset} with random weights (seed {})", opts.seed),
+            format: "shape",
+            quantized: false,
+            stop_ids,
+            add_bos: false,
+            bos_token: None,
+            eos_token: Some("<|im_end|>".into()),
+        }));
+    }
     let path = Path::new(path_or_preset);
     if path.is_dir() {
         return weights::load_hf(path, opts, &device);
@@ -374,7 +402,7 @@ fn load_as_stored(path_or_preset: &str, opts: &LoadOptions) -> Result<Model> {
         return weights::load_gguf(path, opts, &device);
     }
     Err(Error::msg(format!(
-        "\"{path_or_preset}\" is not a model: give a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file, or \"tiny\""
+        "\"{path_or_preset}\" is not a model: give a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file, \"tiny\", or \"shape:llama-3-8b\" (random weights)"
     )))
 }
 

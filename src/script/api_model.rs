@@ -182,14 +182,24 @@ mod model_api {
     }
 
     /// Load a model with options: `device` ("cpu" | "cuda" | "cuda:N" | "auto"), `dtype` ("auto":
-    /// f32 on the CPU, bf16 on a GPU | "f32" | "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (tiny's weights), `autocast` (bf16 on a
-    /// CPU with AVX512-BF16: true computes as PyTorch's bf16 autocast, false in bf16 throughout).
+    /// f32 on the CPU, bf16 on a GPU | "f32" | "bf16" | "f16"), `quantized` (GGUF: keep the quantized blocks), `seed` (the random weights of tiny and `shape:` models), `autocast` (bf16 on a
+    /// CPU with AVX512-BF16: true computes as PyTorch's bf16 autocast, false in bf16 throughout),
+    /// `layers` and `vocab_size` (a slice of a `shape:` model, e.g. `load_model("shape:llama-3-8b",
+    /// #{ layers: 1, vocab_size: 4096 })`).
     #[rhai_fn(name = "load_model", return_raw)]
     pub fn load_model_with(path_or_preset: &str, opts: Map) -> ScriptResult<Model> {
         let o = Options::new(
             "load_model options",
             opts,
-            &["device", "dtype", "quantized", "seed", "autocast"],
+            &[
+                "device",
+                "dtype",
+                "quantized",
+                "seed",
+                "autocast",
+                "layers",
+                "vocab_size",
+            ],
         )?;
         let mut lo = crate::model::LoadOptions::default();
         if let Some(d) = o.string("device")? {
@@ -207,6 +217,8 @@ mod model_api {
         lo.quantized = o.bool("quantized")?.unwrap_or(false);
         lo.seed = o.int("seed")?.unwrap_or(0) as u64;
         lo.autocast = o.bool("autocast")?.unwrap_or(true);
+        lo.shape.layers = o.int("layers")?.map(|n| n.max(1) as usize);
+        lo.shape.vocab_size = o.int("vocab_size")?.map(|n| n.max(1) as usize);
         crate::model::load(path_or_preset, &lo).script()
     }
 

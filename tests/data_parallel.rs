@@ -34,21 +34,40 @@ fn cfg(out: PathBuf, accumulation: usize) -> SftConfig {
     cfg
 }
 
-/// One run per rank, each on its own thread; returns rank 0's run and every rank's output.
-fn run_ranks(world: usize, cfg: &SftConfig) -> Vec<tunelab::Result<Run>> {
+/// What each rank's `on_log` answers: `answer(rank, step)`.
+type Answer = fn(usize, u64) -> tunelab::Result<bool>;
+
+/// One run per rank, each on its own thread, in rank order: rank r trains on `data[r % len]`,
+/// with an `on_log` when `answer` is given.
+fn run_each_rank(
+    world: usize,
+    cfg: &SftConfig,
+    data: &[&str],
+    answer: Option<Answer>,
+) -> Vec<tunelab::Result<Run>> {
     let group = in_process::group(world);
     let model = tiny();
-    let ds = shipped("identity");
+    let sets: Vec<_> = data.iter().map(|name| shipped(name)).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = group
             .iter()
             .map(|rank| {
-                let (model, ds, cfg) = (&model, &ds, cfg.clone());
+                let (model, ds, cfg) = (&model, &sets[rank.rank % sets.len()], cfg.clone());
                 s.spawn(move || {
                     let cancel = CancelToken::new();
                     let out = Output::capture();
+                    let mut on_log =
+                        |ev: &serde_json::Map<String, serde_json::Value>| -> tunelab::Result<bool> {
+                            answer.expect("only called when given")(
+                                rank.rank,
+                                ev["current_steps"].as_u64().unwrap(),
+                            )
+                        };
                     let hooks = Hooks {
-                        on_log: None,
+                        on_log: match answer {
+                            Some(_) => Some(&mut on_log),
+                            None => None,
+                        },
                         cancel: &cancel,
                         output: &out,
                         progress_bar: false,
@@ -60,6 +79,11 @@ fn run_ranks(world: usize, cfg: &SftConfig) -> Vec<tunelab::Result<Run>> {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// `world` ranks training on the identity data.
+fn run_ranks(world: usize, cfg: &SftConfig) -> Vec<tunelab::Result<Run>> {
+    run_each_rank(world, cfg, &["identity"], None)
 }
 
 fn max_relative_diff(a: &[(usize, f64)], b: &[(usize, f64)]) -> f64 {
@@ -200,32 +224,14 @@ fn copy_checkpoint(from: &std::path::Path, to: &std::path::Path, step: usize) {
 #[test]
 fn ranks_given_different_data_refuse_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let group = in_process::group(2);
-    let model = tiny();
-    let (a, b) = (shipped("identity"), shipped("instruct_en"));
-    let errors: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = group
-            .iter()
-            .map(|rank| {
-                let ds = if rank.rank == 0 { &a } else { &b };
-                let (model, cfg) = (&model, cfg(dir.path().join("run"), 1));
-                s.spawn(move || {
-                    let cancel = CancelToken::new();
-                    let out = Output::capture();
-                    let hooks = Hooks {
-                        on_log: None,
-                        cancel: &cancel,
-                        output: &out,
-                        progress_bar: false,
-                        collective: Some(rank as &dyn Collective),
-                    };
-                    sft(model, ds, &cfg, hooks).unwrap_err().to_string()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for e in errors {
+    let runs = run_each_rank(
+        2,
+        &cfg(dir.path().join("run"), 1),
+        &["identity", "instruct_en"],
+        None,
+    );
+    for run in runs {
+        let e = run.unwrap_err().to_string();
         assert!(
             e.contains("rank 1's training data differs from rank 0's"),
             "{e}"
@@ -233,62 +239,34 @@ fn ranks_given_different_data_refuse_to_start() {
     }
 }
 
-/// One run per rank with an `on_log` of its own: `answer(rank, step)`.
-fn run_ranks_with_callbacks(
-    world: usize,
-    cfg: &SftConfig,
-    answer: fn(usize, u64) -> tunelab::Result<bool>,
-) -> Vec<tunelab::Result<Run>> {
-    let group = in_process::group(world);
-    let model = tiny();
-    let ds = shipped("identity");
-    std::thread::scope(|s| {
-        let handles: Vec<_> = group
-            .iter()
-            .map(|rank| {
-                let (model, ds, cfg) = (&model, &ds, cfg.clone());
-                s.spawn(move || {
-                    let cancel = CancelToken::new();
-                    let out = Output::capture();
-                    let mut on_log =
-                        |ev: &serde_json::Map<String, serde_json::Value>| -> tunelab::Result<bool> {
-                            answer(rank.rank, ev["current_steps"].as_u64().unwrap())
-                        };
-                    let hooks = Hooks {
-                        on_log: Some(&mut on_log),
-                        cancel: &cancel,
-                        output: &out,
-                        progress_bar: false,
-                        collective: Some(rank as &dyn Collective),
-                    };
-                    sft(model, ds, &cfg, hooks)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
 #[test]
 fn one_ranks_callback_stops_or_fails_every_rank_at_the_same_step() {
     let dir = tempfile::tempdir().unwrap();
     // Rank 1 alone says stop at step 2 (its events differ in times, so answers may differ).
-    let runs = run_ranks_with_callbacks(2, &cfg(dir.path().join("stop"), 1), |rank, step| {
-        Ok(!(rank == 1 && step == 2))
-    });
+    let runs = run_each_rank(
+        2,
+        &cfg(dir.path().join("stop"), 1),
+        &["identity"],
+        Some(|rank, step| Ok(!(rank == 1 && step == 2))),
+    );
     for run in runs {
         let run = run.unwrap();
         assert_eq!(run.steps, 2);
         assert_eq!(run.stopped, tunelab::train::StopReason::StoppedByCallback);
     }
     // Rank 1's callback fails at step 2: both ranks fail there instead of one waiting forever.
-    let runs = run_ranks_with_callbacks(2, &cfg(dir.path().join("fail"), 1), |rank, step| {
-        if rank == 1 && step == 2 {
-            Err(tunelab::Error::msg("the callback broke"))
-        } else {
-            Ok(true)
-        }
-    });
+    let runs = run_each_rank(
+        2,
+        &cfg(dir.path().join("fail"), 1),
+        &["identity"],
+        Some(|rank, step| {
+            if rank == 1 && step == 2 {
+                Err(tunelab::Error::msg("the callback broke"))
+            } else {
+                Ok(true)
+            }
+        }),
+    );
     let errors: Vec<String> = runs
         .into_iter()
         .map(|r| r.unwrap_err().to_string())

@@ -88,6 +88,27 @@ fn losses(out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `tunelab launch` of 2 ranks running `source` (written to `dir/name`) with `out=OUT`; also the
+/// script's path (to find its processes).
+fn two_ranks_of(dir: &Path, name: &str, source: &str, out: &Path) -> (Command, String) {
+    let script = dir.join(name);
+    std::fs::write(&script, source).unwrap();
+    let script = script.to_string_lossy().to_string();
+    let cmd = launch(
+        2,
+        &["run", &script, "--", &format!("out={}", out.display())],
+    );
+    (cmd, script)
+}
+
+/// A LoRA run on tiny that goes on until stopped, saving every `save_steps`.
+fn endless(save_steps: usize) -> String {
+    format!(
+        r#"sft(load_model("tiny"), dataset("identity"), #{{ max_steps: 100000, batch_size: 2,
+            save_steps: {save_steps}, logging_steps: 2, out: ARGS.out, plot_loss: false, progress: false }});"#
+    )
+}
+
 const LIMIT: Duration = Duration::from_secs(180);
 
 #[test]
@@ -201,22 +222,12 @@ fn rank_pid(script: &str, rank: usize) -> Option<i32> {
 fn a_killed_rank_ends_the_job_and_the_last_checkpoint_loads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let script = dir.path().join("long.rhai");
-    std::fs::write(
-        &script,
-        r#"sft(load_model("tiny"), dataset("identity"), #{ max_steps: 100000, batch_size: 2,
-            save_steps: 5, logging_steps: 5, out: ARGS.out, plot_loss: false, progress: false });"#,
-    )
-    .unwrap();
-    let script = script.to_string_lossy().to_string();
-    let child = launch(
-        2,
-        &["run", &script, "--", &format!("out={}", out.display())],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let (mut cmd, script) = two_ranks_of(dir.path(), "long.rhai", &endless(5), &out);
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while !out.join("checkpoint-5").is_dir() {
         assert!(started.elapsed() < LIMIT, "no checkpoint-5 after {LIMIT:?}");
@@ -238,25 +249,14 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_loads() {
 #[test]
 fn ranks_given_different_data_refuse_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("mismatch.rhai");
-    std::fs::write(
-        &script,
+    let (cmd, _) = two_ranks_of(
+        dir.path(),
+        "mismatch.rhai",
         r#"let name = if dist_rank() == 0 { "identity" } else { "instruct_en" };
         sft(load_model("tiny"), dataset(name), #{ max_steps: 2, out: ARGS.out, progress: false });"#,
-    )
-    .unwrap();
-    let (out, _) = finish(
-        launch(
-            2,
-            &[
-                "run",
-                &script.to_string_lossy(),
-                "--",
-                &format!("out={}", dir.path().join("run").display()),
-            ],
-        ),
-        LIMIT,
+        &dir.path().join("run"),
     );
+    let (out, _) = finish(cmd, LIMIT);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("rank 1's training data differs from rank 0's"),
@@ -268,16 +268,14 @@ fn ranks_given_different_data_refuse_to_start() {
 #[test]
 fn a_rank_left_waiting_is_stopped_by_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("hang.rhai");
     // Rank 1 dawdles before training; rank 0 waits for it in sft's first collective.
-    std::fs::write(
-        &script,
+    let (mut cmd, _) = two_ranks_of(
+        dir.path(),
+        "hang.rhai",
         r#"if dist_rank() == 1 { sleep(120); }
         sft(load_model("tiny"), dataset("identity"), #{ max_steps: 2, out: ARGS.out, progress: false });"#,
-    )
-    .unwrap();
-    let out_arg = format!("out={}", dir.path().join("run").display());
-    let mut cmd = launch(2, &["run", &script.to_string_lossy(), "--", &out_arg]);
+        &dir.path().join("run"),
+    );
     cmd.env("TUNELAB_DIST_TIMEOUT", "3");
     let (out, took) = finish(cmd, Duration::from_secs(90));
     assert!(!out.status.success(), "{}", text(&out));
@@ -289,26 +287,12 @@ fn a_rank_left_waiting_is_stopped_by_the_watchdog() {
 fn ctrl_c_stops_every_rank_after_its_step_and_keeps_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let script = dir.path().join("long.rhai");
-    std::fs::write(
-        &script,
-        r#"sft(load_model("tiny"), dataset("identity"), #{ max_steps: 100000, batch_size: 2,
-            save_steps: 100000, logging_steps: 2, out: ARGS.out, plot_loss: false, progress: false });"#,
-    )
-    .unwrap();
-    let child = launch(
-        2,
-        &[
-            "run",
-            &script.to_string_lossy(),
-            "--",
-            &format!("out={}", out.display()),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let (mut cmd, _) = two_ranks_of(dir.path(), "long.rhai", &endless(100000), &out);
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     let log = out.join("trainer_log.jsonl");
     while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 2 {
@@ -359,24 +343,13 @@ fn a_rank_that_fails_alone_ends_the_job_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let blocked = dir.path().join("a-file");
     std::fs::write(&blocked, "in the way").unwrap();
-    let script = dir.path().join("short.rhai");
-    std::fs::write(
-        &script,
+    let (cmd, _) = two_ranks_of(
+        dir.path(),
+        "short.rhai",
         r#"sft(load_model("tiny"), dataset("identity"), #{ max_steps: 2, out: ARGS.out, progress: false });"#,
-    )
-    .unwrap();
-    let (out, took) = finish(
-        launch(
-            2,
-            &[
-                "run",
-                &script.to_string_lossy(),
-                "--",
-                &format!("out={}", blocked.join("run").display()),
-            ],
-        ),
-        Duration::from_secs(120),
+        &blocked.join("run"),
     );
+    let (out, took) = finish(cmd, Duration::from_secs(120));
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         took < Duration::from_secs(60),

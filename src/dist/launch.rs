@@ -82,7 +82,6 @@ pub fn mpirun_command(options: &LaunchOptions, exe: &str, args: &[String]) -> Re
             args.join(" ")
         )));
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cmd: Vec<String> = vec![
         "mpirun".into(),
         "-np".into(),
@@ -90,9 +89,9 @@ pub fn mpirun_command(options: &LaunchOptions, exe: &str, args: &[String]) -> Re
     ];
     // Each rank runs cores/N threads of its own; pinning a rank to one core would starve them.
     cmd.extend(["--bind-to".into(), "none".into()]);
-    if options.nproc_per_node > cores {
-        cmd.push("--oversubscribe".into());
-    }
+    // Open MPI counts physical cores as slots: on a machine of two hyperthreads on one core,
+    // `-np 2` would be refused. The ranks already share the cores (cores/N threads each).
+    cmd.push("--oversubscribe".into());
     // Open MPI refuses to run as root unless told (containers and CI machines often are root).
     if unsafe { libc::geteuid() } == 0 {
         cmd.push("--allow-run-as-root".into());

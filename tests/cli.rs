@@ -318,3 +318,32 @@ fn a_corrupt_parquet_file_prints_one_error_and_no_panic() {
     );
     check!(!err.contains("panicked"), out);
 }
+
+/// Without a distributed engine built in, a launch or a rank says how to build one, at once.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn ranks_without_an_engine_say_how_to_build_one() {
+    let out = tunelab(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "run",
+        "scripts/00_hello.rhai",
+    ]);
+    check!(!out.status.success(), out);
+    check!(text(&out.stderr).contains("--features mpi"), out);
+
+    let out = Command::new(BIN)
+        .args(["run", "scripts/00_hello.rhai"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    check!(!out.status.success(), out);
+    check!(
+        text(&out.stderr).contains("rank 1 of 2, but this tunelab was built without MPI"),
+        out
+    );
+}

@@ -138,6 +138,11 @@ pub fn launch(options: &LaunchOptions, args: &[String], cancel: &CancelToken) ->
     let exe = exe.to_string_lossy().to_string();
     match Engine::choose()? {
         Engine::Mpi => {
+            if !cfg!(feature = "mpi") {
+                return Err(Error::msg(
+                    "launch: CPU ranks talk over MPI, and this tunelab was built without it: build it with `cargo build --release --features mpi` (Open MPI; see docs/distributed.md)",
+                ));
+            }
             let cmd = mpirun_command(options, &exe, args)?;
             let mpirun = spawn(
                 Command::new(&cmd[0])

@@ -144,8 +144,15 @@ pub fn launch(options: &LaunchOptions, args: &[String], cancel: &CancelToken) ->
                 ));
             }
             let cmd = mpirun_command(options, &exe, args)?;
+            let mut mpirun = Command::new(&cmd[0]);
+            // Open MPI's shared-memory transport reads other processes' memory directly (CMA),
+            // which containers without ptrace rights refuse ("Read -1, … errno = 1"); copying
+            // through shared memory works everywhere and costs nothing at LoRA's sizes.
+            if std::env::var_os("OMPI_MCA_btl_vader_single_copy_mechanism").is_none() {
+                mpirun.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+            }
             let mpirun = spawn(
-                Command::new(&cmd[0])
+                mpirun
                     .args(&cmd[1..])
                     .env("MASTER_ADDR", &options.master_addr)
                     .env("MASTER_PORT", options.master_port.to_string())

@@ -38,6 +38,21 @@ fn finish(mut cmd: Command, limit: Duration) -> (Output, Duration) {
     (out, started.elapsed())
 }
 
+/// Start `cmd` and wait (at most `LIMIT`) until `ready` holds; `what` names it in a failure.
+fn start_and_await(cmd: &mut Command, what: &str, ready: impl Fn() -> bool) -> Child {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < LIMIT, "no {what} after {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 fn wait_or_kill(mut child: Child, limit: Duration) -> Output {
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
@@ -223,16 +238,9 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_loads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let (mut cmd, script) = two_ranks_of(dir.path(), "long.rhai", &endless(5), &out);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !out.join("checkpoint-5").is_dir() {
-        assert!(started.elapsed() < LIMIT, "no checkpoint-5 after {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_and_await(&mut cmd, "checkpoint-5", || {
+        out.join("checkpoint-5").is_dir()
+    });
     let pid = rank_pid(&script, 1).expect("rank 1 is running");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed = Instant::now();
@@ -288,17 +296,10 @@ fn ctrl_c_stops_every_rank_after_its_step_and_keeps_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let (mut cmd, _) = two_ranks_of(dir.path(), "long.rhai", &endless(100000), &out);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
     let log = out.join("trainer_log.jsonl");
-    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(started.elapsed() < LIMIT, "no log lines after {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_and_await(&mut cmd, "two log lines", || {
+        std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) >= 2
+    });
     // Ctrl-C reaches the launcher, which passes it on to the ranks once.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let result = wait_or_kill(child, Duration::from_secs(60));

@@ -114,10 +114,10 @@ pub fn build(
     if let Some(layers) = opts.layers {
         cfg.num_hidden_layers = layers.max(1);
     }
-    if let Some(vocab) = opts.vocab_size {
-        cfg.vocab_size = vocab.max(super::tiny::tokenizer()?.vocab_size());
-    }
     let tok = super::tiny::tokenizer()?;
+    if let Some(vocab) = opts.vocab_size {
+        cfg.vocab_size = vocab.max(tok.vocab_size());
+    }
     cfg.bos_token_id = None;
     cfg.eos_token_ids = tok.token_id("<|im_end|>").into_iter().collect();
     cfg.validate("shape")?;

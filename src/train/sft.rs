@@ -377,6 +377,25 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
     let eval_every = cfg.eval_steps.unwrap_or(cfg.logging_steps);
     let started = Instant::now();
     let elapsed_before = state.elapsed;
+    // Ctrl-C: rank 0 keeps a checkpoint of the last finished step; every rank reports it.
+    let interrupt = |optim: &Optimizer,
+                     rounding: &Option<GradQuantizer>,
+                     state: &mut TrainerState,
+                     last_saved: usize|
+     -> Result<Error> {
+        Ok(interrupted(
+            main.then_some(out.as_path()),
+            ranks,
+            &trainable,
+            optim,
+            &residuals(rounding)?,
+            state,
+            last_saved,
+            &progress,
+            elapsed_before,
+            &started,
+        ))
+    };
     let mut last_saved = state.global_step;
     let mut stopped = StopReason::Finished;
     // The last problem the live diagnosis warned about (each is said once).
@@ -503,18 +522,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
         }
         if stop {
             // Ctrl-C on any rank: every rank stops before this step's update.
-            return Err(interrupted(
-                main.then_some(out.as_path()),
-                ranks,
-                &trainable,
-                &optim,
-                &residuals(&rounding)?,
-                &mut state,
-                last_saved,
-                &progress,
-                elapsed_before,
-                &started,
-            ));
+            return Err(interrupt(&optim, &rounding, &mut state, last_saved)?);
         }
         if !step_loss.is_finite() {
             progress.line(&format!(
@@ -620,18 +628,7 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 Together::Go => true,
                 Together::Stop => false,
                 Together::Cancelled => {
-                    return Err(interrupted(
-                        main.then_some(out.as_path()),
-                        ranks,
-                        &trainable,
-                        &optim,
-                        &residuals(&rounding)?,
-                        &mut state,
-                        last_saved,
-                        &progress,
-                        elapsed_before,
-                        &started,
-                    ))
+                    return Err(interrupt(&optim, &rounding, &mut state, last_saved)?)
                 }
             },
             _ => callback?,

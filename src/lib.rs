@@ -23,7 +23,7 @@
 //! - [`gguf`]: the GGUF file format, read and written.
 //! - [`export`]: every export format in one step (`tunelab export`).
 //! - [`version`]: what this build is made of.
-//! - [`procstat`]: peak memory and CPU time, for benchmarks.
+//! - [`procstat`]: peak memory and CPU time, for benchmarks; [`gpu_memory`]: peak GPU memory.
 //! - [`script`]: the Rhai engine, stdlib, runner and test runner.
 //! - [`serve`]: the OpenAI-compatible HTTP server.
 //! - [`lfconfig`]: LLaMA-Factory's YAML configs, run unchanged.
@@ -42,6 +42,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod ggml;
 pub mod gguf;
+pub mod gpu_memory;
 pub mod lfconfig;
 pub mod lora;
 pub mod model;

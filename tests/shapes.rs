@@ -72,3 +72,39 @@ fn its_q4_k_m_base_trains_a_lora_through_the_quantized_blocks() {
     let r = bench_sft(&q, &opts, &CancelToken::new()).unwrap();
     assert!(r.losses.iter().all(|l| l.is_finite()), "{:?}", r.losses);
 }
+
+/// The prepared 8B GPU benchmark (scripts/gpu/bench_8b.rhai) run on the CPU with a one-block,
+/// small-vocabulary slice and gradient checkpointing, so it cannot rot where no GPU runs it: the
+/// parity check passes and the result line is JSON with the memory fields (null off a GPU).
+#[test]
+fn the_8b_gpu_benchmark_script_runs_on_a_cpu_slice() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["run", "scripts/gpu/bench_8b.rhai", "--", "device=cpu"])
+        .args([
+            "layers=1",
+            "slice_layers=1",
+            "vocab=2048",
+            "seq=16",
+            "batch=1",
+        ])
+        .args(["steps=1", "checkpointing=true"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PARITY llama-3-8b slice"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH8B "))
+        .expect("a BENCH8B line");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["checkpointing"], true);
+    assert!(r["gpu_peak_mb"].is_null(), "{r}");
+}

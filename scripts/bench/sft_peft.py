@@ -50,6 +50,9 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpointing", action="store_true",
+                   help="gradient checkpointing (transformers' gradient_checkpointing_enable, "
+                        "non-reentrant): recompute each block in the backward pass")
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on the CPU, as transformers' bf16=True trains: weights, "
                         "LoRA factors and optimizer stay f32, products run in bf16")
@@ -65,6 +68,8 @@ def main():
     config = peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
                              target_modules=targets.split(","), task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, config)
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
@@ -95,7 +100,7 @@ def main():
         "bench": "sft", "impl": "pytorch+peft", "torch": torch.__version__,
         "peft": peft.__version__, "threads": args.threads, "batch": args.batch, "seq": args.seq,
         "rank": args.rank, "targets": args.targets, "steps": args.steps,
-        "dtype": "bf16 autocast" if args.bf16 else "f32",
+        "dtype": "bf16 autocast" if args.bf16 else "f32", "checkpointing": args.checkpointing,
         "step_s_median": round(median, 4), "step_s_all": [round(x, 4) for x in wall],
         "cpu_s_per_step": round(statistics.mean(cpu), 4),
         "tokens_per_s": round(args.batch * args.seq / median, 1),

@@ -3,15 +3,17 @@
 # rank 16 on every linear layer, bf16 base (and tunelab on a Q4_K_M base), sequences of 1024 and
 # 2048 tokens. Needs the CUDA binary (scripts/build-cuda.sh) and, for the peer, Python with torch,
 # transformers and peft. Prepared on a CPU machine; not yet run on a GPU.
-#   scripts/gpu/bench-8b.sh [--bin target/cuda/release/tunelab] [--batch 4] [--steps 5]
+# With --checkpointing both recompute each block in the backward pass (memory against time).
+#   scripts/gpu/bench-8b.sh [--bin target/cuda/release/tunelab] [--batch 4] [--steps 5] [--checkpointing]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-bin="target/cuda/release/tunelab"; batch=4; steps=5
+bin="target/cuda/release/tunelab"; batch=4; steps=5; checkpointing=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
+    --checkpointing) checkpointing=true; shift ;;
     *) echo "bench-8b: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -21,10 +23,12 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 for seq in 1024 2048; do
   for base in bf16 q4; do
-    "$bin" run scripts/gpu/bench_8b.rhai -- seq="$seq" batch="$batch" steps="$steps" base="$base" | grep -E '^(BENCH8B|PARITY)'
+    "$bin" run scripts/gpu/bench_8b.rhai -- seq="$seq" batch="$batch" steps="$steps" base="$base" checkpointing="$checkpointing" | grep -E '^(BENCH8B|PARITY)'
   done
   if python3 -c "import torch, transformers, peft" 2>/dev/null; then
-    python3 scripts/gpu/bench_8b_peft.py --seq "$seq" --batch "$batch" --steps "$steps"
+    peer_flags=()
+    [ "$checkpointing" = true ] && peer_flags=(--checkpointing)
+    python3 scripts/gpu/bench_8b_peft.py --seq "$seq" --batch "$batch" --steps "$steps" "${peer_flags[@]}"
   else
     echo "# PyTorch + PEFT not importable: peer skipped"
   fi

@@ -350,6 +350,7 @@ impl TrainPlan {
             lora_init: None,
             early_stopping_patience: r.count("early_stopping_steps")?,
             plot_loss: r.bool("plot_loss")?.unwrap_or(false),
+            gradient_checkpointing: r.bool("gradient_checkpointing")?.unwrap_or(false),
             finetuning_type: model.finetuning_type,
             optim: match r.string("optim")?.as_deref() {
                 None | Some("adamw_torch" | "adamw_torch_fused" | "adamw_hf" | "") => Optim::AdamW,
@@ -747,6 +748,14 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(sgd.sft.optim, Optim::Sgd);
+        // Recomputation only when asked, and the printed script asks too.
+        let recompute = TrainPlan::new(&config(
+            "model_name_or_path: tiny\ndataset: identity\ngradient_checkpointing: true\n",
+        ))
+        .unwrap();
+        assert!(recompute.sft.gradient_checkpointing && !sgd.sft.gradient_checkpointing);
+        let script = crate::lfconfig::script::train_script(&recompute, "c.yaml");
+        assert!(script.contains("gradient_checkpointing: true"), "{script}");
         let err = TrainPlan::new(&config(
             "model_name_or_path: tiny\ndataset: identity\nadapter_name_or_path: runs/a\n",
         ))

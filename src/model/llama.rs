@@ -86,6 +86,24 @@ pub struct Pass<'a> {
     /// Training: dense base weights get their gradients too (a plain product instead of the
     /// frozen one), for measures that ask how the loss moves with each weight.
     pub weight_grads: bool,
+    /// Set by the training pass for its blocks, not by callers: the batch's layout, for the
+    /// fused attention that reads it instead of a mask.
+    pub layout: Option<TrainLayout<'a>>,
+}
+
+/// How a training batch's positions attend: causally, within equal segment ids (B·T; None: one
+/// segment per row).
+#[derive(Clone, Copy, Default)]
+pub struct TrainLayout<'a> {
+    pub segments: Option<&'a [u32]>,
+}
+
+/// The rotary tables and attention mask every block of one training pass reads.
+pub(super) struct TrainInputs {
+    cos: Tensor,  // (B, 1, T, D/2)
+    sin: Tensor,  // (B, 1, T, D/2)
+    mask: Tensor, // (B|1, 1, T, T)
+    segments: Option<Vec<u32>>,
 }
 
 /// The whole network.
@@ -382,17 +400,66 @@ impl Llama {
         rows: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let c = self.config.hidden_size;
-        let (cos, sin) = rope::tables_at(&self.inv_freq, positions, self.dtype, &self.device)?;
-        let half = self.config.head_dim / 2;
-        let cos = cos.reshape((b, 1, t, half))?;
-        let sin = sin.reshape((b, 1, t, half))?;
-        let mask = segment_mask(b, t, segments, self.dtype, &self.device)?; // (B|1, 1, T, T)
+        let inputs = self.train_inputs(ids, positions, segments)?;
         let mut x = self.embed(ids)?;
         for i in 0..self.blocks.len() {
-            x = self.block(i, &x, &cos, &sin, &mask, &mut None, false, pass)?;
+            x = self.train_block(i, &x, &inputs, pass)?;
         }
+        self.train_logits(&x, rows, pass)
+    }
+
+    /// What every block of a training pass over `ids` (B, T) reads besides its input: the
+    /// rotary tables at `positions` and the mask of `segments`.
+    pub(super) fn train_inputs(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        segments: Option<&[u32]>,
+    ) -> Result<TrainInputs> {
+        let (b, t) = ids.dims2()?;
+        let (cos, sin) = rope::tables_at(&self.inv_freq, positions, self.dtype, &self.device)?;
+        let half = self.config.head_dim / 2;
+        Ok(TrainInputs {
+            cos: cos.reshape((b, 1, t, half))?,
+            sin: sin.reshape((b, 1, t, half))?,
+            mask: segment_mask(b, t, segments, self.dtype, &self.device)?, // (B|1, 1, T, T)
+            segments: segments.map(<[u32]>::to_vec),
+        })
+    }
+
+    /// Block `i` of a training pass: (B, T, C) → (B, T, C).
+    pub(super) fn train_block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        inputs: &TrainInputs,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let TrainInputs {
+            cos,
+            sin,
+            mask,
+            segments,
+        } = inputs;
+        let layout = Some(TrainLayout {
+            segments: segments.as_deref(),
+        });
+        self.block(
+            i,
+            x,
+            cos,
+            sin,
+            mask,
+            &mut None,
+            false,
+            Pass { layout, ..pass },
+        )
+    }
+
+    /// The training pass after the last block: the final norm and output projection of the
+    /// flat positions `rows` of `x` (B, T, C) only → (N, V), f32.
+    pub(super) fn train_logits(&self, x: &Tensor, rows: &Tensor, pass: Pass) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
         let x = x.reshape((b * t, c))?.index_select(rows, 0)?; // (N, C)
         let x = self.rms_norm(&x, &self.norm, pass)?;
         if let Some(observe) = pass.observe {
@@ -534,6 +601,14 @@ impl Llama {
         if let Some(c) = cache.filter(|c| decode && c.decodable()) {
             if !plain_op("attention") {
                 return decode_attention(q, c, scale as f32); // (1, 1, Hq·D)
+            }
+        }
+        // Training on the CPU: the fused attention, which keeps no (T, S) matrices.
+        if let Some(layout) = pass.layout.filter(|_| pass.train) {
+            if super::flash_attention::applies(q, k) && !plain_op("flash_attention") {
+                let out =
+                    super::flash_attention::attention(q, k, v, layout.segments, scale as f32)?;
+                return Ok(out.transpose(1, 2)?.reshape((b, t, hq * d))?);
             }
         }
         // Grouped-query attention without copying keys and values per query head: the `group`

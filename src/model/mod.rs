@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod decode_batch;
+pub mod flash_attention;
 pub mod frozen;
 pub mod fused;
 #[cfg(feature = "cuda")]
@@ -19,6 +20,7 @@ pub mod llama;
 pub mod matvec_f32;
 pub mod parity;
 pub mod perplexity;
+pub mod recompute;
 pub mod rope;
 pub mod save;
 pub mod shapes;

@@ -68,6 +68,7 @@ const SFT_KEYS: &[&str] = &[
     "optim",
     "adamw_8bit_block",
     "grad_quant",
+    "gradient_checkpointing",
 ];
 
 const GRAD_QUANT_KEYS: &[&str] = &[
@@ -310,6 +311,7 @@ fn sft_config(map: Map) -> ScriptResult<(SftConfig, Option<FnPtr>, bool)> {
         freeze: Default::default(),
         optim: Optim::AdamW,
         grad_quant: None,
+        gradient_checkpointing: o.bool("gradient_checkpointing")?.unwrap_or(false),
     };
     if let Some(n) = o.int("freeze_trainable_layers")? {
         c.freeze.trainable_layers = n;
@@ -415,11 +417,12 @@ pub mod train_api {
     /// Training speed on random tokens (the PyTorch + PEFT peer does the same): options `batch`
     /// (4), `seq` (256), `rank` (8), `targets` ("q_proj,v_proj"), `steps` (3), and sft's
     /// `finetuning_type`, `freeze_trainable_layers`, `freeze_trainable_modules`, `optim`,
-    /// `adamw_8bit_block`, `grad_quant`. Returns `#{ tokens_per_s, step_s, forward_s,
-    /// backward_s, optimizer_s, cpu_s_per_step, loss_first, loss_last, trainable_params,
-    /// optimizer_state_bytes, peak_rss_mb, start_rss_mb, grad_bits }` (seconds are medians over
-    /// the timed steps; the peak is the process's resident memory during the benchmark, the start
-    /// what it held before it, model included).
+    /// `adamw_8bit_block`, `grad_quant`, `gradient_checkpointing`. Returns `#{ tokens_per_s,
+    /// step_s, forward_s, backward_s, optimizer_s, cpu_s_per_step, loss_first, loss_last,
+    /// trainable_params, optimizer_state_bytes, peak_rss_mb, start_rss_mb, grad_bits,
+    /// gpu_peak_mb, gpu_reserved_mb }` (seconds are medians over the timed steps; the peak is the
+    /// process's resident memory during the benchmark, the start what it held before it, model
+    /// included; the GPU figures are the memory pool's peaks, model included, () off a GPU).
     #[rhai_fn(return_raw)]
     pub fn bench_sft(
         ctx: NativeCallContext,
@@ -441,6 +444,7 @@ pub mod train_api {
                 "optim",
                 "adamw_8bit_block",
                 "grad_quant",
+                "gradient_checkpointing",
             ],
         )?;
         // The low-precision keys read as sft reads them.
@@ -479,6 +483,7 @@ pub mod train_api {
             freeze: low.freeze,
             optim: low.optim,
             grad_quant: low.grad_quant,
+            gradient_checkpointing: o.bool("gradient_checkpointing")?.unwrap_or(false),
         };
         let r = crate::train::bench::bench_sft(&model, &b, &host(&ctx).cancel).script()?;
         let mut m = Map::new();
@@ -526,6 +531,17 @@ pub mod train_api {
         m.insert(
             "grad_bits".into(),
             r.grad_bits.map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        m.insert(
+            "gpu_peak_mb".into(),
+            r.gpu_peak
+                .map_or(Dynamic::UNIT, |p| Dynamic::from(p.used_bytes as f64 / 1e6)),
+        );
+        m.insert(
+            "gpu_reserved_mb".into(),
+            r.gpu_peak.map_or(Dynamic::UNIT, |p| {
+                Dynamic::from(p.reserved_bytes as f64 / 1e6)
+            }),
         );
         Ok(m)
     }

@@ -6,8 +6,9 @@
 //! stops, so the split is what the GPU spent.
 //!
 //! The same measure covers the low-precision modes: full or freeze fine-tuning instead of LoRA,
-//! 8-bit AdamW, quantized gradients; it reports the optimizer's state bytes and the process's
-//! peak resident memory during the measured steps (the peak is reset first where Linux allows).
+//! 8-bit AdamW, quantized gradients, gradient checkpointing; it reports the optimizer's state
+//! bytes, the process's peak resident memory during the measured steps (the peak is reset first
+//! where Linux allows) and, on a GPU, the memory pool's peak ([`crate::gpu_memory`]).
 
 use std::cell::RefCell;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use candle_core::Tensor;
 use super::batch::{stack, Item};
 use super::config::Optim;
 use super::grad_quant::{GradQuant, GradQuantizer};
-use super::loss::cross_entropy_sum;
+use super::gradients;
 use super::optim::{AdamParams, Optimizer};
 use super::trainable::{self, FinetuningType, FreezeOptions, Trainable};
 use crate::cancel::CancelToken;
@@ -39,6 +40,8 @@ pub struct BenchOptions {
     pub freeze: FreezeOptions,
     pub optim: Optim,
     pub grad_quant: Option<GradQuant>,
+    /// Recompute each block in the backward pass instead of keeping its activations.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for BenchOptions {
@@ -53,6 +56,7 @@ impl Default for BenchOptions {
             freeze: FreezeOptions::default(),
             optim: Optim::AdamW,
             grad_quant: None,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -77,6 +81,9 @@ pub struct BenchResult {
     pub start_rss_bytes: Option<u64>,
     /// Bits per gradient element sent, when gradients are quantized.
     pub grad_bits: Option<f64>,
+    /// On a GPU: the memory pool's peaks over the benchmark (everything the benchmark allocated
+    /// on top of the model, and the model itself).
+    pub gpu_peak: Option<crate::gpu_memory::PeakMemory>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -107,6 +114,7 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
     let refs: Vec<&Item> = items.iter().collect();
     let batch = stack(&refs, 0, &model.llama.device)?;
     crate::procstat::reset_peak_rss();
+    crate::gpu_memory::reset_peak(&model.llama.device);
     let start_rss_bytes = crate::procstat::rss_bytes();
     let layers = model.config().num_hidden_layers;
     let trainable = match opts.finetuning_type {
@@ -150,21 +158,20 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
             cpu_start = crate::procstat::process_stats().cpu_seconds;
         }
         let t0 = Instant::now();
-        let logits =
-            fmodel
-                .llama
-                .forward_train(&batch.ids, &batch.positions, None, &batch.rows, pass)?;
-        let (sum, _) = cross_entropy_sum(&logits, &batch.targets)?;
-        let loss = (sum / batch.num_targets as f64)?;
-        let value = loss.to_scalar::<f32>()? as f64;
+        let forward = gradients::forward(
+            fmodel,
+            &batch,
+            pass,
+            batch.num_targets as f64,
+            opts.gradient_checkpointing,
+        )?;
+        let value = forward.loss()?;
         let t1 = Instant::now();
-        let store = loss.backward()?;
-        let mut grads: Vec<Tensor> = vars
-            .iter()
-            .map(|v| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => v.as_tensor().zeros_like(),
-            })
+        let mut grads: Vec<Tensor> = forward
+            .backward(&vars)?
+            .into_iter()
+            .zip(&vars)
+            .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<_>>()?;
         model.llama.device.synchronize()?;
         let t2 = Instant::now();
@@ -200,5 +207,6 @@ pub fn bench_sft(model: &Model, opts: &BenchOptions, cancel: &CancelToken) -> Re
         peak_rss_bytes: crate::procstat::process_stats().peak_rss_bytes,
         start_rss_bytes,
         grad_bits,
+        gpu_peak: crate::gpu_memory::peak(&model.llama.device),
     })
 }

@@ -73,6 +73,10 @@ pub struct SftConfig {
     pub optim: Optim,
     /// Round each step's gradient before clipping and the optimizer (None: f32).
     pub grad_quant: Option<GradQuant>,
+    /// Keep only each block's input for the backward pass and recompute the block there
+    /// (Hugging Face's `gradient_checkpointing`): far less activation memory, every block run
+    /// forward twice, the same gradients.
+    pub gradient_checkpointing: bool,
 }
 
 /// The optimizer.
@@ -142,6 +146,7 @@ impl Default for SftConfig {
             freeze: FreezeOptions::default(),
             optim: Optim::AdamW,
             grad_quant: None,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -293,6 +298,9 @@ impl SftConfig {
         if let Some(q) = &self.grad_quant {
             m.insert("grad_quant".into(), json!(q.describe()));
         }
+        if self.gradient_checkpointing {
+            m.insert("gradient_checkpointing".into(), json!(true));
+        }
         v
     }
 
@@ -306,6 +314,8 @@ impl SftConfig {
                 "save_steps",
                 "eval_steps",
                 "early_stopping_steps",
+                // Recomputing blocks changes memory and time, not what is computed.
+                "gradient_checkpointing",
             ] {
                 m.remove(key);
             }

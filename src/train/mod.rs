@@ -4,7 +4,8 @@
 //! - [`config`]: the settings, LLaMA-Factory's names and Web UI defaults.
 //! - [`prepare`]: template choice, validation split, encoding, packing.
 //! - [`batch`]: items, padded batches, per-epoch order.
-//! - [`loss`]: token cross-entropy and accuracy.
+//! - [`loss`]: token cross-entropy and accuracy; [`gradients`]: one batch's loss and gradients,
+//!   whole-graph or recomputed per block (gradient checkpointing).
 //! - [`trainable`]: what a run trains (LoRA factors, or all or some of the weights).
 //! - [`optim`]: AdamW (f32 or 8-bit moments, [`dynamic_map`]), plain SGD, gradient clipping;
 //!   [`schedule`]: learning-rate schedules; [`grad_quant`]: quantized gradients.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod data_parallel;
 pub mod dynamic_map;
 pub mod grad_quant;
+pub mod gradients;
 pub mod log;
 pub mod loss;
 pub mod optim;

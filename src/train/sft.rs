@@ -29,6 +29,7 @@ use super::config::Optim;
 use super::config::SftConfig;
 use super::data_parallel::{self as dp, Agreement, Ranks};
 use super::grad_quant::GradQuantizer;
+use super::gradients;
 use super::log::{format_duration, round, TrainerLog};
 use super::loss::cross_entropy_sum;
 use super::optim::{clip_grad_norm, AdamParams, Optimizer};
@@ -471,17 +472,19 @@ pub fn sft(model: &Model, train: &Dataset, cfg: &SftConfig, mut hooks: Hooks) ->
                 if batch.num_targets == 0 {
                     continue;
                 }
-                let (loss_sum, _) = batch_loss(fmodel, &batch, pass)?;
-                let loss = (loss_sum / step_targets as f64)?;
-                step_loss += loss.to_scalar::<f32>()? as f64;
-                let store = loss.backward()?;
-                for (slot, var) in grads.iter_mut().zip(&vars) {
-                    if let Some(g) = store.get(var.as_tensor()) {
-                        // Detached: a gradient computed from the forward pass's tensors would
-                        // otherwise keep that whole graph alive through the moments built from it.
+                let forward = gradients::forward(
+                    fmodel,
+                    &batch,
+                    pass,
+                    step_targets as f64,
+                    cfg.gradient_checkpointing,
+                )?;
+                step_loss += forward.loss()?;
+                for (slot, g) in grads.iter_mut().zip(forward.backward(&vars)?) {
+                    if let Some(g) = g {
                         let g = match sum_dtype {
-                            Some(dtype) => g.detach().to_dtype(dtype)?,
-                            None => g.detach(),
+                            Some(dtype) => g.to_dtype(dtype)?,
+                            None => g,
                         };
                         *slot = Some(match slot.take() {
                             Some(acc) => (acc + g)?,

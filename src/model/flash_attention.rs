@@ -64,6 +64,7 @@ struct Dims {
 }
 
 /// For each position (B·T), where its segment starts in its row: the first key it may see.
+/// Segments are runs of equal ids, as packing writes them (examples 1, 2, …, then padding 0).
 fn segment_starts(b: usize, t: usize, segments: Option<&[u32]>) -> Vec<u32> {
     let mut starts = vec![0u32; b * t];
     if let Some(seg) = segments {

@@ -253,10 +253,12 @@ pub fn quantized(x: &Tensor, matmul: &Arc<QMatMul>, shape: &Shape) -> candle_cor
 
 /// `x Wᵀ + s·(x Aᵀ) Bᵀ`: a frozen dense weight plus its LoRA update in one op, so the update
 /// adds no (M, N) temporaries and no extra graph nodes; the backward pass returns the gradients
-/// of x, A and B (never of W).
+/// of x, A and B (never of W). A bf16 W (autocast: x, A and B f32) runs the bf16 kernel with the
+/// layer's `packs`, forward and backward.
 struct DenseLora {
     w: Tensor,
     scale: f64,
+    packs: Option<Bf16Packs>,
 }
 
 impl candle_core::CustomOp3 for DenseLora {
@@ -280,7 +282,19 @@ impl candle_core::CustomOp3 for DenseLora {
         let Storage::Cpu(w) = &*w_storage else {
             candle_core::bail!("frozen-matmul-lora: the weight is not on the CPU")
         };
-        let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?; // (M, N)
+        let bf16 = bf16_weight(w, &w_layout).zip(self.packs.as_ref());
+        let y = match bf16 {
+            Some((w, packs)) => {
+                let pack = packs
+                    .0
+                    .transposed
+                    .get_or_init(|| gemm_bf16::PackedB::transposed(w, n, k));
+                bf16_product(x, x_layout, m, pack).ok_or_else(|| {
+                    candle_core::Error::Msg("frozen-matmul-lora: x must be contiguous f32".into())
+                })?
+            }
+            None => x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?, // (M, N)
+        };
         let low = x.matmul(a, (1, m, r, k), x_layout, &a_layout.transpose(0, 1)?)?; // (M, r)
         let low_layout = Layout::contiguous((m, r));
         let delta = low.matmul(b, (1, m, n, r), &low_layout, &b_layout.transpose(0, 1)?)?;
@@ -304,7 +318,7 @@ impl candle_core::CustomOp3 for DenseLora {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, a, b) = (x.detach(), a.detach(), b.detach());
         let gb = (grad.matmul(&b)? * self.scale)?; // (M, r)
-        let dx = (grad.matmul(&self.w)? + gb.matmul(&a)?)?; // (M, K)
+        let dx = (grad_times_weight(grad, &self.w, self.packs.clone())? + gb.matmul(&a)?)?; // (M, K)
         let da = gb.t()?.matmul(&x)?; // (r, K)
         let low = (x.matmul(&a.t()?)? * self.scale)?; // (M, r)
         let db = grad.t()?.matmul(&low)?; // (N, r)
@@ -312,22 +326,29 @@ impl candle_core::CustomOp3 for DenseLora {
     }
 }
 
-/// `x Wᵀ + scale·(x Aᵀ) Bᵀ` for a frozen dense f32 `w` (N, K) on the CPU; x (M, K), a (r, K),
-/// b (N, r). None when the fused op does not apply (another device or dtype).
+/// `x Wᵀ + scale·(x Aᵀ) Bᵀ` for a frozen dense `w` (N, K) on the CPU, f32 or — on a CPU with
+/// AVX512-BF16, its arrangements kept in `packs` — bf16; x (M, K), a (r, K), b (N, r) f32.
+/// None when the fused op does not apply (another device or dtype).
 pub fn dense_lora(
     x: &Tensor,
     w: &Tensor,
     a: &Tensor,
     b: &Tensor,
     scale: f64,
+    packs: &Bf16Packs,
 ) -> candle_core::Result<Option<Tensor>> {
-    use candle_core::DType::F32;
-    if !x.device().is_cpu() || [x, w, a, b].iter().any(|t| t.dtype() != F32) {
+    use candle_core::DType::{BF16, F32};
+    let bf16 = w.dtype() == BF16 && gemm_bf16::available() && w.is_contiguous();
+    if !x.device().is_cpu()
+        || [x, a, b].iter().any(|t| t.dtype() != F32)
+        || !(w.dtype() == F32 || bf16)
+    {
         return Ok(None);
     }
     let op = DenseLora {
         w: w.clone(),
         scale,
+        packs: bf16.then(|| packs.clone()),
     };
     Ok(Some(x.contiguous()?.apply_op3(a, b, op)?))
 }
@@ -346,7 +367,9 @@ mod tests {
         let w = Tensor::randn(0f32, 0.5, (5, 8), &dev).unwrap();
         let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (3, 8), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (5, 3), &dev).unwrap()).unwrap();
-        let fused = dense_lora(&x, &w, &a, &b, 2.0).unwrap().unwrap();
+        let fused = dense_lora(&x, &w, &a, &b, 2.0, &Bf16Packs::default())
+            .unwrap()
+            .unwrap();
         let low = (x.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
         let reference =
             (x.matmul(&w.t().unwrap()).unwrap() + low.matmul(&b.t().unwrap()).unwrap()).unwrap();
@@ -367,6 +390,33 @@ mod tests {
         for v in [&x, &a, &b] {
             let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             assert!(d < 1e-4, "gradient differs by {d}");
+        }
+        // A bf16 weight under autocast (f32 x, A, B): the bf16 kernel's product plus the f32
+        // update, values and gradients as the composed layer computes them.
+        if gemm_bf16::available() {
+            let wb = w.to_dtype(candle_core::DType::BF16).unwrap();
+            let packs = Bf16Packs::default();
+            let fused = dense_lora(&x, &wb, &a, &b, 2.0, &packs).unwrap().unwrap();
+            let low = (x.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
+            let reference =
+                (dense(&x, &wb, &packs).unwrap() + low.matmul(&b.t().unwrap()).unwrap()).unwrap();
+            assert!(max_diff(&fused, &reference) < 1e-5);
+            let gf = (&fused * &c)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gr = (&reference * &c)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &a, &b] {
+                let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
+                assert!(d < 1e-4, "bf16: gradient differs by {d}");
+            }
         }
         // The dense frozen product alone: the same values, and only x gets a gradient.
         let y = dense(&x, &w, &Bf16Packs::default()).unwrap();

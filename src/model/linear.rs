@@ -276,7 +276,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let (n, k) = self.dims();
         let x2 = x.reshape((x.elem_count() / k, k))?;
-        let Some(y) = super::frozen::dense_lora(&x2, w, a, b, scale)? else {
+        let Some(y) = super::frozen::dense_lora(&x2, w, a, b, scale, &self.bf16_packs)? else {
             return Ok(None);
         };
         let mut out_dims = dims;

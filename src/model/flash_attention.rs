@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::vec_exp;
+
 /// Query rows per block: a block's scores (BLOCK × T floats) stay in the core's cache.
 const BLOCK: usize = 64;
 
@@ -163,11 +165,6 @@ impl FlashAttention {
         (self.starts[r * t + i0] as usize, i1)
     }
 
-    /// Whether query `i` may see key `j` (both in batch row `r`; `j < i1` already).
-    fn visible(&self, r: usize, i: usize, j: usize) -> bool {
-        j <= i && j >= self.starts[r * self.shape.t + i] as usize
-    }
-
     /// Block `i0..i1` of head `h` in batch row `r`: the probabilities (rows × keys, masked
     /// entries 0) into `p`, from the scores q kᵀ; with `lse` given they are exp(s − lse),
     /// otherwise softmax rows whose log-sum-exps are written to `lse_out`.
@@ -195,24 +192,25 @@ impl FlashAttention {
             self.scale,
         );
         for (row, scores) in p[..rows * n].chunks_mut(n).enumerate() {
+            // Row i sees keys start(i)..=i: columns lo..=hi of the block's key range.
             let i = i0 + row;
-            for (c, s) in scores.iter_mut().enumerate() {
-                if !self.visible(r, i, first + c) {
-                    *s = f32::NEG_INFINITY;
+            let lo = self.starts[r * self.shape.t + i] as usize - first;
+            let hi = i - first;
+            let (before, rest) = scores.split_at_mut(lo);
+            let (seen, after) = rest.split_at_mut(hi + 1 - lo);
+            before.fill(0.0);
+            after.fill(0.0);
+            match lse {
+                Some(lse) => {
+                    vec_exp::exp_shifted_sum(seen, lse[row]);
                 }
-            }
-            let l = match lse {
-                Some(lse) => lse[row],
                 None => {
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
-                    let l = max + sum.ln();
-                    lse_out[row] = l;
-                    l
+                    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum = vec_exp::exp_shifted_sum(seen, max);
+                    lse_out[row] = max + sum.ln();
+                    let inv = 1.0 / sum;
+                    seen.iter_mut().for_each(|p| *p *= inv);
                 }
-            };
-            for s in scores.iter_mut() {
-                *s = (*s - l).exp();
             }
         }
         n

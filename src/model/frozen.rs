@@ -282,7 +282,7 @@ impl candle_core::CustomOp3 for DenseLora {
         let Storage::Cpu(w) = &*w_storage else {
             candle_core::bail!("frozen-matmul-lora: the weight is not on the CPU")
         };
-        let bf16 = bf16_weight(w, &w_layout).zip(self.packs.as_ref());
+        let bf16 = bf16_weight(w, w_layout).zip(self.packs.as_ref());
         let y = match bf16 {
             Some((w, packs)) => {
                 let pack = packs

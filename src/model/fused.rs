@@ -14,6 +14,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::vec_exp;
+
 /// The contiguous f32 slice a layout describes, or an error naming the op.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     match l.contiguous_offsets() {
@@ -159,11 +161,7 @@ impl CustomOp1 for MaskedSoftmax {
                     *y = x * self.scale + m;
                     max = max.max(*y);
                 }
-                let mut sum = 0f32;
-                for y in y.iter_mut() {
-                    *y = (*y - max).exp();
-                    sum += *y;
-                }
+                let sum = vec_exp::exp_shifted_sum(y, max);
                 let inv = 1.0 / sum;
                 for y in y.iter_mut() {
                     *y *= inv;
@@ -326,11 +324,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tenso
 /// `silu(gate) · up`, element-wise.
 struct SwiGlu;
 
-fn silu_parts(g: f32) -> (f32, f32) {
-    let sig = 1.0 / (1.0 + (-g).exp());
-    (g * sig, sig * (1.0 + g * (1.0 - sig))) // silu, silu'
-}
-
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "fused-swiglu"
@@ -348,11 +341,7 @@ impl CustomOp2 for SwiGlu {
         let mut y = vec![0f32; gate.len()];
         y.par_chunks_mut(4096)
             .zip(gate.par_chunks(4096).zip(up.par_chunks(4096)))
-            .for_each(|(y, (g, u))| {
-                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                    *y = silu_parts(*g).0 * u;
-                }
-            });
+            .for_each(|(y, (g, u))| vec_exp::swiglu(y, g, u));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -398,13 +387,7 @@ impl candle_core::CustomOp3 for SwiGluBackward {
                     .zip(up.par_chunks(4096))
                     .zip(g.par_chunks(4096)),
             )
-            .for_each(|((dg, du), ((gate, up), g))| {
-                for i in 0..gate.len() {
-                    let (silu, d_silu) = silu_parts(gate[i]);
-                    dg[i] = g[i] * up[i] * d_silu;
-                    du[i] = g[i] * silu;
-                }
-            });
+            .for_each(|((dg, du), ((gate, up), g))| vec_exp::swiglu_backward(dg, du, gate, up, g));
         let mut dims = vec![2];
         dims.extend(l1.shape().dims());
         Ok((CpuStorage::F32(out), Shape::from(dims)))
@@ -442,7 +425,7 @@ impl CustomOp1 for CrossEntropy {
             .zip(self.targets.par_iter())
             .for_each(|((loss, row), &t)| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+                let sum = vec_exp::sum_exp_shifted(row, max);
                 *loss = sum.ln() + max - row[t as usize];
             });
         Ok((CpuStorage::F32(loss), Shape::from(n)))
@@ -482,11 +465,8 @@ impl CustomOp2 for CrossEntropyBackward {
             .zip(g.par_iter().zip(self.targets.par_iter()))
             .for_each(|((d, row), (&g, &t))| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (d, x) in d.iter_mut().zip(row) {
-                    *d = (x - max).exp();
-                    sum += *d;
-                }
+                d.copy_from_slice(row);
+                let sum = vec_exp::exp_shifted_sum(d, max);
                 let scale = g / sum;
                 for d in d.iter_mut() {
                     *d *= scale;

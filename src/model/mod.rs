@@ -28,6 +28,7 @@ pub mod shards;
 pub mod spm;
 pub mod tiny;
 pub mod tokenizer;
+pub mod vec_exp;
 pub mod weights;
 
 use std::path::Path;

@@ -9,7 +9,7 @@ mod tiny;
 use std::cell::RefCell;
 
 use candle_core::{Device, Tensor};
-use tiny::{quiet_hooks, shipped, tiny};
+use tiny::{max_diff, quiet_hooks, shipped, tiny};
 use tunelab::cancel::CancelToken;
 use tunelab::lora::{Adapter, Dropout, LoraConfig};
 use tunelab::model::{Model, Pass};
@@ -82,25 +82,11 @@ fn loss_and_grads(
     (loss, grads, next)
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
+/// The largest magnitude in `a`.
 fn max_abs(a: &Tensor) -> f32 {
     a.abs()
         .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
+        .max_all()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use tiny::{quiet_hooks, shipped, tiny};
+use tiny::{max_diff, quiet_hooks, shipped, tiny};
 use tunelab::cancel::CancelToken;
 use tunelab::lora::{Adapter, Dropout, LoraConfig};
 use tunelab::model::linear::Linear;
@@ -19,19 +19,6 @@ use tunelab::model::{Logits, Model, Pass};
 use tunelab::output::Output;
 use tunelab::rng::Rng;
 use tunelab::train::{sft, Hooks, Run, SftConfig};
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn ids() -> Tensor {
     Tensor::new(

@@ -367,56 +367,29 @@ mod tests {
         let w = Tensor::randn(0f32, 0.5, (5, 8), &dev).unwrap();
         let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (3, 8), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (5, 3), &dev).unwrap()).unwrap();
-        let fused = dense_lora(&x, &w, &a, &b, 2.0, &Bf16Packs::default())
-            .unwrap()
-            .unwrap();
-        let low = (x.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
-        let reference =
-            (x.matmul(&w.t().unwrap()).unwrap() + low.matmul(&b.t().unwrap()).unwrap()).unwrap();
-        assert!(max_diff(&fused, &reference) < 1e-5);
         let c = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
-        let gf = (&fused * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gr = (&reference * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&x, &a, &b] {
-            let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(d < 1e-4, "gradient differs by {d}");
-        }
-        // A bf16 weight under autocast (f32 x, A, B): the bf16 kernel's product plus the f32
-        // update, values and gradients as the composed layer computes them.
-        if gemm_bf16::available() {
-            let wb = w.to_dtype(candle_core::DType::BF16).unwrap();
-            let packs = Bf16Packs::default();
-            let fused = dense_lora(&x, &wb, &a, &b, 2.0, &packs).unwrap().unwrap();
+        // The fused layer against the composed one (`base`: the frozen product), values and
+        // the gradients of x, A and B.
+        let check = |w: &Tensor, base: Tensor, what: &str| {
+            let fused = dense_lora(&x, w, &a, &b, 2.0, &Bf16Packs::default())
+                .unwrap()
+                .unwrap();
             let low = (x.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
-            let reference =
-                (dense(&x, &wb, &packs).unwrap() + low.matmul(&b.t().unwrap()).unwrap()).unwrap();
-            assert!(max_diff(&fused, &reference) < 1e-5);
-            let gf = (&fused * &c)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gr = (&reference * &c)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let reference = (base + low.matmul(&b.t().unwrap()).unwrap()).unwrap();
+            assert!(max_diff(&fused, &reference) < 1e-5, "{what}: values");
+            let backward = |y: &Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gf, gr) = (backward(&fused), backward(&reference));
             for v in [&x, &a, &b] {
                 let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
-                assert!(d < 1e-4, "bf16: gradient differs by {d}");
+                assert!(d < 1e-4, "{what}: gradient differs by {d}");
             }
+        };
+        check(&w, x.matmul(&w.t().unwrap()).unwrap(), "f32");
+        // A bf16 weight under autocast (f32 x, A, B): the bf16 kernel's product plus the f32
+        // update.
+        if gemm_bf16::available() {
+            let wb = w.to_dtype(candle_core::DType::BF16).unwrap();
+            check(&wb, dense(&x, &wb, &Bf16Packs::default()).unwrap(), "bf16");
         }
         // The dense frozen product alone: the same values, and only x gets a gradient.
         let y = dense(&x, &w, &Bf16Packs::default()).unwrap();

@@ -36,3 +36,18 @@ pub fn quiet_hooks<'a>(cancel: &'a CancelToken, out: &'a Output) -> Hooks<'a> {
         collective: None,
     }
 }
+
+/// The largest absolute difference between two tensors of the same shape.
+#[allow(dead_code)] // not every test binary that includes this file compares tensors
+pub fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

@@ -17,7 +17,7 @@ use tunelab::output::Output;
 use tunelab::rng::Rng;
 use tunelab::train::batch::{stack, Batch, Item};
 use tunelab::train::gradients;
-use tunelab::train::trainable::{self, Trainable};
+use tunelab::train::trainable::{self, FreezeOptions, Trainable};
 use tunelab::train::{sft, SftConfig};
 
 /// Two rows, the first packing two examples (positions restart, attention stays within each).
@@ -119,25 +119,35 @@ fn recomputed_lora_gradients_are_the_whole_graphs_bit_for_bit_dropout_included()
 }
 
 #[test]
-fn recomputed_full_fine_tuning_gradients_match_the_embedding_included() {
+fn recomputed_full_and_freeze_gradients_match_the_embedding_included() {
     let base = tiny();
-    let selected = trainable::selector(None, base.config().num_hidden_layers);
-    let trained = Trainable::Weights(trainable::weights(&base, &selected, None).unwrap());
-    let m = trained.model(&base);
-    let named = trained.named_vars();
-    let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
-    let (loss, whole, _) = loss_and_grads(m, None, &vars, 0.0, false);
-    let (loss_r, recomputed, _) = loss_and_grads(m, None, &vars, 0.0, true);
-    assert_eq!(loss, loss_r);
-    assert!(named.iter().any(|(n, _)| n == "model.embed_tokens.weight"));
-    for ((name, _), (a, b)) in named.iter().zip(whole.iter().zip(&recomputed)) {
-        let scale = max_abs(a);
-        assert!(scale > 0.0, "{name} has a zero gradient");
-        assert!(
-            max_diff(a, b) <= 1e-6 * scale,
-            "{name}: differs by {} (scale {scale})",
-            max_diff(a, b)
-        );
+    let layers = base.config().num_hidden_layers;
+    // Full: every weight, the tied embedding included. Freeze: the last block only, so the
+    // blocks below it are not recomputed at all.
+    let freeze = FreezeOptions {
+        trainable_layers: 1,
+        ..Default::default()
+    };
+    for (what, options) in [("full", None), ("freeze", Some(freeze))] {
+        let selected = trainable::selector(options, layers);
+        let trained = Trainable::Weights(trainable::weights(&base, &selected, None).unwrap());
+        let m = trained.model(&base);
+        let named = trained.named_vars();
+        let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
+        let (loss, whole, _) = loss_and_grads(m, None, &vars, 0.0, false);
+        let (loss_r, recomputed, _) = loss_and_grads(m, None, &vars, 0.0, true);
+        assert_eq!(loss, loss_r, "{what}");
+        let has_embedding = named.iter().any(|(n, _)| n == "model.embed_tokens.weight");
+        assert_eq!(has_embedding, what == "full");
+        for ((name, _), (a, b)) in named.iter().zip(whole.iter().zip(&recomputed)) {
+            let scale = max_abs(a);
+            assert!(scale > 0.0, "{what}: {name} has a zero gradient");
+            assert!(
+                max_diff(a, b) <= 1e-6 * scale,
+                "{what}: {name} differs by {} (scale {scale})",
+                max_diff(a, b)
+            );
+        }
     }
 }
 

@@ -72,6 +72,17 @@ fn segment_starts(b: usize, t: usize, segments: Option<&[u32]>) -> Vec<u32> {
     if let Some(seg) = segments {
         for r in 0..b {
             let row = &seg[r * t..(r + 1) * t];
+            debug_assert!(
+                {
+                    let mut runs: Vec<u32> = row.to_vec();
+                    runs.dedup();
+                    let mut ids = runs.clone();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids.len() == runs.len()
+                },
+                "flash-attention: a segment id comes back after another in row {r}"
+            );
             let mut start = 0;
             for i in 0..t {
                 if i > 0 && row[i] != row[i - 1] {

@@ -54,6 +54,11 @@ impl Llama {
                 "forward_checkpointed: only a training pass has a backward pass to recompute for",
             ));
         }
+        if pass.observe.is_some() {
+            return Err(Error::msg(
+                "forward_checkpointed: an observer would see every block twice; observe a plain training pass",
+            ));
+        }
         let inputs = self.train_inputs(ids, positions, segments)?;
         let generator = pass.dropout.map(|d| d.rng);
         let mut saved = Vec::with_capacity(self.blocks.len());
@@ -102,17 +107,32 @@ impl Checkpointed<'_> {
         } = self;
         let mut grads = vec![None; vars.len()];
         let store = loss.backward()?;
+        // The head's graph (the logits among it) is done with.
+        drop(loss);
         add_gradients(&store, vars, &mut grads)?;
         let mut upstream = gradient_of(&store, last.as_tensor(), llama.blocks.len())?;
         drop(store);
-        // The first block's input needs a gradient only when the embedding trains.
+        // Blocks below the lowest one that trains need no backward pass, unless the embedding
+        // trains; that block's input needs no gradient either (as the whole-graph pass, which
+        // records no graph below the first trained weight).
         let embedding_trains = llama.embed.is_variable();
+        let lowest = if embedding_trains {
+            0
+        } else {
+            (0..llama.blocks.len())
+                .find(|&i| block_trains(llama, pass, i))
+                .unwrap_or(llama.blocks.len())
+        };
         while let Some((input, state)) = saved.pop() {
             let i = saved.len();
+            if i < lowest {
+                break;
+            }
             if let (Some(d), Some(state)) = (pass.dropout, state) {
                 *d.rng.borrow_mut() = state;
             }
-            let input = if i > 0 || embedding_trains {
+            let needs_gradient = i > lowest || embedding_trains;
+            let input = if needs_gradient {
                 Var::from_tensor(&input)?.as_tensor().clone()
             } else {
                 input
@@ -120,7 +140,7 @@ impl Checkpointed<'_> {
             let out = llama.train_block(i, &input, &inputs, pass)?;
             let store = (out * &upstream)?.sum_all()?.backward()?;
             add_gradients(&store, vars, &mut grads)?;
-            if i > 0 || embedding_trains {
+            if needs_gradient {
                 upstream = gradient_of(&store, &input, i)?;
             }
         }
@@ -133,6 +153,24 @@ impl Checkpointed<'_> {
         }
         Ok(grads)
     }
+}
+
+/// Whether block `i` holds something that trains: an adapter pair, or a weight that is a
+/// variable (full and freeze fine-tuning).
+fn block_trains(llama: &Llama, pass: Pass, i: usize) -> bool {
+    use crate::lora::Target;
+    use crate::model::linear::Weight;
+    let block = &llama.blocks[i];
+    let targets = Target::ALL;
+    let adapted = pass
+        .adapter
+        .is_some_and(|a| targets.iter().any(|&t| a.pair(i, t).is_some()));
+    let weights = targets.iter().any(|&t| {
+        let linear = block.linear(t);
+        matches!(&linear.weight, Weight::Dense(w) if w.is_variable())
+            || linear.bias.as_ref().is_some_and(Tensor::is_variable)
+    });
+    adapted || weights || block.attn_norm.is_variable() || block.mlp_norm.is_variable()
 }
 
 /// Add each of `vars`' gradients in `store` to `grads`.

@@ -2,6 +2,9 @@
 //! CPU (the GPU benchmark builds the whole model the same way): the shape is Meta's, a LoRA step
 //! of rank 16 on every linear layer runs through it, and a quantized base (QLoRA) of it too.
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use tunelab::cancel::CancelToken;
 use tunelab::lora::LoraConfig;
 use tunelab::model::{self, LoadOptions};
@@ -79,25 +82,23 @@ fn its_q4_k_m_base_trains_a_lora_through_the_quantized_blocks() {
 #[test]
 fn the_8b_gpu_benchmark_script_runs_on_a_cpu_slice() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
-        .args(["run", "scripts/gpu/bench_8b.rhai", "--", "device=cpu"])
-        .args([
+    let (code, stdout, stderr) = cli::tunelab_in(
+        root,
+        &[
+            "run",
+            "scripts/gpu/bench_8b.rhai",
+            "--",
+            "device=cpu",
             "layers=1",
             "slice_layers=1",
             "vocab=2048",
             "seq=16",
             "batch=1",
-        ])
-        .args(["steps=1", "checkpointing=true"])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "steps=1",
+            "checkpointing=true",
+        ],
     );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("PARITY llama-3-8b slice"), "{stdout}");
     let line = stdout
         .lines()

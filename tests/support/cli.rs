@@ -19,6 +19,7 @@ pub fn tunelab_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 /// A refusal: a failing status and one line naming `what`, no panic.
+#[allow(dead_code)] // not every test binary that includes this file checks refusals
 pub fn refused(run: (i32, String, String), what: &str) {
     let (code, _, err) = run;
     assert_ne!(code, 0, "{err}");

@@ -21,7 +21,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 
-use super::gemm_bf16;
+use super::{gemm_bf16, low_rank_add};
 
 /// A bf16 weight arranged for [`gemm_bf16`]: as Wᵀ for the forward product and as W for the
 /// backward one, each built on first use. Shared by a layer's clones.
@@ -296,15 +296,16 @@ impl candle_core::CustomOp3 for DenseLora {
             None => x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?, // (M, N)
         };
         let low = x.matmul(a, (1, m, r, k), x_layout, &a_layout.transpose(0, 1)?)?; // (M, r)
-        let low_layout = Layout::contiguous((m, r));
-        let delta = low.matmul(b, (1, m, n, r), &low_layout, &b_layout.transpose(0, 1)?)?;
-        let (CpuStorage::F32(mut y), CpuStorage::F32(delta)) = (y, delta) else {
+        let (CpuStorage::F32(mut y), CpuStorage::F32(low), CpuStorage::F32(b)) = (y, low, b) else {
             candle_core::bail!("frozen-matmul-lora: f32 only")
         };
-        let s = self.scale as f32;
-        for (y, d) in y.iter_mut().zip(&delta) {
-            *y += s * d;
-        }
+        // y += s · low · Bᵀ in place; Bᵀ (r, N) is r·N values, copied.
+        let (stride, start) = (b_layout.stride(), b_layout.start_offset());
+        let bt: Vec<f32> = (0..r)
+            .flat_map(|j| (0..n).map(move |i| (i, j)))
+            .map(|(i, j)| b[start + i * stride[0] + j * stride[1]])
+            .collect();
+        low_rank_add::add_low_rank(&mut y, &low, &bt, r, self.scale as f32);
         Ok((CpuStorage::F32(y), (m, n).into()))
     }
 
@@ -318,12 +319,57 @@ impl candle_core::CustomOp3 for DenseLora {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, a, b) = (x.detach(), a.detach(), b.detach());
         let gb = (grad.matmul(&b)? * self.scale)?; // (M, r)
-        let dx = (grad_times_weight(grad, &self.w, self.packs.clone())? + gb.matmul(&a)?)?; // (M, K)
+        let dx = grad_times_weight_plus(grad, &self.w, self.packs.as_ref(), &gb, &a)?; // (M, K)
         let da = gb.t()?.matmul(&x)?; // (r, K)
         let low = (x.matmul(&a.t()?)? * self.scale)?; // (M, r)
         let db = grad.t()?.matmul(&low)?; // (N, r)
         Ok((Some(dx), Some(da), Some(db)))
     }
+}
+
+/// `g W + u v` for the LoRA layer's backward pass: g (M, N), W (N, K), u (M, r), v (r, K). On
+/// the CPU with f32 `g` the low-rank part is added in place to the frozen product's own buffer
+/// (no (M, K) temporary, no separate addition); elsewhere the two are composed.
+fn grad_times_weight_plus(
+    g: &Tensor,
+    w: &Tensor,
+    packs: Option<&Bf16Packs>,
+    u: &Tensor,
+    v: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (m, n) = g.dims2()?;
+    let (_, k) = w.dims2()?;
+    let (r, _) = v.dims2()?;
+    let in_place = g.device().is_cpu() && g.dtype() == candle_core::DType::F32;
+    if !in_place {
+        return grad_times_weight(g, w, packs.cloned())? + u.matmul(v)?;
+    }
+    let g = g.contiguous()?;
+    let product = {
+        let (g_storage, g_layout) = g.storage_and_layout();
+        let (w_storage, w_layout) = w.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(ws)) = (&*g_storage, &*w_storage) else {
+            candle_core::bail!("frozen-matmul-lora: tensors not on the CPU")
+        };
+        let kernel = bf16_weight(ws, w_layout).zip(packs).and_then(|(wv, p)| {
+            let pack = p.0.rows.get_or_init(|| gemm_bf16::PackedB::rows(wv, n, k));
+            bf16_product(gs, g_layout, m, pack)
+        });
+        match (kernel, ws) {
+            (Some(product), _) => Some(product),
+            // (M, N)·(N, K) by candle's CPU matmul, into a buffer this function owns.
+            (None, CpuStorage::F32(_)) => Some(gs.matmul(ws, (1, m, k, n), g_layout, w_layout)?),
+            (None, _) => None,
+        }
+    };
+    let Some(CpuStorage::F32(mut dx)) = product else {
+        // Another weight dtype without the bf16 kernel: composed.
+        return grad_times_weight(&g, w, packs.cloned())? + u.matmul(v)?;
+    };
+    let u = u.flatten_all()?.to_vec1::<f32>()?;
+    let v = v.flatten_all()?.to_vec1::<f32>()?;
+    low_rank_add::add_low_rank(&mut dx, &u, &v, r, 1.0);
+    Tensor::from_vec(dx, (m, k), g.device())
 }
 
 /// `x Wᵀ + scale·(x Aᵀ) Bᵀ` for a frozen dense `w` (N, K) on the CPU, f32 or — on a CPU with

@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+pub mod low_rank_add;
 pub mod matvec_f32;
 pub mod parity;
 pub mod perplexity;

@@ -44,9 +44,10 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// Runs `body` compiled for the widest vector instructions this CPU has.
+/// Runs `body` compiled for the widest vector instructions this CPU has (also used by
+/// [`super::low_rank_add`]).
 #[inline(always)]
-fn dispatch<R>(body: impl FnOnce() -> R) -> R {
+pub(crate) fn dispatch<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]

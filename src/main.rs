@@ -127,6 +127,7 @@ fn default_thread_settings() {
 }
 
 fn main() -> ExitCode {
+    cli::allocator::configure();
     default_thread_settings();
     let info = tunelab::version::build_info();
     let command = Cli::command()

@@ -1,6 +1,7 @@
 //! The command line's subcommands that do more than call one library function, one file each,
 //! and what they share. `main.rs` parses the arguments and hands them here.
 
+pub mod allocator;
 pub mod export;
 pub mod imatrix;
 pub mod lf;

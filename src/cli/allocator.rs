@@ -1,15 +1,26 @@
-//! The binary's memory allocator: mimalloc, with freed memory kept for ten seconds before it goes
-//! back to the operating system.
+//! The binary's memory allocator: mimalloc, keeping the memory it frees for the next request
+//! instead of returning it to the operating system.
 //!
 //! A training step allocates and frees the same large buffers (activations, gradients, the
 //! logits) every step. With the C library's allocator each one over its mmap threshold is a
 //! fresh mapping whose pages the kernel faults in and zeroes on first touch, and is unmapped
-//! again when freed: measured on SmolLM2 (bf16, all-target LoRA, 4 × 256 tokens, 2 threads),
-//! page faults, zeroing and the kernel's locks took ~15% of a step. mimalloc reuses the freed
-//! memory, but by default returns what stays free for 1 s, less than such a step takes, so
-//! `MIMALLOC_PURGE_DELAY` is raised to 10 s here (jemalloc's default decay; at 1 s and 2 s
-//! steps still stalled): a step of 1.6 s became 1.35 s, the peak resident memory
-//! 2.65 → 3.14 GB. The environment variable still wins when set.
+//! again when freed: on SmolLM2 (bf16, all-target LoRA, 4 × 256 tokens, 2 threads) page
+//! faults, zeroing and the kernel's locks were ~15% of a step's profile. mimalloc reuses freed
+//! memory, but by default returns what stays free for 1 s ("purging"), and steps that purge
+//! fault it in again. Measured A/B in one invocation each (2026-12-05, AMD EPYC, 2 threads):
+//! scripts/bench/sft.rhai's bf16 all-target step, and the tunelab side of
+//! scripts/bench/chapter_run.sh (f32, examples of varied length, 20 steps):
+//!
+//! | allocator | bf16 step | chapter's run | its peak resident memory |
+//! |---|---:|---:|---:|
+//! | glibc | 1.61–1.84 s | 80.4–91.7 s | 5.27 GiB |
+//! | mimalloc, purge after 1 s (its default) | 1.43–2.30 s | 95.2 s | — |
+//! | mimalloc, purge after 10 s | 1.33–1.41 s | 93.4–94.9 s | — |
+//! | mimalloc, never purge | 1.35–1.42 s | 77.5–79.8 s | 6.36–6.39 GiB |
+//!
+//! So purging is off: the process keeps its high-water mark of freed memory, as PyTorch's
+//! caching allocator does on a GPU. `MIMALLOC_PURGE_DELAY=MS` (mimalloc's own variable) still
+//! turns it on when set.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,8 +29,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// checks it against its default in src/options.c.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// How long freed memory stays with the process before it is returned, in milliseconds.
-const PURGE_DELAY_MS: std::os::raw::c_long = 10_000;
+/// How long freed memory stays with the process before it is returned, in milliseconds; −1:
+/// always.
+const PURGE_DELAY_MS: std::os::raw::c_long = -1;
 
 /// Call first thing in `main`.
 pub fn configure() {

@@ -276,8 +276,17 @@ impl candle_core::CustomOp3 for DenseLora {
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, k) = x_layout.shape().dims2()?;
-        let (r, _) = a_layout.shape().dims2()?;
-        let (n, _) = b_layout.shape().dims2()?;
+        let (r, a_k) = a_layout.shape().dims2()?;
+        let (n, b_r) = b_layout.shape().dims2()?;
+        if a_k != k || b_r != r || self.w.dims() != [n, k] {
+            candle_core::bail!(
+                "frozen-matmul-lora: x {:?}, A {:?}, B {:?} and W {:?} do not fit",
+                x_layout.dims(),
+                a_layout.dims(),
+                b_layout.dims(),
+                self.w.dims()
+            )
+        }
         let (w_storage, w_layout) = self.w.storage_and_layout();
         let Storage::Cpu(w) = &*w_storage else {
             candle_core::bail!("frozen-matmul-lora: the weight is not on the CPU")
@@ -340,6 +349,15 @@ fn grad_times_weight_plus(
     let (m, n) = g.dims2()?;
     let (_, k) = w.dims2()?;
     let (r, _) = v.dims2()?;
+    if w.dims() != [n, k] || u.dims() != [m, r] || v.dims() != [r, k] {
+        candle_core::bail!(
+            "frozen-matmul-lora backward: g {:?}, W {:?}, u {:?} and v {:?} do not fit",
+            g.dims(),
+            w.dims(),
+            u.dims(),
+            v.dims()
+        )
+    }
     let in_place = g.device().is_cpu() && g.dtype() == candle_core::DType::F32;
     if !in_place {
         return grad_times_weight(g, w, packs.cloned())? + u.matmul(v)?;
@@ -409,11 +427,12 @@ mod tests {
     #[test]
     fn fused_lora_matches_the_composed_layer_with_gradients() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap()).unwrap();
+        // 37 rows: more than one parallel task of the in-place low-rank update.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 8), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 0.5, (5, 8), &dev).unwrap();
         let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (3, 8), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (5, 3), &dev).unwrap()).unwrap();
-        let c = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let c = Tensor::randn(0f32, 1.0, (37, 5), &dev).unwrap();
         // The fused layer against the composed one (`base`: the frozen product), values and
         // the gradients of x, A and B.
         let check = |w: &Tensor, base: Tensor, what: &str| {
@@ -431,6 +450,31 @@ mod tests {
             }
         };
         check(&w, x.matmul(&w.t().unwrap()).unwrap(), "f32");
+        // An f32 weight that is a transposed view (strided, not contiguous).
+        let w_view = w.t().unwrap().contiguous().unwrap().t().unwrap();
+        assert!(!w_view.is_contiguous());
+        check(
+            &w_view,
+            x.matmul(&w.t().unwrap()).unwrap(),
+            "f32, strided weight",
+        );
+        // B as a strided view (the transpose of a (r, N) variable): the forward pass reads it
+        // by its strides, and its gradient reaches the variable.
+        let bt = Var::from_tensor(&b.t().unwrap().contiguous().unwrap()).unwrap();
+        let b_view = bt.t().unwrap();
+        assert!(!b_view.is_contiguous());
+        let fused = dense_lora(&x, &w, &a, &b_view, 2.0, &Bf16Packs::default())
+            .unwrap()
+            .unwrap();
+        let low = (x.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
+        let reference = (x.matmul(&w.t().unwrap()).unwrap() + low.matmul(&bt).unwrap()).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5, "strided B: values");
+        let backward = |y: &Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gf, gr) = (backward(&fused), backward(&reference));
+        assert!(
+            max_diff(gf.get(&bt).unwrap(), gr.get(&bt).unwrap()) < 1e-4,
+            "strided B: gradient"
+        );
         // A bf16 weight under autocast (f32 x, A, B): the bf16 kernel's product plus the f32
         // update.
         if gemm_bf16::available() {

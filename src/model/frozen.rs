@@ -54,11 +54,10 @@ impl CustomOp2 for DenseFrozen {
         let (m, k) = x_layout.shape().dims2()?;
         let (n, _) = w_layout.shape().dims2()?;
         if let Some(w) = bf16_weight(w, w_layout) {
-            let pack = || gemm_bf16::PackedB::transposed(w, n, k);
-            let y = match &self.packs {
-                Some(p) => bf16_product(x, x_layout, m, p.0.transposed.get_or_init(pack)),
-                None => bf16_product(x, x_layout, m, &pack()),
-            };
+            let kept = self.packs.as_ref().map(|p| &p.0.transposed);
+            let y = packed_product(x, x_layout, m, kept, || {
+                gemm_bf16::PackedB::transposed(w, n, k)
+            });
             if let Some(y) = y {
                 return Ok((y, (m, n).into()));
             }
@@ -132,6 +131,21 @@ fn bf16_product(
     }
 }
 
+/// [`bf16_product`] with B an arrangement of the weight: the one kept in `kept` (made there on
+/// first use) or, without one, made by `arrange` for this call.
+fn packed_product(
+    a: &CpuStorage,
+    layout: &Layout,
+    m: usize,
+    kept: Option<&OnceLock<gemm_bf16::PackedB>>,
+    arrange: impl FnOnce() -> gemm_bf16::PackedB,
+) -> Option<CpuStorage> {
+    match kept {
+        Some(cell) => bf16_product(a, layout, m, cell.get_or_init(arrange)),
+        None => bf16_product(a, layout, m, &arrange()),
+    }
+}
+
 /// `g W` for the backward pass: g (M, N), W (N, K).
 struct GradTimesWeight {
     packs: Option<Bf16Packs>,
@@ -151,12 +165,9 @@ impl CustomOp2 for GradTimesWeight {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, n) = g_layout.shape().dims2()?;
         let (_, k) = w_layout.shape().dims2()?;
+        let kept = self.packs.as_ref().map(|p| &p.0.rows);
         let product = bf16_weight(w, w_layout).and_then(|w| {
-            let pack = || gemm_bf16::PackedB::rows(w, n, k);
-            match &self.packs {
-                Some(p) => bf16_product(g, g_layout, m, p.0.rows.get_or_init(pack)),
-                None => bf16_product(g, g_layout, m, &pack()),
-            }
+            packed_product(g, g_layout, m, kept, || gemm_bf16::PackedB::rows(w, n, k))
         });
         match product {
             Some(dx) => Ok((dx, (m, k).into())),
@@ -291,14 +302,13 @@ impl candle_core::CustomOp3 for DenseLora {
         let Storage::Cpu(w) = &*w_storage else {
             candle_core::bail!("frozen-matmul-lora: the weight is not on the CPU")
         };
-        let bf16 = bf16_weight(w, w_layout).zip(self.packs.as_ref());
-        let y = match bf16 {
-            Some((w, packs)) => {
-                let pack = packs
-                    .0
-                    .transposed
-                    .get_or_init(|| gemm_bf16::PackedB::transposed(w, n, k));
-                bf16_product(x, x_layout, m, pack).ok_or_else(|| {
+        let y = match bf16_weight(w, w_layout) {
+            Some(w) => {
+                let kept = self.packs.as_ref().map(|p| &p.0.transposed);
+                packed_product(x, x_layout, m, kept, || {
+                    gemm_bf16::PackedB::transposed(w, n, k)
+                })
+                .ok_or_else(|| {
                     candle_core::Error::Msg("frozen-matmul-lora: x must be contiguous f32".into())
                 })?
             }
@@ -369,9 +379,9 @@ fn grad_times_weight_plus(
         let (Storage::Cpu(gs), Storage::Cpu(ws)) = (&*g_storage, &*w_storage) else {
             candle_core::bail!("frozen-matmul-lora: tensors not on the CPU")
         };
-        let kernel = bf16_weight(ws, w_layout).zip(packs).and_then(|(wv, p)| {
-            let pack = p.0.rows.get_or_init(|| gemm_bf16::PackedB::rows(wv, n, k));
-            bf16_product(gs, g_layout, m, pack)
+        let kept = packs.map(|p| &p.0.rows);
+        let kernel = bf16_weight(ws, w_layout).and_then(|wv| {
+            packed_product(gs, g_layout, m, kept, || gemm_bf16::PackedB::rows(wv, n, k))
         });
         match (kernel, ws) {
             (Some(product), _) => Some(product),
